@@ -1,0 +1,61 @@
+"""Hourly drain of Kafka event topics into Elasticsearch, then hourly rollups."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param
+
+from eventpipe.ingest.topics import SOURCE_TOPICS
+from eventpipe.orchestration.callbacks import on_task_failure
+from eventpipe.orchestration.command import TaskCommand
+from eventpipe.orchestration.tasks import cli_task
+
+INTERVAL = ["--start", "{{ data_interval_start.isoformat() }}", "--end", "{{ data_interval_end.isoformat() }}"]
+TOPICS = ["--topics", "{{ params.topics | join(',') }}"]
+
+with DAG(
+    dag_id="eventpipe_ingest",
+    description="Drain Kafka → Elasticsearch per hourly interval; dead letters; hourly rollups",
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["eventpipe", "ingest"],
+    params={
+        "topics": Param(list(SOURCE_TOPICS.values()), type="array", description="Source topics to drain"),
+        "dry_run": Param(False, type="boolean", description="Only plan the offset ranges; write nothing"),
+    },
+    default_args={
+        "owner": "data-platform",
+        "retries": 3,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": on_task_failure,
+        "execution_timeout": timedelta(minutes=50),
+    },
+    doc_md="""
+### Event ingest
+
+Each run drains **exactly the Kafka records of its data interval** (per-partition offsets of
+the interval's start and end timestamps, anchored to neighbouring drain manifests) into daily
+`eventpipe-events-YYYY.MM.DD` indices, with the event id as document id: reruns and
+backfills never duplicate. Invalid records and Elasticsearch rejections go to the
+`events.dlq` topic and the `eventpipe-dlq` index with the reason. Consumer-group offsets
+are committed only after Elasticsearch acknowledged every write.
+
+`rollup` recomputes hourly per-device aggregates for every hour the drain touched
+(late events included).
+
+* **Trigger with config**: pick topics, or `dry_run` to only see the offset ranges.
+* **Backfill**: `airflow backfill create --dag-id eventpipe_ingest --from-date … --to-date …`
+* Task output (counts, offset ranges, dead letters) is in each task's log and XCom.
+""",
+) as dag:
+    drain = cli_task(
+        "drain",
+        TaskCommand(["drain", *INTERVAL, *TOPICS, "{{ '--dry-run' if params.dry_run else '--no-dry-run' }}"]),
+        profile="drain",
+    )
+    rollup = cli_task("rollup", TaskCommand(["rollup", *INTERVAL, *TOPICS]))
+    drain >> rollup

@@ -1,0 +1,1 @@
+"""The event contract shared by producers, the drain, the archive and the model."""

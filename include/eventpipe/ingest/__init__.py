@@ -1,0 +1,1 @@
+"""Interval-bounded drains from Kafka into Elasticsearch, dead letters and hourly rollups."""

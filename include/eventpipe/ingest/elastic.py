@@ -1,0 +1,210 @@
+"""Elasticsearch client, index templates and a bulk writer that retries what is retryable.
+
+Whole-request failures (connection, 429, 5xx) and per-item 429/5xx are retried with
+exponential backoff; per-item rejections that will never succeed (mapping conflicts) are
+returned to the caller for the dead-letter path. Exhausted retries raise, so the task fails
+before any Kafka offset is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout
+from elasticsearch import ApiError, Elasticsearch
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from eventpipe.settings import Settings
+
+EVENTS_PREFIX = "eventpipe-events"
+EVENTS_ALIAS = "eventpipe-events"
+DLQ_INDEX = "eventpipe-dlq"
+ROLLUP_INDEX = "eventpipe-rollup-hourly"
+MANIFEST_INDEX = "eventpipe-drain-manifests"
+ANOMALY_INDEX = "eventpipe-anomalies"
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def client(settings: Settings) -> Elasticsearch:
+    auth = None
+    if settings.es_username and settings.es_password:
+        auth = (settings.es_username, settings.es_password.get_secret_value())
+    return Elasticsearch(settings.es_url, basic_auth=auth, request_timeout=60, retry_on_timeout=False, max_retries=0)
+
+
+def _replicas() -> int:
+    return int(os.environ.get("EVENTPIPE_ES_REPLICAS", "0"))
+
+
+def ensure_indices(es: Elasticsearch) -> None:
+    """Install templates and fixed indices; explicit mappings so a bad record cannot change types."""
+    settings = {"number_of_shards": 1, "number_of_replicas": _replicas(), "refresh_interval": "1s"}
+    es.indices.put_index_template(
+        name="eventpipe-events",
+        index_patterns=[f"{EVENTS_PREFIX}-*"],
+        priority=200,
+        template={
+            "settings": settings,
+            "aliases": {EVENTS_ALIAS: {}},
+            "mappings": {
+                "dynamic": "strict",
+                "properties": {
+                    "schema_version": {"type": "short"},
+                    "event_id": {"type": "keyword"},
+                    "source": {"type": "keyword"},
+                    "device_id": {"type": "keyword"},
+                    "event_type": {"type": "keyword"},
+                    "event_time": {"type": "date"},
+                    "metrics": {"type": "object", "dynamic": True},
+                    "attributes": {"type": "object", "dynamic": True},
+                    "kafka": {
+                        "properties": {
+                            "topic": {"type": "keyword"},
+                            "partition": {"type": "integer"},
+                            "offset": {"type": "long"},
+                        }
+                    },
+                },
+                "dynamic_templates": [
+                    {"metrics": {"path_match": "metrics.*", "mapping": {"type": "double"}}},
+                    {"attributes": {"path_match": "attributes.*", "mapping": {"type": "keyword"}}},
+                ],
+            },
+        },
+    )
+    fixed = {
+        DLQ_INDEX: {
+            "properties": {
+                "reason": {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 512}}},
+                "error_kind": {"type": "keyword"},
+                "source_topic": {"type": "keyword"},
+                "partition": {"type": "integer"},
+                "offset": {"type": "long"},
+                "kafka_timestamp": {"type": "date", "format": "epoch_millis"},
+                "raw": {"type": "text", "index": False},
+                "interval_start": {"type": "date"},
+                "dead_lettered_at": {"type": "date"},
+            }
+        },
+        ROLLUP_INDEX: {
+            "properties": {
+                "device_id": {"type": "keyword"},
+                "source": {"type": "keyword"},
+                "hour": {"type": "date"},
+                "count": {"type": "long"},
+                "metrics": {"type": "object", "dynamic": True},
+                "computed_at": {"type": "date"},
+            },
+            "dynamic_templates": [{"stats": {"path_match": "metrics.*.*", "mapping": {"type": "double"}}}],
+        },
+        MANIFEST_INDEX: {
+            "properties": {
+                "topic": {"type": "keyword"},
+                "interval_start": {"type": "date"},
+                "interval_end": {"type": "date"},
+                "status": {"type": "keyword"},
+                "partitions": {"type": "object", "enabled": False},
+                "touched_hours": {"type": "date"},
+            }
+        },
+        ANOMALY_INDEX: {
+            "properties": {
+                "event_id": {"type": "keyword"},
+                "device_id": {"type": "keyword"},
+                "event_time": {"type": "date"},
+                "score": {"type": "double"},
+                "model_version": {"type": "keyword"},
+                "metrics": {"type": "object", "dynamic": True},
+            },
+            "dynamic_templates": [{"metrics": {"path_match": "metrics.*", "mapping": {"type": "double"}}}],
+        },
+    }
+    for name, mappings in fixed.items():
+        if not es.indices.exists(index=name):
+            try:
+                es.indices.create(index=name, settings=settings, mappings=mappings)
+            except ApiError as exc:
+                if exc.meta.status != 400 or "resource_already_exists" not in str(exc):
+                    raise
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (TransportConnectionError, ConnectionTimeout)):
+        return True
+    return isinstance(exc, ApiError) and exc.meta.status in RETRYABLE_STATUS
+
+
+@dataclass(frozen=True)
+class IndexAction:
+    index: str
+    doc_id: str
+    source: dict[str, object]
+    ref: object = None  # caller's handle (e.g. Kafka coordinates) for dead-lettering
+
+
+@dataclass
+class BulkOutcome:
+    acknowledged: int = 0
+    created: int = 0
+    rejected: list[tuple[IndexAction, str]] = field(default_factory=list)
+    retried_items: int = 0
+    seconds: float = 0.0
+
+
+def _send(es: Elasticsearch, body: str) -> dict[str, object]:
+    """One bulk request, retried on connection errors, 429 and 5xx (EVENTPIPE_ES_RETRIES attempts)."""
+    for attempt in Retrying(
+        retry=retry_if_exception(_retryable),
+        stop=stop_after_attempt(int(os.environ.get("EVENTPIPE_ES_RETRIES", "6"))),
+        wait=wait_exponential(multiplier=0.5, max=20),
+        reraise=True,
+    ):
+        with attempt:
+            return es.bulk(body=body, refresh=False).body
+    raise AssertionError("unreachable")
+
+
+def bulk_index(es: Elasticsearch, actions: Sequence[IndexAction], *, item_attempts: int = 6) -> BulkOutcome:
+    """Index ``actions``; returns rejected ones with reasons, raises when retries are exhausted."""
+    outcome = BulkOutcome()
+    pending = list(actions)
+    started = time.perf_counter()
+    for attempt in range(item_attempts):
+        if not pending:
+            break
+        if attempt:
+            time.sleep(min(20.0, 0.5 * 2**attempt))
+            outcome.retried_items += len(pending)
+        body = "".join(_lines(pending))
+        response = _send(es, body)
+        retry_later: list[IndexAction] = []
+        for action, item in zip(pending, response["items"], strict=True):
+            result = item["index"]
+            status = result["status"]
+            if status < 300:
+                outcome.acknowledged += 1
+                outcome.created += result.get("result") == "created"
+            elif status in RETRYABLE_STATUS:
+                retry_later.append(action)
+            else:
+                error = result.get("error", {})
+                outcome.rejected.append((action, f"{error.get('type', status)}: {error.get('reason', '')}"[:2000]))
+        pending = retry_later
+    if pending:
+        raise RuntimeError(f"{len(pending)} documents still rejected as retryable after {item_attempts} attempts")
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _lines(actions: Iterable[IndexAction]) -> Iterable[str]:
+    for action in actions:
+        yield json.dumps({"index": {"_index": action.index, "_id": action.doc_id}}, separators=(",", ":"))
+        yield "\n"
+        yield json.dumps(action.source, separators=(",", ":"))
+        yield "\n"

@@ -1,0 +1,95 @@
+"""The one task factory: a KubernetesPodOperator in production, a local process otherwise.
+
+``EVENTPIPE_EXECUTION`` (set on the Airflow deployment) picks the mode: ``kubernetes``
+(default) or ``local`` (the embedded devstack). Image, namespace and service account come
+from ``EVENTPIPE_IMAGE``, ``EVENTPIPE_NAMESPACE`` and ``EVENTPIPE_SERVICE_ACCOUNT``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from eventpipe.orchestration.command import TaskCommand
+from eventpipe.orchestration.profiles import PROFILES
+from eventpipe.settings import SECRET_ENV
+
+
+def execution_mode() -> str:
+    mode = os.environ.get("EVENTPIPE_EXECUTION", "kubernetes")
+    if mode not in {"kubernetes", "local"}:
+        raise ValueError(f"EVENTPIPE_EXECUTION must be 'kubernetes' or 'local', not {mode!r}")
+    return mode
+
+
+def cli_task(
+    task_id: str, command: TaskCommand, *, profile: str = "small", mode: str | None = None, **kwargs: Any
+) -> BaseOperator:
+    """Build the operator that runs ``eventpipe <args>`` for ``task_id``."""
+    if (mode or execution_mode()) == "local":
+        from eventpipe.orchestration.local import LocalCliOperator
+
+        return LocalCliOperator(
+            task_id=task_id,
+            cmds=command.argv[:1],
+            arguments=command.argv[1:],
+            env_vars=dict(command.env),
+            secret_env_names=command.secret_env_names(),
+            **kwargs,
+        )
+    return _pod_operator(task_id, command, profile, **kwargs)
+
+
+def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: Any) -> BaseOperator:
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.providers.cncf.kubernetes.secret import Secret
+    from kubernetes.client import models as k8s
+
+    resources = PROFILES[profile]
+    return KubernetesPodOperator(
+        task_id=task_id,
+        name=f"eventpipe-{task_id}".replace("_", "-"),
+        namespace=os.environ.get("EVENTPIPE_NAMESPACE", "eventpipe"),
+        image=os.environ.get("EVENTPIPE_IMAGE", "eventpipe:0.1.0"),
+        image_pull_policy="IfNotPresent",
+        cmds=command.argv[:1],
+        arguments=command.argv[1:],
+        env_vars={**command.env, "HOME": "/tmp"},
+        secrets=[
+            Secret("env", env_name, secret_name, key)
+            for secret_name in command.secrets
+            for key, env_name in SECRET_ENV[secret_name].items()
+        ],
+        service_account_name=os.environ.get("EVENTPIPE_SERVICE_ACCOUNT", "eventpipe-task"),
+        labels={"app.kubernetes.io/name": "eventpipe", "app.kubernetes.io/component": task_id.replace("_", "-")},
+        container_resources=k8s.V1ResourceRequirements(
+            requests={
+                "cpu": resources.cpu_request,
+                "memory": resources.memory_request,
+                "ephemeral-storage": resources.ephemeral_storage,
+            },
+            limits={"cpu": resources.cpu_limit, "memory": resources.memory_limit},
+        ),
+        security_context=k8s.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=50000,
+            run_as_group=0,
+            fs_group=0,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        container_security_context=k8s.V1SecurityContext(
+            allow_privilege_escalation=False,
+            read_only_root_filesystem=True,
+            run_as_non_root=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        do_xcom_push=True,
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        startup_timeout_seconds=300,
+        **kwargs,
+    )
