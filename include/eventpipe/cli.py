@@ -193,5 +193,8 @@ def devstack_status(services: Services = "") -> None:
         raise typer.Exit(1)
 
 
+# Sub-command groups owned by their packages (one line each).
+# -- end of sub-command groups
+
 if __name__ == "__main__":
     app()

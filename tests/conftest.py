@@ -1,0 +1,43 @@
+"""Session fixtures: the real devstack services, started once and reused across runs."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from elasticsearch import Elasticsearch
+from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
+from eventpipe.ingest.elastic import client, ensure_indices
+from eventpipe.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> dict[str, str]:
+    env = local_env()
+    for key, value in env.items():
+        os.environ.setdefault(key, value)  # CLI subprocesses and Airflow inherit the same settings
+    return env
+
+
+@pytest.fixture(scope="session")
+def services(stack_env: dict[str, str]) -> Settings:
+    up(DATA_SERVICES)
+    settings = Settings.from_env(stack_env)
+    ensure_indices(client(settings))
+    return settings
+
+
+@pytest.fixture()
+def es(services: Settings) -> Iterator[Elasticsearch]:
+    es = client(services)
+    yield es
+    es.close()
+
+
+@pytest.fixture()
+def topics() -> dict[str, str]:
+    """Fresh source topics per test, so offsets, manifests and counts are isolated."""
+    tag = uuid.uuid4().hex[:8]
+    return {"iot": f"test-{tag}.iot", "business": f"test-{tag}.business"}
