@@ -1,0 +1,51 @@
+# Two entry points on a fresh machine: `make demo` and `make test` (what .ci/run calls).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EP := $(BIN)/eventpipe
+
+.PHONY: help setup install services demo test test-fast lint bench down status clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt -e .
+	touch $@
+
+setup: $(BIN)/.installed  ## Python venv with Airflow, clients, Spark and the eventpipe package
+
+install: setup  ## download/build Kafka, Elasticsearch, the S3 server and Spark jars (cached in .devstack/)
+	$(EP) devstack install
+
+services: install  ## start Kafka, Elasticsearch and the S3 server as local processes
+	$(EP) devstack up --services kafka,elasticsearch,s3
+
+demo: install  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary
+	$(EP) demo
+
+test: services  ## everything up, then the whole test suite against the real services
+	$(BIN)/ruff check include dags plugins tests bench
+	$(BIN)/python -m pytest -ra
+
+test-fast: setup  ## tests that need no services
+	$(BIN)/python -m pytest -ra -m "not services and not airflow"
+
+lint: setup
+	$(BIN)/ruff check include dags plugins tests bench
+	$(BIN)/ruff format --check include dags plugins tests bench
+
+bench: services  ## benchmarks (ratios against ceilings measured in the same run)
+	$(BIN)/python bench/bench_ingest.py
+
+status:
+	$(EP) devstack status
+
+down:  ## stop every local service
+	$(EP) devstack down
+
+clean: down
+	rm -rf .devstack
