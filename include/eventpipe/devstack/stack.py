@@ -11,7 +11,7 @@ from eventpipe.devstack.runtime import Service
 # name -> "module:Class"; start order matters (Airflow last: its tasks need the others).
 SERVICES: dict[str, str] = {
     "kafka": "eventpipe.devstack.kafka:Kafka",
-    "elasticsearch": "eventpipe.devstack.elasticsearch:Elasticsearch",
+    "elasticsearch": "eventpipe.devstack.elasticsearch:ElasticsearchNode",
     "s3": "eventpipe.devstack.s3:S3Server",
     "airflow": "eventpipe.devstack.airflow:Airflow",
 }

@@ -1,0 +1,1 @@
+"""Nightly archive: quiesce, application-consistent snapshot, Parquet to S3, verify, retention, restore."""
