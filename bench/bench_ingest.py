@@ -16,15 +16,16 @@ import time
 import uuid
 from datetime import timedelta
 
+from kafka import KafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.table import Table
+
 from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import drain_interval
 from eventpipe.ingest.elastic import EVENTS_PREFIX, client, ensure_indices
 from eventpipe.settings import Settings
-from kafka import KafkaConsumer, TopicPartition
-from rich.console import Console
-from rich.table import Table
 
 DAY = utc("2024-01-01T00:00:00")
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from elasticsearch import Elasticsearch
+
 from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.ingest.elastic import client, ensure_indices
 from eventpipe.settings import Settings

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from eventpipe.events.generator import GeneratorConfig, generate, utc
 from eventpipe.events.schema import parse_event
-from pydantic import ValidationError
 
 CONFIG = GeneratorConfig(utc("2026-11-20T00:00:00"), utc("2026-11-20T00:30:00"), rate_per_s=2, malformed_rate=0.05)
 

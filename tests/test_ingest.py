@@ -6,13 +6,14 @@ from datetime import datetime, timedelta
 
 import pytest
 from elasticsearch import Elasticsearch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
 from eventpipe.events.generator import GeneratorConfig, generate, utc
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
 from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS, ROLLUP_INDEX
 from eventpipe.ingest.rollup import rollup_hours
 from eventpipe.settings import Settings
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from .faults import CuttableProxy
 

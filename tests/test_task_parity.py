@@ -8,10 +8,11 @@ from types import SimpleNamespace
 import kubernetes_validate
 import pytest
 from airflow.sdk import DAG
+from kubernetes.client import ApiClient
+
 from eventpipe.orchestration.command import TaskCommand
 from eventpipe.orchestration.tasks import cli_task
 from eventpipe.settings import SECRET_ENV
-from kubernetes.client import ApiClient
 
 START = datetime(2026, 11, 20, 10, tzinfo=timezone.utc)
 END = datetime(2026, 11, 20, 11, tzinfo=timezone.utc)

@@ -194,6 +194,9 @@ def devstack_status(services: Services = "") -> None:
 
 
 # Sub-command groups owned by their packages (one line each).
+from eventpipe.archive.cli import app as archive_app  # noqa: E402
+
+app.add_typer(archive_app, name="archive")
 # -- end of sub-command groups
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import importlib
 import time
 from collections.abc import Iterable
 
+from eventpipe.devstack.elasticsearch import snapshot_root
 from eventpipe.devstack.runtime import Service
 
 # name -> "module:Class"; start order matters (Airflow last: its tasks need the others).
@@ -34,6 +35,9 @@ def local_env() -> dict[str, str]:
         "EVENTPIPE_S3_REGION": "us-east-1",
         "EVENTPIPE_ARCHIVE_BUCKET": "eventpipe-archive",
         "EVENTPIPE_EXECUTION": "local",
+        # the devstack node has no repository-s3 module: fs repository under its path.repo, mirrored to S3
+        "EVENTPIPE_SNAPSHOT_REPOSITORY_TYPE": "fs",
+        "EVENTPIPE_SNAPSHOT_FS_LOCATION": str(snapshot_root() / "eventpipe-snapshots"),
         **DEVSTACK_CREDENTIALS,
     }
 

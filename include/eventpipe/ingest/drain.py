@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from eventpipe.events.schema import parse_event
 from eventpipe.ingest.dlq import DeadLetter, write_dead_letters
-from eventpipe.ingest.elastic import EVENTS_PREFIX, IndexAction, bulk_index, client, ensure_indices
+from eventpipe.ingest.elastic import EVENTS_PREFIX, BulkOutcome, IndexAction, bulk_index, client, ensure_indices
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore
 from eventpipe.ingest.offsets import PartitionRange, interval_ranges
 from eventpipe.settings import Settings
@@ -41,6 +41,7 @@ class DrainResult:
     indexed: int = 0
     created: int = 0
     dead_lettered: int = 0
+    late: int = 0  # events for already archived days, indexed into their late index
     touched_hours: list[str] = field(default_factory=list)
     bulk_seconds: float = 0.0
     seconds: float = 0.0
@@ -147,6 +148,7 @@ def _load_batch(
         index = f"{EVENTS_PREFIX}-{event.event_time.strftime('%Y.%m.%d')}"
         actions.append(IndexAction(index, event.event_id, doc, ref=(record, event.event_time)))
     outcome = bulk_index(es, actions)
+    outcome.rejected = _divert_blocked(es, outcome, result)
     rejected_ids = set()
     for action, reason in outcome.rejected:
         record, _ = action.ref
@@ -160,6 +162,36 @@ def _load_batch(
     result.indexed += outcome.acknowledged
     result.created += outcome.created
     result.bulk_seconds = round(result.bulk_seconds + outcome.seconds, 3)
+
+
+def _divert_blocked(es, outcome: BulkOutcome, result: DrainResult) -> list[tuple[IndexAction, str]]:
+    """Events for a day already quiesced for the archive go to that day's late index.
+
+    Events the blocked index already holds (a rerun or backfill of an archived interval) are
+    acknowledged as they are; new ones land in ``eventpipe-events-late-YYYY.MM.DD``, which the
+    archive's late sweep re-commits. Returns the rejections that remain for the dead-letter path.
+    """
+    blocked = [(a, r) for a, r in outcome.rejected if r.startswith("cluster_block_exception")]
+    if not blocked:
+        return outcome.rejected
+    remaining = [(a, r) for a, r in outcome.rejected if not r.startswith("cluster_block_exception")]
+    by_index: dict[str, list[IndexAction]] = {}
+    for action, _ in blocked:
+        by_index.setdefault(action.index, []).append(action)
+    late: list[IndexAction] = []
+    for index, group in by_index.items():
+        found = es.mget(index=index, ids=[a.doc_id for a in group], source=False)["docs"]
+        present = {doc["_id"] for doc in found if doc.get("found")}
+        result.indexed += len(present)
+        late_name = index.replace(f"{EVENTS_PREFIX}-", f"{EVENTS_PREFIX}-late-", 1)
+        late += [replace(a, index=late_name) for a in group if a.doc_id not in present]
+    if late:
+        diverted = bulk_index(es, late)
+        outcome.acknowledged += diverted.acknowledged
+        outcome.created += diverted.created
+        result.late += diverted.acknowledged
+        remaining += diverted.rejected
+    return remaining
 
 
 def _letter(record: ConsumerRecord, kind: str, reason: str) -> DeadLetter:

@@ -1,0 +1,149 @@
+"""`eventpipe archive …`: the nightly archive's steps, each a pure function of its day."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+import typer
+
+from eventpipe.results import emit
+from eventpipe.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, help="Quiesce, snapshot, archive to S3, verify, retention, restore.")
+Day = Annotated[str, typer.Option("--day", help="The closed day, YYYY-MM-DD (or an ISO timestamp in it)")]
+
+
+def _context(day: str | None = None):
+    from eventpipe.archive.config import ArchiveConfig
+    from eventpipe.archive.indices import parse_day
+    from eventpipe.ingest.elastic import client, ensure_indices
+
+    settings = Settings.from_env()
+    es = client(settings)
+    ensure_indices(es)
+    return settings, es, ArchiveConfig.from_env(), (parse_day(day) if day else date.today())
+
+
+@app.command()
+def quiesce(
+    day: Day,
+    topics: Annotated[str, typer.Option(help="Comma-separated source topics that must be fully drained")] = "",
+    require_closed: Annotated[bool, typer.Option(help="Fail unless every interval of the day drained")] = True,
+) -> None:
+    """Check every ingest interval of the day completed, then flush and write-block the day's index."""
+    from eventpipe.archive.quiesce import quiesce_day
+    from eventpipe.ingest.topics import SOURCE_TOPICS
+
+    _, es, _, when = _context(day)
+    names = [t for t in topics.split(",") if t] or list(SOURCE_TOPICS.values())
+    emit("archive quiesce", quiesce_day(es, when, names, require_closed=require_closed))
+
+
+@app.command("snapshot-pre")
+def snapshot_pre(day: Day) -> None:
+    """Pre-hook: hold writes on the live indices and flush what the snapshot will contain."""
+    from eventpipe.archive.snapshot import pre_hook
+
+    _, es, _, when = _context(day)
+    emit("snapshot pre-hook", pre_hook(es, when))
+
+
+@app.command()
+def snapshot(day: Day) -> None:
+    """Elasticsearch snapshot of the day (+ CSI VolumeSnapshots on Kubernetes when enabled)."""
+    from eventpipe.archive.snapshot import take_snapshot
+    from eventpipe.metrics import push
+
+    settings, es, cfg, when = _context(day)
+    result = take_snapshot(settings, es, cfg, when)
+    push(settings, "snapshot", {"snapshot_duration_seconds": result.seconds})
+    emit("snapshot", result)
+
+
+@app.command("snapshot-post")
+def snapshot_post(day: Day) -> None:
+    """Post-hook: lift the holds (always runs, also after a failed snapshot)."""
+    from eventpipe.archive.snapshot import post_hook
+
+    _, es, _, _ = _context(day)
+    emit("snapshot post-hook", post_hook(es))
+
+
+@app.command()
+def write(
+    day: Day,
+    volume_snapshots: Annotated[str, typer.Option(help="Comma-separated VolumeSnapshot names to record")] = "",
+) -> None:
+    """Write the day to S3 as Parquet under staging, copy into the partition, commit with the manifest."""
+    from eventpipe.archive.writer import archive_day
+    from eventpipe.metrics import push
+
+    settings, es, cfg, when = _context(day)
+    names = tuple(v for v in volume_snapshots.split(",") if v)
+    result = archive_day(settings, es, cfg, when, volume_snapshots=names)
+    push(settings, "archive", {"archive_bytes": result.bytes, "archive_rows": result.rows})
+    emit("archive write", result)
+
+
+@app.command()
+def verify(day: Day) -> None:
+    """Re-read the archive; match checksums and counts against the manifest and Elasticsearch."""
+    import time
+
+    from eventpipe.archive.verify import verify_day
+    from eventpipe.metrics import push
+
+    settings, es, cfg, when = _context(day)
+    result = verify_day(settings, es, cfg, when)
+    push(settings, "archive", {"archive_last_success_timestamp_seconds": time.time()})
+    emit("archive verify", result)
+
+
+@app.command("late-sweep")
+def late_sweep() -> None:
+    """Re-commit archived days whose late index gained events."""
+    from eventpipe.archive.late import sweep_late
+
+    settings, es, cfg, _ = _context()
+    emit("archive late sweep", sweep_late(settings, es, cfg))
+
+
+@app.command()
+def retention(
+    today: Annotated[str, typer.Option("--today", help="Reference day for ages (the run's day)")],
+    dry_run: bool = False,
+) -> None:
+    """Delete indices and snapshots past their age, only for days whose archive verified."""
+    from eventpipe.archive.retention import apply_retention
+
+    settings, es, cfg, when = _context(today)
+    emit("archive retention", apply_retention(settings, es, cfg, when, dry_run=dry_run))
+
+
+@app.command()
+def restore(
+    day: Day,
+    source: Annotated[str, typer.Option(help="snapshot, archive or both")] = "both",
+    into: Annotated[str, typer.Option(help="Target index for the archive restore (default: a scratch index)")] = "",
+) -> None:
+    """Restore the day's snapshot into a scratch index and/or its archive from S3; check against the manifest."""
+    from eventpipe.archive.restore import restore_archive, restore_snapshot
+
+    settings, es, cfg, when = _context(None if day == "latest" else day)
+    if day == "latest":
+        from eventpipe.archive.layout import committed_days
+        from eventpipe.storage.s3 import s3_client
+
+        days = committed_days(s3_client(settings), settings.archive_bucket)
+        if not days:
+            raise typer.BadParameter("no committed archive day to restore yet")
+        when = days[-1]
+    if source not in {"snapshot", "archive", "both"}:
+        raise typer.BadParameter("--source must be snapshot, archive or both")
+    results = {}
+    if source in {"snapshot", "both"}:
+        results["snapshot"] = restore_snapshot(settings, es, cfg, when).__dict__
+    if source in {"archive", "both"}:
+        results["archive"] = restore_archive(settings, es, when, into=into or None).__dict__
+    emit("archive restore", {"day": when.isoformat(), **results})

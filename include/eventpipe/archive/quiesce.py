@@ -1,0 +1,84 @@
+"""Quiesce a closed day: every ingest interval of it drained, then flushed and write-blocked.
+
+After the block, the day's index no longer changes, so the snapshot, the Parquet export and
+the verification all see the same documents. Events that arrive later for that day are
+indexed into the day's late index by the drain (see ``eventpipe.ingest.drain``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from elasticsearch import Elasticsearch
+
+from eventpipe.archive.indices import day_bounds, day_index, existing, late_index
+from eventpipe.ingest.manifest import ManifestStore
+
+
+class DayNotClosed(RuntimeError):
+    """Some ingest interval of the day has not completed; the archive must wait."""
+
+
+@dataclass
+class QuiesceResult:
+    day: str
+    topics: list[str]
+    intervals: int
+    blocked: list[str]
+    documents: int
+    gaps: dict[str, list[str]] = field(default_factory=dict)
+
+
+def coverage_gaps(es: Elasticsearch, day: date, topics: list[str]) -> dict[str, list[str]]:
+    """Per topic, the parts of the day not covered by *complete* drain manifests (empty = closed)."""
+    start, end = day_bounds(day)
+    store = ManifestStore(es)
+    gaps: dict[str, list[str]] = {}
+    for topic in topics:
+        cursor: datetime = start
+        missing: list[str] = []
+        complete = sorted(
+            (m for m in store.between(start, end, topic) if m.status == "complete"), key=lambda m: m.interval_start
+        )
+        for manifest in complete:
+            if manifest.interval_start > cursor:
+                missing.append(f"{cursor.isoformat()}/{manifest.interval_start.isoformat()}")
+            cursor = max(cursor, manifest.interval_end)
+        if cursor < end:
+            missing.append(f"{cursor.isoformat()}/{end.isoformat()}")
+        if missing:
+            gaps[topic] = missing
+    return gaps
+
+
+def quiesce_day(es: Elasticsearch, day: date, topics: list[str], *, require_closed: bool = True) -> QuiesceResult:
+    gaps = coverage_gaps(es, day, topics)
+    if gaps and require_closed:
+        raise DayNotClosed(f"ingest of {day} is not complete; undrained intervals: {gaps}")
+    index = day_index(day)
+    if not es.indices.exists(index=index):
+        es.indices.create(index=index)  # an empty day is archived as an empty, verified partition
+    es.indices.refresh(index=index)
+    es.indices.flush(index=index, wait_if_ongoing=True)
+    es.indices.add_block(index=index, block="write")
+    late = existing(es, [late_index(day)])
+    start, end = day_bounds(day)
+    intervals = len(ManifestStore(es).between(start, end))
+    documents = int(es.count(index=[index, *late])["count"])
+    return QuiesceResult(day.isoformat(), topics, intervals, [index], documents, gaps)
+
+
+def day_is_closed(day: str, topics: list[str] | None = None) -> bool:
+    """Sensor callable (runs on the Airflow worker): has every ingest interval of ``day`` completed?"""
+    from eventpipe.archive.indices import parse_day
+    from eventpipe.ingest.elastic import client, ensure_indices
+    from eventpipe.ingest.topics import SOURCE_TOPICS
+    from eventpipe.settings import Settings
+
+    es = client(Settings.from_env())
+    try:
+        ensure_indices(es)
+        return not coverage_gaps(es, parse_day(day), topics or list(SOURCE_TOPICS.values()))
+    finally:
+        es.close()

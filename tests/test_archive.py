@@ -1,0 +1,225 @@
+"""The nightly archive against real Kafka, Elasticsearch and the S3 server: consistent, verified, replayable."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from elasticsearch import Elasticsearch
+from kafka import KafkaProducer
+
+from eventpipe.archive.config import ArchiveConfig
+from eventpipe.archive.indices import day_bounds, day_index, late_index, snapshot_name
+from eventpipe.archive.late import sweep_late
+from eventpipe.archive.layout import committed_days, manifest_key, partition_prefix
+from eventpipe.archive.quiesce import DayNotClosed, quiesce_day
+from eventpipe.archive.restore import restore_archive, restore_snapshot
+from eventpipe.archive.retention import apply_retention
+from eventpipe.archive.snapshot import LIVE_INDICES, post_hook, pre_hook, take_snapshot
+from eventpipe.archive.verify import VerificationFailed, is_verified, verify_day
+from eventpipe.archive.volumes import snapshot_objects
+from eventpipe.archive.writer import archive_day
+from eventpipe.events.generator import GeneratorConfig
+from eventpipe.events.produce import produce
+from eventpipe.events.schema import Event
+from eventpipe.ingest.drain import drain_interval
+from eventpipe.ingest.elastic import EVENTS_ALIAS
+from eventpipe.k8s.schemas import CrdValidationError
+from eventpipe.settings import Settings
+from eventpipe.storage.s3 import s3_client
+
+from .faults import CuttableProxy
+
+pytestmark = pytest.mark.services
+
+
+def _day(seed: int) -> date:
+    """Each test owns a day of 2025 (the ingest tests use 2026), so archives never mix."""
+    return date(2025, 1, 1) + timedelta(days=seed % 360)
+
+
+@pytest.fixture()
+def cfg() -> ArchiveConfig:
+    return ArchiveConfig.from_env()
+
+
+def _closed_day(settings: Settings, topics: dict[str, str], seed: int, rate: float = 0.02):
+    """Produce a whole day of events and drain it (one interval per topic): a day ready to archive."""
+    day = _day(seed)
+    start, end = day_bounds(day)
+    config = GeneratorConfig(start, end, rate_per_s=rate, seed=seed, malformed_rate=0.01)
+    produced = produce(settings, config, topics=topics, truth=False)
+    for topic in topics.values():
+        drain_interval(settings, topic, start, end)
+    return day, produced
+
+
+def _archive(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day: date, topics: dict[str, str]):
+    quiesce_day(es, day, list(topics.values()))
+    pre_hook(es, day)
+    try:
+        snap = take_snapshot(settings, es, cfg, day)
+    finally:
+        post_hook(es)
+    return snap, archive_day(settings, es, cfg, day)
+
+
+def _manifest(settings: Settings, day: date) -> dict:
+    s3 = s3_client(settings)
+    return json.loads(s3.get_object(Bucket=settings.archive_bucket, Key=manifest_key(day))["Body"].read())
+
+
+def test_nightly_archive_is_consistent_verified_and_restorable(
+    services: Settings, es: Elasticsearch, cfg: ArchiveConfig, topics: dict[str, str]
+) -> None:
+    day, produced = _closed_day(services, topics, seed=11)
+    snap, written = _archive(services, es, cfg, day, topics)
+
+    assert snap.state == "SUCCESS" and snap.snapshot == snapshot_name(day) and day_index(day) in snap.indices
+    assert written.status == "written" and written.rows == produced.valid > 1000
+    for index in LIVE_INDICES:  # the post-hook lifted the write hold
+        assert es.indices.get_settings(index=index)[index]["settings"]["index"].get("blocks", {}).get("write") in (
+            None,
+            "false",
+        )
+    blocks = es.indices.get_settings(index=day_index(day))[day_index(day)]["settings"]["index"]["blocks"]
+    assert blocks["write"] == "true"  # the quiesced day stays closed
+
+    manifest = _manifest(services, day)
+    assert manifest["rows"] == produced.valid == es.count(index=day_index(day))["count"]
+    assert manifest["snapshots"]["elasticsearch"] == snapshot_name(day)
+    assert set(manifest["kafka_offsets"]) == set(topics.values())
+    drained = sum(end - start for parts in manifest["kafka_offsets"].values() for start, end in parts.values())
+    assert drained == produced.produced  # offsets cover valid and dead-lettered records alike
+    assert all(entry["key"].startswith(partition_prefix(day)) for entry in manifest["files"])
+    assert day in committed_days(s3_client(services), services.archive_bucket)
+
+    verified = verify_day(services, es, cfg, day)
+    assert verified.rows == verified.es_documents == produced.valid
+    assert verified.encrypted_files == verified.files  # SSE requested and reported by the server
+    assert is_verified(s3_client(services), services.archive_bucket, day)
+
+    again = archive_day(services, es, cfg, day)  # a rerun of the night is a no-op
+    assert again.status == "unchanged" and again.revision == written.revision == 1
+
+    from_snapshot = restore_snapshot(services, es, cfg, day)
+    from_archive = restore_archive(services, es, day)
+    assert from_snapshot.matches and from_snapshot.documents == produced.valid
+    assert from_archive.matches and from_archive.documents == produced.valid
+
+
+def test_quiesce_waits_for_every_interval_of_the_day(
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    day = _day(12)
+    start, end = day_bounds(day)
+    produce(services, GeneratorConfig(start, end, rate_per_s=0.005, seed=12), topics=topics, truth=False)
+    for topic in topics.values():
+        drain_interval(services, topic, start, start + timedelta(hours=12))
+    with pytest.raises(DayNotClosed, match="12:00:00"):
+        quiesce_day(es, day, list(topics.values()))
+    assert (
+        not es.indices.exists(index=day_index(day))
+        or "blocks" not in (es.indices.get_settings(index=day_index(day))[day_index(day)]["settings"]["index"])
+    )
+
+
+def test_late_event_after_archive_gets_a_new_revision(
+    services: Settings, es: Elasticsearch, cfg: ArchiveConfig, topics: dict[str, str]
+) -> None:
+    day, produced = _closed_day(services, topics, seed=13, rate=0.005)
+    _archive(services, es, cfg, day, topics)
+    verify_day(services, es, cfg, day)
+
+    # An event of that day reaches Kafka only the next morning (a device was offline).
+    late = Event(
+        event_id="late-0001-" + day.isoformat(),
+        source="iot",
+        device_id="dev-late",
+        event_type="telemetry",
+        event_time=datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc) + timedelta(hours=15),
+        metrics={"temperature": 21.5},
+    )
+    arrival = day_bounds(day)[1] + timedelta(minutes=30)
+    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap)
+    producer.send(
+        topics["iot"], json.dumps(late.document()).encode(), timestamp_ms=int(arrival.timestamp() * 1000)
+    ).get(timeout=30)
+    producer.close()
+    result = drain_interval(
+        services, topics["iot"], arrival.replace(minute=0), arrival.replace(minute=0) + timedelta(hours=1)
+    )
+    assert result.late == 1 and result.dead_lettered == 0
+    es.indices.refresh(index=late_index(day))
+    assert es.count(index=EVENTS_ALIAS, query={"term": {"event_id": late.event_id}})["count"] == 1
+
+    with pytest.raises(VerificationFailed, match="late"):  # ES now holds an event the archive lacks
+        verify_day(services, es, cfg, day)
+    swept = sweep_late(services, es, cfg)
+    assert swept.rearchived[day.isoformat()] == 2
+    manifest = _manifest(services, day)
+    assert manifest["revision"] == 2 and manifest["rows"] == produced.valid + 1
+    assert manifest["sources"][late_index(day)]["rows"] == 1
+    assert is_verified(s3_client(services), services.archive_bucket, day)
+    assert sweep_late(services, es, cfg).rearchived == {}  # nothing new: no further revision
+
+
+def test_s3_outage_mid_archive_leaves_no_visible_partition_and_retry_completes(
+    services: Settings, es: Elasticsearch, cfg: ArchiveConfig, topics: dict[str, str]
+) -> None:
+    day, produced = _closed_day(services, topics, seed=14, rate=0.05)
+    quiesce_day(es, day, list(topics.values()))
+    small_files = cfg.model_copy(update={"rows_per_file": 500})  # many files: the cut lands mid-partition
+    proxy = CuttableProxy(int(str(services.s3_endpoint).rsplit(":", 1)[1]), cut_after_bytes=250_000)
+    flaky = services.model_copy(update={"s3_endpoint": proxy.url})
+    s3 = s3_client(services)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - any S3 transport error fails the task
+            archive_day(flaky, es, small_files, day)
+        assert proxy.forwarded > 0
+        assert day not in committed_days(s3, services.archive_bucket)  # nothing a reader may trust
+        proxy.heal()
+        written = archive_day(flaky, es, small_files, day)
+    finally:
+        proxy.close()
+    assert written.status == "written" and written.rows == produced.valid and written.files > 3
+    assert verify_day(services, es, small_files, day).rows == produced.valid
+    leftovers = s3.list_objects_v2(Bucket=services.archive_bucket, Prefix=f"_staging/events/date={day.isoformat()}/")
+    assert leftovers.get("KeyCount", 0) == 0
+    listed = {entry["key"] for entry in _manifest(services, day)["files"]}
+    in_partition = {
+        obj["Key"]
+        for obj in s3.list_objects_v2(Bucket=services.archive_bucket, Prefix=partition_prefix(day))["Contents"]
+        if obj["Key"].endswith(".parquet")
+    }
+    assert in_partition == listed  # partial files of the failed attempt are gone
+
+
+def test_retention_deletes_only_verified_days(
+    services: Settings, es: Elasticsearch, cfg: ArchiveConfig, topics: dict[str, str]
+) -> None:
+    verified_day, _ = _closed_day(services, topics, seed=15, rate=0.002)
+    unverified_day, _ = _closed_day(services, topics, seed=16, rate=0.002)
+    for day in (verified_day, unverified_day):
+        _archive(services, es, cfg, day, topics)
+    verify_day(services, es, cfg, verified_day)
+    s3 = s3_client(services)
+    s3.delete_object(Bucket=services.archive_bucket, Key=partition_prefix(unverified_day) + "_VERIFIED.json")
+
+    result = apply_retention(services, es, cfg, date(2099, 1, 1), only={verified_day, unverified_day})
+    assert result.deleted_indices == [day_index(verified_day)]
+    assert result.deleted_snapshots == [snapshot_name(verified_day)]
+    assert result.kept[day_index(unverified_day)] == "archive of the day not verified"
+    assert not es.indices.exists(index=day_index(verified_day))
+    assert es.indices.exists(index=day_index(unverified_day))
+    with pytest.raises(VerificationFailed):  # the archive stays the source of truth: ES no longer matches
+        verify_day(services, es, cfg, verified_day)
+
+
+def test_volume_snapshots_are_valid_custom_resources(cfg: ArchiveConfig) -> None:
+    objects = snapshot_objects(cfg, date(2026, 3, 1), ["data-kafka-0", "data-elasticsearch-0"])
+    assert [o["metadata"]["name"] for o in objects] == ["data-kafka-0-20260301", "data-elasticsearch-0-20260301"]
+    assert all(o["spec"]["volumeSnapshotClassName"] == cfg.volume_snapshot_class for o in objects)
+    with pytest.raises(CrdValidationError):
+        snapshot_objects(cfg.model_copy(update={"namespace": "Not_A_Namespace"}), date(2026, 3, 1), ["pvc"])
