@@ -24,7 +24,9 @@ with DAG(
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,
+    # a run waiting for its day's ingest (sensor in reschedule mode) must not block a manual run for
+    # another day; snapshot hooks of concurrent runs only touch the live indices, never a day's data
+    max_active_runs=2,
     tags=["eventpipe", "archive"],
     params={
         "day": Param("", type="string", description="Archive this day (YYYY-MM-DD) instead of the run's data interval"),

@@ -82,10 +82,7 @@ def drain(
 
     lo, hi = _interval(start, end)
     settings = Settings.from_env()
-    results = [
-        drain_interval(settings, t, lo, hi, dry_run=dry_run, batch_size=batch_size)
-        for t in _topics(topics)
-    ]
+    results = [drain_interval(settings, t, lo, hi, dry_run=dry_run, batch_size=batch_size) for t in _topics(topics)]
     for result in results:
         if not dry_run:
             push(
@@ -130,6 +127,19 @@ def rollup(start: Start, end: End, topics: Topics = "") -> None:
     hours = {h for m in manifests for h in m.touched_hours}
     written = rollup_hours(es, hours)
     emit("rollup", {"interval_start": lo.isoformat(), "hours": len(hours), "rollup_documents": written})
+
+
+@app.command()
+def demo(
+    day: Annotated[str, typer.Option(help="Day to produce, ingest and archive")] = "2026-01-15",
+    rate: Annotated[float, typer.Option(help="Events per second of event time")] = 0.2,
+) -> None:
+    """Start everything, produce a day, run the ingest and archive DAGs through Airflow, print a summary."""
+    from datetime import date
+
+    from eventpipe.demo import run_demo
+
+    run_demo(date.fromisoformat(day), rate)
 
 
 devstack = typer.Typer(no_args_is_help=True, help="Local Kafka, Elasticsearch, S3 server and Airflow as processes.")
@@ -197,6 +207,9 @@ def devstack_status(services: Services = "") -> None:
 from eventpipe.archive.cli import app as archive_app  # noqa: E402
 
 app.add_typer(archive_app, name="archive")
+from eventpipe.ml.cli import ml_app  # noqa: E402
+
+app.add_typer(ml_app, name="ml")
 # -- end of sub-command groups
 
 if __name__ == "__main__":
