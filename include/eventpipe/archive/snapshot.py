@@ -63,7 +63,7 @@ def pre_hook(es: Elasticsearch, day: date) -> dict[str, object]:
     held = []
     for index in live:
         settings = es.indices.get_settings(index=index, name="index.blocks.write", flat_settings=True)
-        if settings[index]["settings"].get("index.blocks.write") == "true":
+        if settings.body.get(index, {}).get("settings", {}).get("index.blocks.write") == "true":
             continue  # already blocked by someone else: not ours to lift later
         es.indices.put_settings(index=index, settings={"index.blocks.write": True})
         held.append(index)
