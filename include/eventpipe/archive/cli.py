@@ -56,8 +56,12 @@ def snapshot(day: Day) -> None:
     from eventpipe.metrics import push
 
     settings, es, cfg, when = _context(day)
-    result = take_snapshot(settings, es, cfg, when)
-    push(settings, "snapshot", {"snapshot_duration_seconds": result.seconds})
+    try:
+        result = take_snapshot(settings, es, cfg, when)
+    except Exception:
+        push(settings, "snapshot", {"snapshot_failed": 1})
+        raise
+    push(settings, "snapshot", {"snapshot_duration_seconds": result.seconds, "snapshot_failed": 0})
     emit("snapshot", result)
 
 

@@ -44,6 +44,8 @@ class DrainResult:
     late: int = 0  # events for already archived days, indexed into their late index
     touched_hours: list[str] = field(default_factory=list)
     bulk_seconds: float = 0.0
+    bulk_requests: int = 0
+    lag: int = 0  # records beyond the group's committed offsets after this drain (all partitions)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
@@ -120,6 +122,7 @@ def drain_interval(
         )
         store.save(manifest)
         commit_offsets(consumer, manifest.ranges())
+        result.lag = group_lag(consumer, topic)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
     finally:
@@ -162,6 +165,7 @@ def _load_batch(
     result.indexed += outcome.acknowledged
     result.created += outcome.created
     result.bulk_seconds = round(result.bulk_seconds + outcome.seconds, 3)
+    result.bulk_requests += 1
 
 
 def _divert_blocked(es, outcome: BulkOutcome, result: DrainResult) -> list[tuple[IndexAction, str]]:
@@ -246,3 +250,10 @@ def commit_offsets(consumer: KafkaConsumer, ranges: list[PartitionRange]) -> Non
             offsets[tp] = OffsetAndMetadata(planned.end, "", -1)
     if offsets:
         consumer.commit(offsets)
+
+
+def group_lag(consumer: KafkaConsumer, topic: str) -> int:
+    """Records of ``topic`` past the group's committed offsets: what lag dashboards show."""
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    ends = consumer.end_offsets(partitions)
+    return sum(max(0, ends[tp] - (consumer.committed(tp) or 0)) for tp in partitions)
