@@ -90,9 +90,10 @@ def drain(
                 "drain",
                 {
                     "records_drained": result.indexed,
-                    "dead_letters": result.dead_lettered,
+                    "dlq_records": result.dead_lettered,
+                    "kafka_lag_records": result.lag,
+                    "bulk_latency_seconds": result.bulk_seconds / max(result.bulk_requests, 1),
                     "drain_seconds": result.seconds,
-                    "bulk_seconds": result.bulk_seconds,
                 },
                 {"topic": result.topic},
             )
