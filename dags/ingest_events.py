@@ -8,8 +8,9 @@ from airflow.sdk import DAG, Param
 
 from eventpipe.ingest.topics import SOURCE_TOPICS
 from eventpipe.orchestration.callbacks import on_task_failure
-from eventpipe.orchestration.command import TaskCommand
-from eventpipe.orchestration.tasks import cli_task
+from eventpipe.orchestration.command import TaskCommand, plain_env
+from eventpipe.orchestration.tasks import cli_task, execution_mode
+from eventpipe.sparkjobs.session import spark_task_env
 
 INTERVAL = ["--start", "{{ data_interval_start.isoformat() }}", "--end", "{{ data_interval_end.isoformat() }}"]
 TOPICS = ["--topics", "{{ params.topics | join(',') }}"]
@@ -45,7 +46,9 @@ backfills never duplicate. Invalid records and Elasticsearch rejections go to th
 are committed only after Elasticsearch acknowledged every write.
 
 `rollup` recomputes hourly per-device aggregates for every hour the drain touched
-(late events included).
+(late events included). `score` runs the champion Spark ML anomaly model (trained by
+`eventpipe_train_anomaly_model` on the archive) over the interval's events and writes
+anomalies to `eventpipe-anomalies`; without a champion it reports `no_champion`.
 
 * **Trigger with config**: pick topics, or `dry_run` to only see the offset ranges.
 * **Backfill**: `airflow backfill create --dag-id eventpipe_ingest --from-date … --to-date …`
@@ -58,4 +61,11 @@ are committed only after Elasticsearch acknowledged every write.
         profile="drain",
     )
     rollup = cli_task("rollup", TaskCommand(["rollup", *INTERVAL, *TOPICS]))
-    drain >> rollup
+    # the champion anomaly model (trained on the archive) scores the interval's events;
+    # with no champion yet the task reports so and succeeds
+    score = cli_task(
+        "score",
+        TaskCommand(["ml", "score", *INTERVAL], env={**plain_env(), **spark_task_env(execution_mode())}),
+        profile="spark-driver",
+    )
+    drain >> [rollup, score]

@@ -62,7 +62,7 @@ def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: An
             for secret_name in command.secrets
             for key, env_name in SECRET_ENV[secret_name].items()
         ],
-        service_account_name=os.environ.get("EVENTPIPE_SERVICE_ACCOUNT", "eventpipe-task"),
+        service_account_name=resources.service_account or os.environ.get("EVENTPIPE_SERVICE_ACCOUNT", "eventpipe-task"),
         labels={"app.kubernetes.io/name": "eventpipe", "app.kubernetes.io/component": task_id.replace("_", "-")},
         container_resources=k8s.V1ResourceRequirements(
             requests={

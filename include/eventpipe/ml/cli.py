@@ -1,0 +1,62 @@
+"""`eventpipe ml`: train the anomaly model on archived days, score a data interval with the champion."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+import typer
+
+from eventpipe.results import emit
+from eventpipe.settings import Settings
+
+ml_app = typer.Typer(no_args_is_help=True, help=__doc__)
+
+
+def _day(value: str) -> date | None:
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected YYYY-MM-DD, got {value!r}") from exc
+
+
+@ml_app.command()
+def train(
+    days: Annotated[int, typer.Option("--days", help="Use the last N committed archive days (last = hold-out)")] = 0,
+    since: Annotated[str, typer.Option("--since", help="First archive day to use, YYYY-MM-DD")] = "",
+    until: Annotated[str, typer.Option("--until", help="Last archive day to use (hold-out), YYYY-MM-DD")] = "",
+    truth_prefix: Annotated[str, typer.Option(help="S3 prefix of the ground-truth Parquet labels")] = "ground-truth/",
+    seed: Annotated[int, typer.Option(help="Model seed (training is deterministic for a seed)")] = 42,
+) -> None:
+    """Train on committed archive days, register the version, promote it if it beats the champion."""
+    from eventpipe.ml.train import TrainParams
+    from eventpipe.ml.train import train as run
+
+    if not days and not since:
+        raise typer.BadParameter("give --days N or --since YYYY-MM-DD")
+    settings = Settings.from_env()
+    result = run(
+        settings,
+        days=days or None,
+        since=_day(since),
+        until=_day(until),
+        truth_prefix=truth_prefix,
+        params=TrainParams(seed=seed),
+    )
+    emit("ml train", result)
+
+
+@ml_app.command()
+def score(
+    start: Annotated[str, typer.Option("--start", help="Interval start, ISO-8601 (UTC if naive)")],
+    end: Annotated[str, typer.Option("--end", help="Interval end (exclusive), ISO-8601")],
+    source: Annotated[str, typer.Option(help="Where the events come from: elasticsearch or archive")] = "elasticsearch",
+) -> None:
+    """Score the interval's events with the champion and write anomalies to Elasticsearch."""
+    from eventpipe.events.generator import utc
+    from eventpipe.ml.score import score as run
+
+    lo, hi = utc(start), utc(end)
+    if hi <= lo:
+        raise typer.BadParameter(f"--end {end} must be after --start {start}")
+    emit("ml score", run(Settings.from_env(), lo, hi, source=source))

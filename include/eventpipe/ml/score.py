@@ -1,0 +1,207 @@
+"""Score a data interval with the champion model and write anomalies to Elasticsearch, idempotently.
+
+Events come from Elasticsearch (alias ``eventpipe-events``, ``event_time`` in [start, end), read
+with a point in time and ``search_after`` so concurrent indexing cannot shift pages) or from
+committed archive days. There is no Elasticsearch connector for Spark 4 yet, so Elasticsearch
+is read and written with the Python client and the events are handed to Spark as Arrow.
+
+Each anomalous event becomes one document with id ``<event_id>|v<model version>``: rerunning an
+interval overwrites the same documents, and a new champion adds its own. Without a champion
+the result says so (status ``no_champion``); it is not an error, the first training just has
+not happened yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from elasticsearch import Elasticsearch, NotFoundError
+
+from eventpipe.archive.layout import ARCHIVE_SCHEMA, committed_days
+from eventpipe.ingest.elastic import ANOMALY_INDEX, EVENTS_ALIAS, IndexAction, bulk_index, client, ensure_indices
+from eventpipe.ml.features import add_features, explode_metrics, read_archive
+from eventpipe.ml.registry import Registry
+from eventpipe.settings import Settings
+from eventpipe.sparkjobs.session import build_session
+from eventpipe.storage.s3 import s3_client
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+SOURCES = ("elasticsearch", "archive")
+_FIELDS = ["event_id", "schema_version", "source", "device_id", "event_type", "event_time", "metrics", "attributes"]
+
+
+@dataclass
+class ScoreResult:
+    status: str  # scored | no_champion | no_events
+    message: str
+    model_version: int | None
+    source: str
+    interval_start: str
+    interval_end: str
+    events: int = 0
+    readings: int = 0
+    anomalies: int = 0
+    created: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+
+
+def anomaly_id(event_id: str, version: int) -> str:
+    return f"{event_id}|v{version}"
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def read_elasticsearch(es: Elasticsearch, start: datetime, end: datetime, *, page: int = 5000) -> pa.Table:
+    """Every event of [start, end) from the events alias, as an Arrow table in the archive schema."""
+    columns: dict[str, list[Any]] = {name: [] for name in _FIELDS}
+    try:
+        pit = es.open_point_in_time(index=EVENTS_ALIAS, keep_alive="2m")["id"]
+    except NotFoundError:
+        return ARCHIVE_SCHEMA.empty_table()
+    try:
+        after: list[Any] | None = None
+        while True:
+            response = es.search(
+                pit={"id": pit, "keep_alive": "2m"},
+                size=page,
+                query={"range": {"event_time": {"gte": _iso(start), "lt": _iso(end)}}},
+                sort=[{"event_time": "asc"}, {"_shard_doc": "asc"}],
+                search_after=after,
+                source_includes=_FIELDS,
+                track_total_hits=False,
+            )
+            hits = response["hits"]["hits"]
+            if not hits:
+                break
+            pit = response.get("pit_id", pit)
+            after = hits[-1]["sort"]
+            for hit in hits:
+                doc = hit["_source"]
+                columns["event_id"].append(doc["event_id"])
+                columns["schema_version"].append(doc.get("schema_version", 1))
+                columns["source"].append(doc["source"])
+                columns["device_id"].append(doc["device_id"])
+                columns["event_type"].append(doc["event_type"])
+                columns["event_time"].append(datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00")))
+                columns["metrics"].append(list((doc.get("metrics") or {}).items()))
+                columns["attributes"].append(list((doc.get("attributes") or {}).items()))
+    finally:
+        es.close_point_in_time(id=pit)
+    return pa.Table.from_pydict(columns, schema=ARCHIVE_SCHEMA)
+
+
+def _archive_events(spark: SparkSession, settings: Settings, start: datetime, end: datetime) -> DataFrame | None:
+    from pyspark.sql import functions as F
+
+    s3 = s3_client(settings)
+    last: date = (end - timedelta(milliseconds=1)).astimezone(timezone.utc).date()
+    first = start.astimezone(timezone.utc).date()
+    days = [d for d in committed_days(s3, settings.archive_bucket) if first <= d <= last]
+    if not days:
+        return None
+    events = read_archive(spark, s3, settings.archive_bucket, days)
+    return events.where((F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end)))
+
+
+def flagged_events(spark: SparkSession, events: DataFrame, model, baseline: DataFrame, threshold: float) -> DataFrame:
+    """One row per flagged event: its most anomalous reading, with the event's full metrics."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from eventpipe.ml.train import predict
+
+    predictions = predict(model, add_features(explode_metrics(events), baseline), threshold).where("flagged")
+    best = Window.partitionBy("event_id", "event_time").orderBy(F.desc("p_anomaly"), F.asc("metric"))
+    top = predictions.withColumn("rank", F.row_number().over(best)).where("rank = 1")
+    return top.join(events.select("event_id", "event_time", "metrics"), ["event_id", "event_time"])
+
+
+def score(
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    *,
+    source: str = "elasticsearch",
+    spark: SparkSession | None = None,
+    es: Elasticsearch | None = None,
+    chunk: int = 2000,
+) -> ScoreResult:
+    """Score [start, end) with the champion; write its anomalies to ``eventpipe-anomalies``."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+    started = time.perf_counter()
+    result = ScoreResult("scored", "", None, source, start.isoformat(), end.isoformat())
+    registry = Registry(settings)
+    champion = registry.champion()
+    if champion is None:
+        result.status, result.message = "no_champion", "no champion model registered yet; train one first"
+        return result
+    result.model_version = champion.version
+    es = es or client(settings)
+    spark = spark or build_session(settings, "eventpipe-ml-score")
+
+    if source == "elasticsearch":
+        table = read_elasticsearch(es, start, end)
+        events = spark.createDataFrame(table) if table.num_rows else None
+    else:
+        events = _archive_events(spark, settings, start, end)
+    if events is not None:
+        events = events.cache()
+        result.events = events.count()
+    if not result.events:
+        result.status, result.message = "no_events", f"no events in [{start.isoformat()}, {end.isoformat()})"
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+    assert events is not None
+
+    model, baseline = registry.load(spark, champion.version)
+    threshold = registry.threshold(champion.version)
+    result.readings = explode_metrics(events).count()
+    rows = flagged_events(spark, events, model, baseline, threshold).collect()
+    events.unpersist()
+
+    if not es.indices.exists(index=ANOMALY_INDEX):
+        ensure_indices(es)
+    actions = [
+        IndexAction(
+            ANOMALY_INDEX,
+            anomaly_id(row["event_id"], champion.version),
+            {
+                "event_id": row["event_id"],
+                "device_id": row["device_id"],
+                "source": row["source"],
+                "event_type": row["event_type"],
+                "kind": row["kind"],
+                "event_time": _iso(row["event_time"]),
+                "metric": row["metric"],
+                "value": row["value"],
+                "baseline_median": row["baseline_median"],
+                "z_score": round(row["z"], 4),
+                "score": round(row["p_anomaly"], 6),
+                "model_version": str(champion.version),
+                "metrics": dict(row["metrics"]),
+            },
+        )
+        for row in rows
+    ]
+    for offset in range(0, len(actions), chunk):
+        outcome = bulk_index(es, actions[offset : offset + chunk])
+        result.created += outcome.created
+        result.rejected += len(outcome.rejected)
+        for action, reason in outcome.rejected[:5]:
+            log.error("anomaly %s rejected: %s", action.doc_id, reason)
+    result.anomalies = len(actions) - result.rejected
+    result.message = f"{result.anomalies} anomalies among {result.events} events (model v{champion.version})"
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
