@@ -61,7 +61,7 @@ def main() -> None:
         seed=SEED,
     )
     try:
-        generated, gen_s = timed(lambda: write_generated_archive(s3, settings.archive_bucket, config))
+        generated, gen_s = timed(lambda: write_generated_archive(settings, config))
         rows = sum(len(v) for v in generated.events.values())
         spark = build_session(settings, "eventpipe-bench-train")
         days = committed_days(s3, settings.archive_bucket)

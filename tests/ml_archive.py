@@ -1,13 +1,12 @@
-"""Generated events as committed archive days (the archive contract, written with pyarrow).
+"""Generated events as committed archive days, for ML tests and the training benchmark.
 
-A stand-in for the archive writer in ML tests and the training benchmark: Parquet parts in
-``events/date=YYYY-MM-DD/``, then ``_MANIFEST.json`` (rows, files with sha256) written last,
-and the generator's ground truth where ``produce`` puts it.
+Events go into their daily Elasticsearch index and each day is committed by the real archive
+writer (``eventpipe.archive.writer.archive_day``), so training reads exactly what the nightly
+archive produces; the generator's ground truth goes where ``produce`` puts it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections import defaultdict
@@ -16,11 +15,18 @@ from datetime import date
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from elasticsearch import Elasticsearch
 
-from eventpipe.archive.layout import ARCHIVE_SCHEMA, manifest_key, partition_prefix
+from eventpipe.archive.config import ArchiveConfig
+from eventpipe.archive.indices import day_index, late_index
+from eventpipe.archive.layout import manifest_key
+from eventpipe.archive.writer import archive_day
 from eventpipe.events.generator import GeneratorConfig, generate
 from eventpipe.events.produce import truth_key
-from eventpipe.events.schema import SCHEMA_VERSION, Event
+from eventpipe.events.schema import Event
+from eventpipe.ingest.elastic import IndexAction, bulk_index, client
+from eventpipe.settings import Settings
+from eventpipe.storage.s3 import s3_client
 
 TRUTH_SCHEMA = pa.schema(
     [
@@ -42,17 +48,18 @@ class GeneratedArchive:
     truth_key: str
 
 
-def archive_row(event: Event) -> dict[str, object]:
-    return {
-        "event_id": event.event_id,
-        "schema_version": event.schema_version,
-        "source": event.source,
-        "device_id": event.device_id,
-        "event_type": event.event_type,
-        "event_time": event.event_time,
-        "metrics": list(event.metrics.items()),
-        "attributes": list(event.attributes.items()),
-    }
+def write_committed_day(settings: Settings, es: Elasticsearch, day: date, events: list[Event]) -> dict[str, object]:
+    """Index the day's events into its daily index, then commit it with the real archive writer."""
+    es.indices.delete(index=[day_index(day), late_index(day)], ignore_unavailable=True)
+    actions = [IndexAction(day_index(day), e.event_id, e.document()) for e in events]
+    for offset in range(0, len(actions), 5000):
+        assert not bulk_index(es, actions[offset : offset + 5000]).rejected
+    es.indices.refresh(index=day_index(day))
+    written = archive_day(settings, es, ArchiveConfig.from_env(), day)
+    assert written.rows == len(events)
+    return json.loads(
+        s3_client(settings).get_object(Bucket=settings.archive_bucket, Key=manifest_key(day))["Body"].read()
+    )
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -61,25 +68,8 @@ def _parquet(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def write_committed_day(s3, bucket: str, day: date, events: list[Event], *, parts: int = 2) -> dict[str, object]:
-    table = pa.Table.from_pylist([archive_row(e) for e in events], schema=ARCHIVE_SCHEMA)
-    size = -(-table.num_rows // parts)
-    files = []
-    for i in range(parts):
-        chunk = table.slice(i * size, size)
-        body = _parquet(chunk)
-        key = f"{partition_prefix(day)}part-{i:05d}.parquet"
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
-        files.append(
-            {"key": key, "rows": chunk.num_rows, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-        )
-    manifest = {"day": day.isoformat(), "schema_version": SCHEMA_VERSION, "rows": table.num_rows, "files": files}
-    s3.put_object(Bucket=bucket, Key=manifest_key(day), Body=json.dumps(manifest).encode())
-    return manifest
-
-
-def write_generated_archive(s3, bucket: str, config: GeneratorConfig) -> GeneratedArchive:
-    """Generate ``config``'s events, commit one archive day per UTC date, write the ground truth."""
+def write_generated_archive(settings: Settings, config: GeneratorConfig) -> GeneratedArchive:
+    """Generate ``config``'s events, archive one day per UTC date through Elasticsearch, write the ground truth."""
     by_day: dict[date, list[Event]] = defaultdict(list)
     anomalies: list[dict[str, object]] = []
     for record in generate(config):
@@ -88,10 +78,14 @@ def write_generated_archive(s3, bucket: str, config: GeneratorConfig) -> Generat
         by_day[record.event.event_time.date()].append(record.event)
         if record.anomaly:
             anomalies.append(record.anomaly)
+    es = client(settings)
     for day, events in sorted(by_day.items()):
-        write_committed_day(s3, bucket, day, events)
+        write_committed_day(settings, es, day, events)
     key = truth_key(config)
-    s3.put_object(Bucket=bucket, Key=key, Body=_parquet(pa.Table.from_pylist(anomalies, schema=TRUTH_SCHEMA)))
+    s3 = s3_client(settings)
+    s3.put_object(
+        Bucket=settings.archive_bucket, Key=key, Body=_parquet(pa.Table.from_pylist(anomalies, schema=TRUTH_SCHEMA))
+    )
     return GeneratedArchive(config, sorted(by_day), dict(by_day), anomalies, key)
 
 

@@ -43,7 +43,7 @@ def ml_settings(services: Settings) -> Iterator[Settings]:
 @pytest.fixture(scope="module")
 def archive(ml_settings: Settings) -> GeneratedArchive:
     config = GeneratorConfig(START, START + timedelta(days=3), rate_per_s=0.5, anomaly_rate=0.02, seed=SEED)
-    return write_generated_archive(s3_client(ml_settings), ml_settings.archive_bucket, config)
+    return write_generated_archive(ml_settings, config)
 
 
 @pytest.fixture(scope="module")
