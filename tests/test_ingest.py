@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import datetime, timedelta
 
 import pytest
@@ -105,7 +107,9 @@ def test_late_event_lands_in_next_interval_and_updates_its_hour(
     rollup_hours(es, [H0])
     late = next(r for r in generate(GeneratorConfig(H0, H1, rate_per_s=0.02, seed=405)) if r.topic_kind == "iot")
     producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap)
-    producer.send(iot, key=late.key.encode(), value=late.value, timestamp_ms=late.timestamp_ms).get(timeout=30)
+    # a fresh id per run, so a rerun against the same Elasticsearch still adds exactly one event
+    value = json.dumps(late.event.model_copy(update={"event_id": f"late-{uuid.uuid4().hex}"}).document()).encode()
+    producer.send(iot, key=late.key.encode(), value=value, timestamp_ms=late.timestamp_ms).get(timeout=30)
     producer.close()
     before = es.get(index=ROLLUP_INDEX, id=f"{late.key}|{H0.strftime('%Y-%m-%dT%H:%M:%SZ')}", ignore=[404])
     result = drain_interval(services, iot, H2, H3)

@@ -8,12 +8,12 @@ before any Kafka offset is committed.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, Elasticsearch
@@ -220,7 +220,7 @@ def bulk_index(es: Elasticsearch, actions: Sequence[IndexAction], *, item_attemp
 
 def _lines(actions: Iterable[IndexAction]) -> Iterable[str]:
     for action in actions:
-        yield json.dumps({"index": {"_index": action.index, "_id": action.doc_id}}, separators=(",", ":"))
+        yield orjson.dumps({"index": {"_index": action.index, "_id": action.doc_id}}).decode()
         yield "\n"
-        yield json.dumps(action.source, separators=(",", ":"))
+        yield orjson.dumps(action.source).decode()
         yield "\n"
