@@ -27,9 +27,15 @@ services: install  ## start Kafka, Elasticsearch and the S3 server as local proc
 demo: install  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary
 	$(EP) demo
 
-test: services  ## everything up, then the whole test suite against the real services
+test: services browser  ## everything up, then the whole test suite against the real services
 	$(BIN)/ruff check include dags plugins tests bench
 	$(BIN)/python -m pytest -ra
+
+.PHONY: browser
+browser:  ## headless Chromium + chromedriver from Debian packages, for the Airflow UI test (idempotent)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium present"; \
+	else apt-get install -y -q chromium chromium-driver || \
+	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; fi
 
 test-fast: setup  ## tests that need no services
 	$(BIN)/python -m pytest -ra -m "not services and not airflow"

@@ -10,6 +10,7 @@ import time
 
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
+
 from eventpipe.metrics import push
 from eventpipe.settings import Settings
 
