@@ -64,7 +64,7 @@ Restore: the `eventpipe_restore_drill` DAG or `eventpipe archive restore --day â
     wait_for_ingest = PythonSensor(
         task_id="wait_for_ingest",
         python_callable=day_is_closed,
-        op_kwargs={"day": DAY, "topics": "{{ params.topics }}"},
+        op_kwargs={"day": DAY, "topics": TOPICS},
         mode="reschedule",
         poke_interval=300,
         timeout=int(timedelta(hours=6).total_seconds()),  # a timeout does not retry; ES errors do

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 from eventpipe.ingest.topics import SOURCE_TOPICS
 from eventpipe.orchestration.callbacks import on_task_failure
@@ -18,7 +19,8 @@ TOPICS = ["--topics", "{{ params.topics | join(',') }}"]
 with DAG(
     dag_id="eventpipe_ingest",
     description="Drain Kafka → Elasticsearch per hourly interval; dead letters; hourly rollups",
-    schedule="@hourly",
+    # an explicit data-interval timetable: in Airflow 3 a cron string gives zero-length intervals
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -69,8 +69,13 @@ def quiesce_day(es: Elasticsearch, day: date, topics: list[str], *, require_clos
     return QuiesceResult(day.isoformat(), topics, intervals, [index], documents, gaps)
 
 
-def day_is_closed(day: str, topics: list[str] | None = None) -> bool:
-    """Sensor callable (runs on the Airflow worker): has every ingest interval of ``day`` completed?"""
+def day_is_closed(day: str, topics: str | list[str] | None = None) -> bool:
+    """Sensor callable (runs on the Airflow worker): has every ingest interval of ``day`` completed?
+
+    ``topics`` may be a comma-separated string, which is what a templated op_kwarg renders to.
+    """
+    if isinstance(topics, str):
+        topics = [t.strip() for t in topics.split(",") if t.strip()]
     from eventpipe.archive.indices import parse_day
     from eventpipe.ingest.elastic import client, ensure_indices
     from eventpipe.ingest.topics import SOURCE_TOPICS

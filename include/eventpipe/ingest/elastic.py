@@ -48,7 +48,7 @@ def client(settings: Settings) -> Elasticsearch:
 
 
 def _replicas() -> int:
-    return int(os.environ.get("EVENTPIPE_ES_REPLICAS", "0"))
+    return int(os.environ.get("EVENTPIPE_ES_REPLICAS") or 0)
 
 
 def ensure_indices(es: Elasticsearch) -> None:
@@ -177,7 +177,7 @@ def _send(es: Elasticsearch, body: str) -> dict[str, object]:
     """One bulk request, retried on connection errors, 429 and 5xx (EVENTPIPE_ES_RETRIES attempts)."""
     for attempt in Retrying(
         retry=retry_if_exception(_retryable),
-        stop=stop_after_attempt(int(os.environ.get("EVENTPIPE_ES_RETRIES", "6"))),
+        stop=stop_after_attempt(int(os.environ.get("EVENTPIPE_ES_RETRIES") or 6)),
         wait=wait_exponential(multiplier=0.5, max=20),
         reraise=True,
     ):

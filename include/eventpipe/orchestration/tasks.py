@@ -51,8 +51,8 @@ def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: An
     return KubernetesPodOperator(
         task_id=task_id,
         name=f"eventpipe-{task_id}".replace("_", "-"),
-        namespace=os.environ.get("EVENTPIPE_NAMESPACE", "eventpipe"),
-        image=os.environ.get("EVENTPIPE_IMAGE", "eventpipe:0.1.0"),
+        namespace=os.environ.get("EVENTPIPE_NAMESPACE") or "eventpipe",
+        image=os.environ.get("EVENTPIPE_IMAGE") or "eventpipe:0.1.0",
         image_pull_policy="IfNotPresent",
         cmds=command.argv[:1],
         arguments=command.argv[1:],

@@ -1,0 +1,154 @@
+"""The Airflow UI as an operator uses it: log in, find the ingest DAG, trigger it through the dialog."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+from eventpipe.devstack.airflow import ADMIN_PASSWORD, ADMIN_USER, Airflow
+from eventpipe.devstack.airflow_api import AirflowApiError, AirflowClient
+from eventpipe.devstack.runtime import subdir
+
+from .airflow_support import INGEST_DAG, start_airflow
+
+pytestmark = pytest.mark.airflow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def airflow() -> Airflow:
+    return start_airflow()
+
+
+@pytest.fixture()
+def api(airflow: Airflow) -> Iterator[AirflowClient]:
+    with AirflowClient(airflow.url) as client:
+        client.wait_for_dag(INGEST_DAG)
+        yield client
+
+
+@pytest.fixture()
+def browser() -> Iterator[WebDriver]:
+    """Headless Debian Chromium with its matching chromedriver (no driver download)."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("chromium/chromedriver missing: run `make browser`")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1200"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@contextmanager
+def evidence_on_failure(browser: WebDriver, name: str) -> Iterator[None]:
+    """Screenshot and page source in .devstack/artifacts/ when the block fails."""
+    try:
+        yield
+    except BaseException:
+        shot = subdir("artifacts") / f"{name}.png"
+        browser.save_screenshot(str(shot))
+        shot.with_suffix(".html").write_text(browser.page_source)
+        print(f"screenshot of the failure: {shot}")
+        raise
+
+
+RETRY_ON = (
+    StaleElementReferenceException,
+    NoSuchElementException,
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+)
+
+
+def _ui(browser: WebDriver) -> WebDriverWait:
+    """Waits that re-find elements: the React UI re-renders while data loads."""
+    return WebDriverWait(browser, 60, poll_frequency=0.5, ignored_exceptions=RETRY_ON)
+
+
+def _click(browser: WebDriver, by: str, value: str) -> None:
+    _ui(browser).until(lambda d: d.find_element(by, value).click() or True)
+
+
+def _type(browser: WebDriver, by: str, value: str, text: str) -> None:
+    """Select-all + type (React-controlled fields ignore WebElement.clear()), until the field holds ``text``."""
+
+    def attempt(driver: WebDriver) -> bool:
+        element = driver.find_element(by, value)
+        element.click()
+        element.send_keys(Keys.CONTROL, "a")
+        element.send_keys(Keys.DELETE)
+        element.send_keys(text)
+        return driver.find_element(by, value).get_attribute("value") == text
+
+    _ui(browser).until(attempt)
+
+
+def test_login_find_dag_and_trigger_through_the_dialog(
+    airflow: Airflow, api: AirflowClient, browser: WebDriver, request: pytest.FixtureRequest
+) -> None:
+    with evidence_on_failure(browser, request.node.name):
+        _trigger_through_the_ui(airflow, api, browser)
+
+
+def _trigger_through_the_ui(airflow: Airflow, api: AirflowClient, browser: WebDriver) -> None:
+    run_id = f"ui_test__{uuid.uuid4().hex[:12]}"
+    topic = f"ui-test-{run_id[-12:]}"
+    before = {r.dag_run_id for r in api.dag_runs(INGEST_DAG)}
+
+    browser.get(f"{airflow.url}/")
+    _type(browser, By.NAME, "username", ADMIN_USER)
+    _type(browser, By.NAME, "password", ADMIN_PASSWORD)
+    _click(browser, By.CSS_SELECTOR, "button[type=submit]")
+    _ui(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, "a[href='/dags']")))
+
+    browser.get(f"{airflow.url}/dags")
+    _click(browser, By.CSS_SELECTOR, f"a[href$='/dags/{INGEST_DAG}']")
+    _ui(browser).until(ec.url_contains(f"/dags/{INGEST_DAG}"))
+    _click(browser, By.CSS_SELECTOR, "[data-testid=trigger-dag-button]")
+
+    _type(browser, By.ID, "element_topics", topic)
+    _click(browser, By.ID, "switch:element_dry_run")
+    _ui(browser).until(lambda d: d.find_element(By.NAME, "element_dry_run").is_selected())
+    # "Unpause ... on trigger" is shown only while the DAG is paused: keep it paused, the run just has to exist
+    for unpause in browser.find_elements(By.XPATH, "//label[contains(., 'Unpause') and contains(., 'on trigger')]"):
+        if unpause.find_element(By.TAG_NAME, "input").is_selected():
+            unpause.click()
+    _click(browser, By.XPATH, "//button[contains(@id, 'trigger:advancedOptions')]")
+    _type(browser, By.NAME, "dagRunId", run_id)
+    _click(browser, By.CSS_SELECTOR, "[data-testid=trigger-dag-submit]")
+
+    try:
+        WebDriverWait(browser, 30, ignored_exceptions=(AirflowApiError,)).until(
+            lambda _: api.dag_run(INGEST_DAG, run_id)
+        )
+        run = api.dag_run(INGEST_DAG, run_id)
+        assert run.dag_run_id not in before
+        assert run.run_type == "manual"
+        assert run.conf == {"topics": [topic], "dry_run": True}
+    finally:
+        with suppress(AirflowApiError):  # a queued UI run must not hold the DAG's single active-run slot
+            api.delete_dag_run(INGEST_DAG, run_id)
