@@ -127,7 +127,15 @@ class AirflowClient:
         runs = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params=params)["dag_runs"]
         return [DagRun.model_validate(r) for r in runs]
 
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> DagRun:
+        """Mark a run ``success``, ``failed`` or ``queued`` (what the UI's "Mark as" does)."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+        return DagRun.model_validate(self.request("PATCH", path, json={"state": state}))
+
     def delete_dag_run(self, dag_id: str, run_id: str) -> None:
+        """Delete a run; Airflow 3 refuses (409) while it is running, so it is marked failed first."""
+        if self.dag_run(dag_id, run_id).state == "running":
+            self.set_run_state(dag_id, run_id, "failed")
         self.request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
 
     def wait(self, dag_id: str, run_id: str, timeout: float = 600.0, poll: float = 2.0) -> DagRun:
