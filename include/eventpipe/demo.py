@@ -79,6 +79,7 @@ def run_demo(day: date = DEMO_DAY, rate_per_s: float = 0.2) -> dict[str, object]
     s3 = s3_client(settings)
     manifest = json.loads(s3.get_object(Bucket=settings.archive_bucket, Key=manifest_key(day))["Body"].read())
     lo, hi = start.isoformat(), end.isoformat()
+    lo_ms, hi_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)  # kafka_timestamp is epoch_millis
     summary = {
         "day": day.isoformat(),
         "services_up_seconds": timings,
@@ -86,7 +87,9 @@ def run_demo(day: date = DEMO_DAY, rate_per_s: float = 0.2) -> dict[str, object]
         "valid": produced.valid,
         "malformed": produced.malformed,
         "indexed_in_elasticsearch": es.count(index=[day_index(day), late_index(day)], ignore_unavailable=True)["count"],
-        "dead_letters": es.count(index=DLQ_INDEX, query={"range": {"kafka_timestamp": {"gte": lo, "lt": hi}}})["count"],
+        "dead_letters": es.count(index=DLQ_INDEX, query={"range": {"kafka_timestamp": {"gte": lo_ms, "lt": hi_ms}}})[
+            "count"
+        ],
         "hourly_rollups": es.count(index=ROLLUP_INDEX, query={"range": {"hour": {"gte": lo, "lt": hi}}})["count"],
         "snapshot": snapshot_name(day),
         "archive_manifest": f"s3://{settings.archive_bucket}/{manifest_key(day)}",
