@@ -30,23 +30,39 @@ console = Console(stderr=True)
 
 
 def _run(api, dag_id: str, day: date, conf: dict[str, object], timeout: float) -> dict[str, object]:
+    """Trigger the DAG for the day; on a rerun, clear the day's existing run instead (what an operator does)."""
+    from eventpipe.devstack.airflow_api import AirflowApiError
+
     start, end = day_bounds(day)
     api.wait_for_dag(dag_id, timeout=180)
     api.unpause(dag_id)
-    run = api.trigger(
-        dag_id,
-        conf=conf,
-        logical_date=start,
-        data_interval=(start, end),
-        run_id=f"demo__{day.isoformat()}__{uuid.uuid4().hex[:6]}",
-    )
-    console.print(f"[bold]{dag_id}[/] run {run.dag_run_id} triggered; waiting …")
+    try:
+        run_id = api.trigger(
+            dag_id,
+            conf=conf,
+            logical_date=start,
+            data_interval=(start, end),
+            run_id=f"demo__{day.isoformat()}__{uuid.uuid4().hex[:6]}",
+        ).dag_run_id
+        console.print(f"[bold]{dag_id}[/] run {run_id} triggered; waiting …")
+    except AirflowApiError as exc:
+        if " 409 " not in str(exc):
+            raise
+        stamp = start.isoformat()
+        run_id = api.dag_runs(dag_id, logical_date_gte=stamp, logical_date_lte=stamp)[0].dag_run_id
+        api.request(
+            "POST",
+            f"/api/v2/dags/{dag_id}/clearTaskInstances",
+            json={"dry_run": False, "dag_run_id": run_id, "only_failed": False, "reset_dag_runs": True},
+        )
+        console.print(f"[bold]{dag_id}[/] already ran for {day}: cleared run {run_id} to rerun it; waiting …")
     began = time.perf_counter()
-    finished = api.wait(dag_id, run.dag_run_id, timeout=timeout, poll=3)
-    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(dag_id, run.dag_run_id)}
+    time.sleep(3)  # let the scheduler pick the cleared/queued run up before polling its state
+    finished = api.wait(dag_id, run_id, timeout=timeout, poll=3)
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(dag_id, run_id)}
     if finished.state != "success":
-        raise SystemExit(f"{dag_id} run {run.dag_run_id} ended {finished.state}: {states}")
-    return {"run_id": run.dag_run_id, "seconds": round(time.perf_counter() - began, 1), "tasks": states}
+        raise SystemExit(f"{dag_id} run {run_id} ended {finished.state}: {states}")
+    return {"run_id": run_id, "seconds": round(time.perf_counter() - began, 1), "tasks": states}
 
 
 def run_demo(day: date = DEMO_DAY, rate_per_s: float = 0.2) -> dict[str, object]:
