@@ -11,8 +11,8 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from eventpipe.archive.quiesce import day_is_closed
 from eventpipe.ingest.topics import SOURCE_TOPICS
 from eventpipe.orchestration.assets import ARCHIVE_ASSET
-from eventpipe.orchestration.callbacks import on_task_failure
 from eventpipe.orchestration.command import TaskCommand
+from eventpipe.orchestration.defaults import default_args
 from eventpipe.orchestration.tasks import cli_task
 
 DAY = "{{ params.day or data_interval_start.strftime('%Y-%m-%d') }}"
@@ -32,13 +32,7 @@ with DAG(
         "day": Param("", type="string", description="Archive this day (YYYY-MM-DD) instead of the run's data interval"),
         "topics": Param(list(SOURCE_TOPICS.values()), type="array", description="Topics whose drains must be complete"),
     },
-    default_args={
-        "owner": "data-platform",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": on_task_failure,
-        "execution_timeout": timedelta(hours=3),
-    },
+    default_args=default_args(retries=2, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(hours=3)),
     doc_md="""
 ### Nightly archive
 

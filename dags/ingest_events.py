@@ -8,8 +8,8 @@ from airflow.sdk import DAG, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from eventpipe.ingest.topics import SOURCE_TOPICS
-from eventpipe.orchestration.callbacks import on_task_failure
 from eventpipe.orchestration.command import TaskCommand, plain_env
+from eventpipe.orchestration.defaults import default_args
 from eventpipe.orchestration.tasks import cli_task, execution_mode
 from eventpipe.sparkjobs.session import spark_task_env
 
@@ -29,14 +29,9 @@ with DAG(
         "topics": Param(list(SOURCE_TOPICS.values()), type="array", description="Source topics to drain"),
         "dry_run": Param(False, type="boolean", description="Only plan the offset ranges; write nothing"),
     },
-    default_args={
-        "owner": "data-platform",
-        "retries": 3,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "on_failure_callback": on_task_failure,
-        "execution_timeout": timedelta(minutes=50),
-    },
+    default_args=default_args(
+        retries=3, retry_delay=timedelta(minutes=1), execution_timeout=timedelta(minutes=50), backoff=True
+    ),
     doc_md="""
 ### Event ingest
 

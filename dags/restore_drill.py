@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
-from eventpipe.orchestration.callbacks import on_task_failure
 from eventpipe.orchestration.command import TaskCommand
+from eventpipe.orchestration.defaults import default_args
 from eventpipe.orchestration.tasks import cli_task
 
 with DAG(
@@ -22,13 +22,7 @@ with DAG(
         "day": Param("latest", type="string", description="Day to restore (YYYY-MM-DD) or 'latest' committed day"),
         "source": Param("both", enum=["both", "snapshot", "archive"], description="What to restore"),
     },
-    default_args={
-        "owner": "data-platform",
-        "retries": 1,
-        "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": on_task_failure,
-        "execution_timeout": timedelta(hours=2),
-    },
+    default_args=default_args(retries=1, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(hours=2)),
     doc_md="""
 ### Restore drill
 

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param
 
 from eventpipe.orchestration.assets import ARCHIVE_ASSET
-from eventpipe.orchestration.callbacks import on_task_failure
 from eventpipe.orchestration.command import TaskCommand, plain_env
+from eventpipe.orchestration.defaults import default_args
 from eventpipe.orchestration.tasks import cli_task, execution_mode
 from eventpipe.sparkjobs.session import spark_task_env
 
@@ -26,13 +26,7 @@ with DAG(
         ),
         "seed": Param(42, type="integer", description="Model seed; the same data and seed give the same model"),
     },
-    default_args={
-        "owner": "data-platform",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": on_task_failure,
-        "execution_timeout": timedelta(hours=2),
-    },
+    default_args=default_args(retries=2, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(hours=2)),
     doc_md="""
 ### Anomaly model training
 

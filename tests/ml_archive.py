@@ -22,21 +22,11 @@ from eventpipe.archive.indices import day_index, late_index
 from eventpipe.archive.layout import manifest_key
 from eventpipe.archive.writer import archive_day
 from eventpipe.events.generator import GeneratorConfig, generate
-from eventpipe.events.produce import truth_key
+from eventpipe.events.produce import TRUTH_SCHEMA, truth_key
 from eventpipe.events.schema import Event
 from eventpipe.ingest.elastic import IndexAction, bulk_index, client
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
-
-TRUTH_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("device_id", pa.string()),
-        ("metric", pa.string()),
-        ("kind", pa.string()),
-        ("event_time", pa.timestamp("ms", tz="UTC")),
-    ]
-)
 
 
 @dataclass

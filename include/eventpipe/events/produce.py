@@ -87,17 +87,19 @@ def truth_key(config: GeneratorConfig) -> str:
     )
 
 
+TRUTH_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("device_id", pa.string()),
+        ("metric", pa.string()),
+        ("kind", pa.string()),
+        ("event_time", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+
 def _write_truth(settings: Settings, config: GeneratorConfig, anomalies: list[dict[str, object]]) -> str:
-    schema = pa.schema(
-        [
-            ("event_id", pa.string()),
-            ("device_id", pa.string()),
-            ("metric", pa.string()),
-            ("kind", pa.string()),
-            ("event_time", pa.timestamp("ms", tz="UTC")),
-        ]
-    )
-    table = pa.Table.from_pylist(anomalies, schema=schema)
+    table = pa.Table.from_pylist(anomalies, schema=TRUTH_SCHEMA)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     ensure_bucket(settings, settings.archive_bucket)
