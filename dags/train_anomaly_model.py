@@ -24,6 +24,8 @@ with DAG(
         "days": Param(
             14, type="integer", minimum=2, description="Train on the last N committed days (last = hold-out)"
         ),
+        "since": Param("", type="string", description="Only days from this one (YYYY-MM-DD); empty = no bound"),
+        "until": Param("", type="string", description="Only days up to this one, the hold-out (YYYY-MM-DD)"),
         "seed": Param(42, type="integer", description="Model seed; the same data and seed give the same model"),
     },
     default_args=default_args(retries=2, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(hours=2)),
@@ -32,9 +34,9 @@ with DAG(
 
 Runs each time the nightly archive verifies a day (Airflow Asset `s3://eventpipe-archive/events`).
 
-**train** (`eventpipe ml train --days N`) reads the last *N* committed archive days through
+**train** (`eventpipe ml train --days N [--since D --until D]`) reads the last *N* committed archive days through
 their manifests, builds robust per-(device type, metric, hour-of-day) deviation features,
-fits a Spark ML GBT pipeline on all days but the last, evaluates precision/recall/F1 on the
+fits a Spark ML logistic-regression pipeline on all days but the last, evaluates precision/recall/F1 on the
 last day, and registers the version under `s3://eventpipe-archive/models/anomaly/v=NNNN/`
 (model, baseline, `metrics.json`, `lineage.json` with the days' manifest sha256).
 The version becomes champion (`champion.json`) only if its F1 on the hold-out beats the
@@ -48,7 +50,18 @@ F1, promoted or not and why) is in the task log and XCom. Scoring runs in the in
     train = cli_task(
         "train",
         TaskCommand(
-            ["ml", "train", "--days", "{{ params.days }}", "--seed", "{{ params.seed }}"],
+            [
+                "ml",
+                "train",
+                "--days",
+                "{{ params.days }}",
+                "--since",
+                "{{ params.since }}",
+                "--until",
+                "{{ params.until }}",
+                "--seed",
+                "{{ params.seed }}",
+            ],
             env={**plain_env(), **spark_task_env(execution_mode())},
         ),
         profile="spark-driver",

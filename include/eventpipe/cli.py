@@ -132,15 +132,18 @@ def rollup(start: Start, end: End, topics: Topics = "") -> None:
 
 @app.command()
 def demo(
-    day: Annotated[str, typer.Option(help="Day to produce, ingest and archive")] = "2026-01-15",
+    day: Annotated[str, typer.Option(help="First day to produce, ingest and archive")] = "2026-01-15",
+    days: Annotated[int, typer.Option(help="Number of days (the last one is the model's hold-out)")] = 3,
     rate: Annotated[float, typer.Option(help="Events per second of event time")] = 0.2,
 ) -> None:
-    """Start everything, produce a day, run the ingest and archive DAGs through Airflow, print a summary."""
+    """Start everything; produce days; ingest, archive, train and score through Airflow; print a summary."""
     from datetime import date
 
     from eventpipe.demo import run_demo
 
-    run_demo(date.fromisoformat(day), rate)
+    if days < 2:
+        raise typer.BadParameter("--days must be at least 2 (training needs a hold-out day)")
+    run_demo(date.fromisoformat(day), rate, days)
 
 
 devstack = typer.Typer(no_args_is_help=True, help="Local Kafka, Elasticsearch, S3 server and Airflow as processes.")

@@ -1,8 +1,10 @@
 """`eventpipe demo`: the embedded default end to end, through the real Airflow.
 
-Starts every local service, produces one day of events (a fixed day and seed, so a rerun
-shows idempotency: same counts, nothing duplicated), runs the ingest DAG over that day and
-then the nightly archive DAG for it via Airflow's REST API, and prints what landed where.
+Starts every local service, produces a few days of events (fixed days and seed, so a rerun
+shows idempotency: same counts, nothing duplicated), and through Airflow's REST API runs the
+ingest DAG and the nightly archive DAG for each day, the Spark ML training DAG on the archived
+days, and the last day's ingest again so the new champion scores its events; then prints
+what landed where.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from rich.console import Console
 from rich.table import Table
@@ -21,7 +23,7 @@ from eventpipe.archive.verify import is_verified
 from eventpipe.devstack.stack import SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
-from eventpipe.ingest.elastic import DLQ_INDEX, ROLLUP_INDEX, client, ensure_indices
+from eventpipe.ingest.elastic import ANOMALY_INDEX, DLQ_INDEX, ROLLUP_INDEX, client, ensure_indices
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
 
@@ -29,26 +31,29 @@ DEMO_DAY = date(2026, 1, 15)
 console = Console(stderr=True)
 
 
-def _run(api, dag_id: str, day: date, conf: dict[str, object], timeout: float) -> dict[str, object]:
+def _run(api, dag_id: str, day: date | None, conf: dict[str, object], timeout: float) -> dict[str, object]:
     """Trigger the DAG for the day; on a rerun, clear the day's existing run instead (what an operator does)."""
     from eventpipe.devstack.airflow_api import AirflowApiError
 
-    start, end = day_bounds(day)
     api.wait_for_dag(dag_id, timeout=180)
     api.unpause(dag_id)
     try:
-        run_id = api.trigger(
-            dag_id,
-            conf=conf,
-            logical_date=start,
-            data_interval=(start, end),
-            run_id=f"demo__{day.isoformat()}__{uuid.uuid4().hex[:6]}",
-        ).dag_run_id
+        if day is None:  # not interval-bound (the asset-scheduled training)
+            run_id = api.trigger(dag_id, conf=conf, run_id=f"demo__{uuid.uuid4().hex[:8]}").dag_run_id
+        else:
+            start, end = day_bounds(day)
+            run_id = api.trigger(
+                dag_id,
+                conf=conf,
+                logical_date=start,
+                data_interval=(start, end),
+                run_id=f"demo__{day.isoformat()}__{uuid.uuid4().hex[:6]}",
+            ).dag_run_id
         console.print(f"[bold]{dag_id}[/] run {run_id} triggered; waiting …")
     except AirflowApiError as exc:
-        if " 409 " not in str(exc):
+        if " 409 " not in str(exc) or day is None:
             raise
-        stamp = start.isoformat()
+        stamp = day_bounds(day)[0].isoformat()
         run_id = api.dag_runs(dag_id, logical_date_gte=stamp, logical_date_lte=stamp)[0].dag_run_id
         api.request(
             "POST",
@@ -65,7 +70,7 @@ def _run(api, dag_id: str, day: date, conf: dict[str, object], timeout: float) -
     return {"run_id": run_id, "seconds": round(time.perf_counter() - began, 1), "tasks": states}
 
 
-def run_demo(day: date = DEMO_DAY, rate_per_s: float = 0.2) -> dict[str, object]:
+def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3) -> dict[str, object]:
     import os
 
     from eventpipe.devstack.airflow_api import AirflowClient
@@ -78,51 +83,83 @@ def run_demo(day: date = DEMO_DAY, rate_per_s: float = 0.2) -> dict[str, object]
     es = client(settings)
     ensure_indices(es)
 
-    console.rule(f"producing {day} into Kafka")
-    start, end = day_bounds(day)
+    demo_days = [first_day + timedelta(days=n) for n in range(days)]
+    start, end = day_bounds(demo_days[0])[0], day_bounds(demo_days[-1])[1]
+    console.rule(f"producing {demo_days[0]} … {demo_days[-1]} into Kafka (ground truth to S3)")
     produced = produce(settings, GeneratorConfig(start, end, rate_per_s=rate_per_s, seed=20260115))
     console.print(
         f"produced {produced.produced} records ({produced.malformed} malformed, {produced.anomalies} anomalies)"
     )
 
+    runs: dict[str, object] = {}
     with AirflowClient() as api:
-        console.rule("ingest DAG over the day (one run, data interval = the day)")
-        ingest = _run(api, "eventpipe_ingest", day, {}, timeout=1800)
-        console.rule("nightly archive DAG for the day")
-        archive = _run(api, "eventpipe_archive_nightly", day, {"day": day.isoformat()}, timeout=1800)
+        for day in demo_days:
+            console.rule(f"{day}: ingest DAG (data interval = the day), then the nightly archive DAG")
+            runs[f"ingest {day}"] = _run(api, "eventpipe_ingest", day, {}, timeout=1800)
+            runs[f"archive {day}"] = _run(api, "eventpipe_archive_nightly", day, {"day": day.isoformat()}, 1800)
+        console.rule("Spark ML training on the archived days (Airflow asset-scheduled DAG)")
+        conf = {"days": days, "since": demo_days[0].isoformat(), "until": demo_days[-1].isoformat()}
+        runs["train"] = _run(api, "eventpipe_train_anomaly_model", None, conf, timeout=3600)
+        trained = api.xcom("eventpipe_train_anomaly_model", str(runs["train"]["run_id"]), "train")  # type: ignore[index]
+        console.rule(f"re-running the ingest of {demo_days[-1]}: the champion now scores its events")
+        runs[f"ingest+score {demo_days[-1]}"] = _run(api, "eventpipe_ingest", demo_days[-1], {}, timeout=1800)
 
-    es.indices.refresh(index=[day_index(day), DLQ_INDEX, ROLLUP_INDEX], ignore_unavailable=True)
     s3 = s3_client(settings)
-    manifest = json.loads(s3.get_object(Bucket=settings.archive_bucket, Key=manifest_key(day))["Body"].read())
-    lo, hi = start.isoformat(), end.isoformat()
     lo_ms, hi_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)  # kafka_timestamp is epoch_millis
+    es.indices.refresh(index=[DLQ_INDEX, ROLLUP_INDEX, ANOMALY_INDEX, *map(day_index, demo_days)])
+    manifests = {
+        day: json.loads(s3.get_object(Bucket=settings.archive_bucket, Key=manifest_key(day))["Body"].read())
+        for day in demo_days
+    }
+    last_lo, last_hi = (t.isoformat() for t in day_bounds(demo_days[-1]))
+    champion = trained.get("champion")
     summary = {
-        "day": day.isoformat(),
+        "days": f"{demo_days[0]} … {demo_days[-1]}",
         "services_up_seconds": timings,
         "produced": produced.produced,
         "valid": produced.valid,
         "malformed": produced.malformed,
-        "indexed_in_elasticsearch": es.count(index=[day_index(day), late_index(day)], ignore_unavailable=True)["count"],
+        "indexed_in_elasticsearch": sum(
+            es.count(index=[day_index(d), late_index(d)], ignore_unavailable=True)["count"] for d in demo_days
+        ),
         "dead_letters": es.count(index=DLQ_INDEX, query={"range": {"kafka_timestamp": {"gte": lo_ms, "lt": hi_ms}}})[
             "count"
         ],
-        "hourly_rollups": es.count(index=ROLLUP_INDEX, query={"range": {"hour": {"gte": lo, "lt": hi}}})["count"],
-        "snapshot": snapshot_name(day),
-        "archive_manifest": f"s3://{settings.archive_bucket}/{manifest_key(day)}",
-        "archive_rows": manifest["rows"],
-        "archive_files": len(manifest["files"]),
-        "archive_revision": manifest["revision"],
-        "archive_verified": is_verified(s3, settings.archive_bucket, day),
-        "ingest_run": ingest,
-        "archive_run": archive,
+        "hourly_rollups": es.count(
+            index=ROLLUP_INDEX, query={"range": {"hour": {"gte": start.isoformat(), "lt": end.isoformat()}}}
+        )["count"],
+        "snapshots": [snapshot_name(d) for d in demo_days],
+        "archive_rows": {d.isoformat(): m["rows"] for d, m in manifests.items()},
+        "archive_revisions": {d.isoformat(): m["revision"] for d, m in manifests.items()},
+        "archive_verified": all(is_verified(s3, settings.archive_bucket, d) for d in demo_days),
+        "model": {
+            "version": trained.get("version"),
+            "champion": champion,
+            "promoted": trained.get("promoted"),
+            "holdout_f1": trained.get("evaluation", {}).get("f1"),
+            "reason": trained.get("reason"),
+        },
+        f"anomalies_scored_{demo_days[-1]}": es.count(
+            index=ANOMALY_INDEX,
+            query={
+                "bool": {
+                    "filter": [
+                        {"term": {"model_version": str(champion)}},
+                        {"range": {"event_time": {"gte": last_lo, "lt": last_hi}}},
+                    ]
+                }
+            },
+        )["count"],
+        "airflow_runs": runs,
         "airflow_ui": "http://127.0.0.1:8080  (user admin, password admin)",
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     table = Table(title="eventpipe demo", show_header=False)
     for key, value in summary.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+        table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
     Console().print(table)
-    ok = summary["indexed_in_elasticsearch"] == produced.valid == manifest["rows"] and summary["archive_verified"]
-    if not ok:
-        raise SystemExit("demo finished but the counts do not line up; see the table above")
+    archived = sum(m["rows"] for m in manifests.values())
+    ok = summary["indexed_in_elasticsearch"] == produced.valid == archived and summary["archive_verified"]
+    if not ok or champion is None:
+        raise SystemExit("demo finished but the counts do not line up or no champion model; see the table above")
     return summary
