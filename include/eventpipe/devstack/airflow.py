@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from importlib.metadata import version as dist_version
 from pathlib import Path
 
@@ -104,11 +105,20 @@ class Airflow(Service):
         return dist_version("apache-airflow")
 
     def cli(self, *args: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``airflow <args>`` against this instance's home and database."""
+        """Run ``airflow <args>`` against this instance's home and database.
+
+        The devstack's SQLite metadata database can refuse a write with "database is locked" when
+        the scheduler writes at the same moment (SQLite fails lock upgrades at once, whatever the
+        busy timeout); such a command is rolled back, so it is retried a few times.
+        """
         env = {**os.environ, **self.env()}
-        result = subprocess.run(
-            [airflow_bin(), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        for attempt in range(4):
+            result = subprocess.run(
+                [airflow_bin(), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+            )
+            if result.returncode == 0 or "database is locked" not in result.stderr:
+                break
+            time.sleep(2 + 3 * attempt)
         if check and result.returncode != 0:
             raise DevstackError(f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
         return result
