@@ -21,7 +21,7 @@ from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_index, existing, late_index, snapshot_name
 from eventpipe.ingest.elastic import DLQ_INDEX, MANIFEST_INDEX, ROLLUP_INDEX
 from eventpipe.settings import Settings
-from eventpipe.storage.s3 import ensure_bucket, s3_client
+from eventpipe.storage.s3 import delete_keys, ensure_bucket, s3_client
 
 log = logging.getLogger(__name__)
 LIVE_INDICES = (MANIFEST_INDEX, ROLLUP_INDEX, DLQ_INDEX)
@@ -147,8 +147,5 @@ def mirror_fs_repository(settings: Settings, cfg: ArchiveConfig) -> int:
         s3.put_object(Bucket=cfg.snapshot_bucket, Key=key, Body=path.read_bytes(), **extra)
         copied += 1
     stale = [k for k in present if k not in wanted]
-    for offset in range(0, len(stale), 1000):
-        s3.delete_objects(
-            Bucket=cfg.snapshot_bucket, Delete={"Objects": [{"Key": k} for k in stale[offset : offset + 1000]]}
-        )
+    delete_keys(s3, cfg.snapshot_bucket, stale)
     return copied

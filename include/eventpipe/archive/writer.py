@@ -35,7 +35,7 @@ from eventpipe.archive.layout import manifest_key, partition_prefix, staging_pre
 from eventpipe.events.schema import SCHEMA_VERSION
 from eventpipe.ingest.manifest import ManifestStore
 from eventpipe.settings import Settings
-from eventpipe.storage.s3 import ensure_bucket, s3_client
+from eventpipe.storage.s3 import delete_keys, ensure_bucket, s3_client
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,4 @@ def _delete_prefix(s3, bucket: str, prefix: str, keep=lambda key: False) -> int:
     doomed = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         doomed += [obj["Key"] for obj in page.get("Contents", []) if not keep(obj["Key"])]
-    for offset in range(0, len(doomed), 1000):
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in doomed[offset : offset + 1000]]})
-    return len(doomed)
+    return delete_keys(s3, bucket, doomed)

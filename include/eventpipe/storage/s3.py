@@ -42,3 +42,10 @@ def ensure_bucket(settings: Settings, bucket: str) -> None:
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if bucket not in existing:
         client.create_bucket(Bucket=bucket)
+
+
+def delete_keys(s3, bucket: str, keys: list[str]) -> int:
+    """Delete ``keys`` in batches of 1000 (the DeleteObjects limit); returns how many were asked for."""
+    for offset in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[offset : offset + 1000]]})
+    return len(keys)
