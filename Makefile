@@ -11,9 +11,11 @@ help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt -e .
+	@echo "[setup] Python venv in $(VENV): Airflow, Spark, clients (a few minutes on a cold pip cache; one line per package)"
+	@start=$$(date +%s); $(PYTHON) -m venv $(VENV) && \
+	  $(BIN)/pip install -q --upgrade pip && \
+	  $(BIN)/pip install --progress-bar off -r requirements-dev.txt -e . | grep --line-buffered -E '^(Collecting|Successfully)' ; \
+	  test $${PIPESTATUS[0]} -eq 0 && echo "[setup] venv ready in $$(( $$(date +%s) - start ))s"
 	touch $@
 
 setup: $(BIN)/.installed  ## Python venv with Airflow, clients, Spark and the eventpipe package
@@ -21,7 +23,7 @@ setup: $(BIN)/.installed  ## Python venv with Airflow, clients, Spark and the ev
 install: setup  ## download/build Kafka, Elasticsearch, the S3 server and Spark jars (cached in .devstack/)
 	$(EP) devstack install
 
-services: install  ## start Kafka, Elasticsearch and the S3 server as local processes
+services: install  ## start Kafka, Elasticsearch and the S3 server as local processes (Airflow and PostgreSQL start on demand)
 	$(EP) devstack up --services kafka,elasticsearch,s3
 
 demo: install  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary

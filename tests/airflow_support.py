@@ -18,10 +18,25 @@ INGEST_DAG = "eventpipe_ingest"
 ARCHIVE_DAG = "eventpipe_archive_nightly"
 
 
+_settled = False
+
+
 def start_airflow() -> Airflow:
-    """Start (or reuse) the devstack Airflow; idempotent, like every devstack service."""
+    """Start (or reuse) the devstack Airflow, settled once per session into a known state.
+
+    Whatever a demo or an earlier run left (unpaused DAGs, queued or running runs) is paused and
+    stopped, so no stray run holds a DAG's active-run slot or competes for the two cores.
+    """
+    global _settled
     up(["airflow"])
-    return Airflow()
+    airflow = Airflow()
+    if not _settled:
+        with AirflowClient(airflow.url) as api:
+            for dag_id in (INGEST_DAG, ARCHIVE_DAG):
+                api.wait_for_dag(dag_id, timeout=180)
+            api.settle()
+        _settled = True
+    return airflow
 
 
 @contextmanager

@@ -22,7 +22,6 @@ from .faults import CuttableProxy
 pytestmark = pytest.mark.services
 
 
-
 def _hours(seed: int) -> tuple[datetime, datetime, datetime, datetime]:
     """Each test owns a different day, so rollups (per device and hour) never mix tests."""
     h0 = utc("2026-01-01T10:00:00") + timedelta(days=seed % 300)

@@ -16,14 +16,28 @@ from eventpipe.settings import SECRET_ENV
 
 START = datetime(2026, 11, 20, 10, tzinfo=timezone.utc)
 END = datetime(2026, 11, 20, 11, tzinfo=timezone.utc)
-ARGS = ["drain", "--start", "{{ data_interval_start.isoformat() }}", "--end", "{{ data_interval_end.isoformat() }}",
-        "--topics", "{{ params.topics | join(',') }}"]
+ARGS = [
+    "drain",
+    "--start",
+    "{{ data_interval_start.isoformat() }}",
+    "--end",
+    "{{ data_interval_end.isoformat() }}",
+    "--topics",
+    "{{ params.topics | join(',') }}",
+]
 
 
 def _context(dag: DAG) -> dict[str, object]:
     ti = SimpleNamespace(dag_id=dag.dag_id, task_id="drain", map_index=-1, try_number=1)
-    return {"data_interval_start": START, "data_interval_end": END, "params": {"topics": ["a", "b"]}, "dag": dag,
-            "ds": "2026-11-20", "run_id": "manual__test", "ti": ti}
+    return {
+        "data_interval_start": START,
+        "data_interval_end": END,
+        "params": {"topics": ["a", "b"]},
+        "dag": dag,
+        "ds": "2026-11-20",
+        "run_id": "manual__test",
+        "ti": ti,
+    }
 
 
 @pytest.fixture()

@@ -146,67 +146,6 @@ def demo(
     run_demo(date.fromisoformat(day), rate, days)
 
 
-devstack = typer.Typer(no_args_is_help=True, help="Local Kafka, Elasticsearch, S3 server and Airflow as processes.")
-app.add_typer(devstack, name="devstack")
-Services = Annotated[str, typer.Option("--services", help="Comma-separated subset (default: all)")]
-
-
-def _services(value: str, default: tuple[str, ...]) -> list[str]:
-    from eventpipe.devstack.stack import SERVICES
-
-    names = [n.strip() for n in value.split(",") if n.strip()] or list(default)
-    unknown = sorted(set(names) - set(SERVICES) - {"spark"})
-    if unknown:
-        raise typer.BadParameter(f"unknown services {unknown}; known: {sorted(SERVICES)} and spark")
-    return names
-
-
-@devstack.command("install")
-def devstack_install(services: Services = "") -> None:
-    """Download and build every service (cached under .devstack/)."""
-    from eventpipe.devstack.stack import SERVICES, install
-
-    emit("devstack install (seconds)", install(_services(services, (*SERVICES, "spark"))))
-
-
-@devstack.command("up")
-def devstack_up(services: Services = "") -> None:
-    """Start services (idempotent: healthy ones are left alone)."""
-    from eventpipe.devstack.runtime import DevstackError
-    from eventpipe.devstack.stack import SERVICES, up
-
-    try:
-        emit("devstack up (seconds)", up(n for n in _services(services, tuple(SERVICES)) if n != "spark"))
-    except DevstackError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from exc
-
-
-@devstack.command("down")
-def devstack_down(services: Services = "") -> None:
-    """Stop services started by `devstack up`."""
-    from eventpipe.devstack.stack import SERVICES, down
-
-    emit("devstack down", {"stopped": down(n for n in _services(services, tuple(SERVICES)) if n != "spark")})
-
-
-@devstack.command("status")
-def devstack_status(services: Services = "") -> None:
-    """Health, pid and version of each service."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from eventpipe.devstack.stack import SERVICES, status
-
-    rows = status(n for n in _services(services, tuple(SERVICES)) if n != "spark")
-    table = Table("service", "port", "pid", "healthy", "version", title="devstack")
-    for row in rows:
-        table.add_row(*(str(row[k]) for k in ("service", "port", "pid", "healthy", "version")))
-    Console().print(table)
-    if not all(row["healthy"] for row in rows):
-        raise typer.Exit(1)
-
-
 # Sub-command groups owned by their packages (one line each).
 from eventpipe.archive.cli import app as archive_app  # noqa: E402
 
@@ -214,6 +153,9 @@ app.add_typer(archive_app, name="archive")
 from eventpipe.ml.cli import ml_app  # noqa: E402
 
 app.add_typer(ml_app, name="ml")
+from eventpipe.devstack.cli import app as devstack_app  # noqa: E402
+
+app.add_typer(devstack_app, name="devstack")
 # -- end of sub-command groups
 
 if __name__ == "__main__":

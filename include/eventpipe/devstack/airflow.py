@@ -1,9 +1,12 @@
-"""Airflow 3 for the embedded default: ``airflow standalone`` on SQLite with LocalExecutor.
+"""Airflow 3 for the embedded default: its four components supervised, metadata in PostgreSQL, LocalExecutor.
 
-One process group (scheduler, dag-processor, triggerer, api-server) under ``.devstack/airflow``.
-Tasks run as local processes (``EVENTPIPE_EXECUTION=local``) against the other devstack
-services. The admin password is fixed (``admin``/``admin``) through the passwords file it
-writes, so tests and the demo can log in without reading generated secrets.
+api-server, scheduler, dag-processor and triggerer run as separate programs under supervisord
+(the ``supervisor`` package), which restarts one that exits, with backoff while it keeps failing
+at start, and logs each exit: a crashed scheduler comes back as the Helm chart's Deployment
+would bring it back. The metadata database is the devstack PostgreSQL (``EVENTPIPE_AIRFLOW_DB=sqlite``
+falls back to SQLite). Tasks run as local processes (``EVENTPIPE_EXECUTION=local``) against the
+other devstack services. The admin password is fixed (``admin``/``admin``) through the passwords
+file, so tests and the demo can log in without reading generated secrets.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ import shutil
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from importlib.metadata import version as dist_version
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, Service, start_process, subdir
+from eventpipe.devstack.postgres import Postgres
+from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, Service, log_path, run_step, start_process, subdir
 from eventpipe.devstack.stack import local_env
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin"  # devstack only: the API binds to 127.0.0.1
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+# supervisord programs, each `airflow <name>`; the API server first (the others talk to it)
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per health poll otherwise
 
 
@@ -89,13 +97,22 @@ class Airflow(Service):
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
             "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
         }
-        if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
-            # busy timeout 60 s (driver default 5 s): CLI calls such as `airflow backfill create` write
-            # while scheduler, DAG processor and API server hold the SQLite lock
-            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}?timeout=60"
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_url()
         # Explicit AIRFLOW__* settings of the caller win (e.g. an external metadata database).
         env.update({k: v for k, v in os.environ.items() if k.startswith("AIRFLOW__")})
         return env
+
+    @staticmethod
+    def uses_sqlite() -> bool:
+        return os.environ.get("EVENTPIPE_AIRFLOW_DB", "postgres") == "sqlite"
+
+    def database_url(self) -> str:
+        """PostgreSQL by default; SQLite only when asked for (it refuses concurrent writes: "database is locked")."""
+        if os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+            return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        if self.uses_sqlite():
+            return f"sqlite:///{airflow_home() / 'airflow.db'}?timeout=60"
+        return Postgres().url
 
     @property
     def passwords_file(self) -> Path:
@@ -125,16 +142,88 @@ class Airflow(Service):
 
     def install(self) -> None:
         """Fixed admin password and a migrated metadata DB (cached per Airflow version and DB URL)."""
+        if self.database_url().startswith("postgresql") and not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+            Postgres().start()
         self.passwords_file.write_text(json.dumps({ADMIN_USER: ADMIN_PASSWORD}))
         marker = airflow_home() / ".migrated"
         stamp = f"{self.version()} {self.env()['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN']}"
         if marker.exists() and marker.read_text() == stamp:
             return
-        self.cli("db", "migrate", timeout=900)
+        result = run_step(
+            [airflow_bin(), "db", "migrate"],
+            "airflow: migrating the metadata database",
+            env={**os.environ, **self.env()},
+        )
+        if result.returncode != 0:
+            raise DevstackError(f"airflow db migrate failed:\n{result.stderr[-4000:]}")
         marker.write_text(stamp)
 
+    @property
+    def supervisor_socket(self) -> Path:
+        return airflow_home() / "supervisor.sock"
+
+    def supervisor_config(self) -> Path:
+        """supervisord's config: one program per component, each restarted when it exits."""
+        lines = [
+            "[unix_http_server]",
+            f"file={self.supervisor_socket}",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "[supervisorctl]",
+            f"serverurl=unix://{self.supervisor_socket}",
+            "[supervisord]",
+            "nodaemon=true",
+            f"logfile={log_path('airflow-supervisord')}",
+            f"pidfile={airflow_home() / 'supervisord.pid'}",
+            f"directory={airflow_home()}",
+        ]
+        for program in COMPONENTS:
+            lines += [
+                f"[program:{program}]",
+                f"command={airflow_bin()} {program}",
+                "autostart=true",
+                "autorestart=true",  # exited for any reason -> started again
+                "startsecs=5",  # an exit sooner counts as a failed start: retried with growing delay (backoff)
+                "startretries=20",
+                "stopasgroup=true",
+                "killasgroup=true",
+                "stopwaitsecs=30",
+                "redirect_stderr=true",
+                f"stdout_logfile={log_path(f'airflow-{program}')}",
+                "stdout_logfile_maxbytes=50MB",
+                "stdout_logfile_backups=2",
+            ]
+        config = airflow_home() / "supervisord.conf"
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
     def launch(self) -> None:
-        start_process(self.name, [airflow_bin(), "standalone"], env=self.env(), cwd=airflow_home())
+        self.supervisor_socket.unlink(missing_ok=True)
+        supervisord = str(_bin_dir() / "supervisord")
+        if not Path(supervisord).exists():
+            raise DevstackError("supervisord is missing; run `make setup` (pip install -r requirements-dev.txt)")
+        start_process(self.name, [supervisord, "-c", str(self.supervisor_config())], env=self.env(), cwd=airflow_home())
+
+    def _supervisor(self) -> Any:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, f"unix://{self.supervisor_socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+    def components(self) -> dict[str, dict[str, Any]]:
+        """Each component's supervisor state (RUNNING, BACKOFF, FATAL, ...), pid and start time; {} if down."""
+        try:
+            infos = self._supervisor().getAllProcessInfo()
+        except (OSError, xmlrpc.client.Error):
+            return {}
+        return {info["name"]: info for info in infos}
+
+    def recover(self) -> None:
+        """Start again any component supervisord gave up on (FATAL after its retries) or that was stopped."""
+        for name, info in self.components().items():
+            if info["statename"] in {"FATAL", "STOPPED", "EXITED"}:
+                logging.getLogger(__name__).warning("airflow %s is %s: starting it again", name, info["statename"])
+                self._supervisor().startProcess(name, False)
 
     def health(self) -> dict[str, dict[str, object]]:
         response = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5.0)
@@ -142,15 +231,24 @@ class Airflow(Service):
         return response.json()
 
     def healthy(self) -> bool:
-        """Metadata DB, scheduler and DAG processor report healthy (what running a DAG needs)."""
+        """Every supervised component RUNNING, and metadata DB, scheduler, DAG processor and triggerer healthy."""
+        components = self.components()
+        if set(components) != set(COMPONENTS) or any(c["statename"] != "RUNNING" for c in components.values()):
+            return False
         try:
             health = self.health()
         except (httpx.HTTPError, ValueError):
             return False
         return all(
             (health.get(component) or {}).get("status") == "healthy"
-            for component in ("metadatabase", "scheduler", "dag_processor")
+            for component in ("metadatabase", "scheduler", "dag_processor", "triggerer")
         )
 
     def start_timeout(self) -> float:
         return 300.0
+
+    def status(self) -> dict[str, object]:
+        row = super().status()
+        components = self.components()
+        row["components"] = {name: info["statename"] for name, info in components.items()}
+        return row

@@ -32,7 +32,14 @@ class DagRun(BaseModel):
 
 
 class AirflowApiError(RuntimeError):
-    """An API call failed; the message carries status and body."""
+    """An API call failed; ``status`` is the HTTP status (None when no response came), the message has the body."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+ACTIVE = frozenset({"queued", "running"})
 
 
 class AirflowClient:
@@ -60,7 +67,9 @@ class AirflowClient:
         response = self._http.post("/auth/token", json=self._credentials)
         if response.status_code not in (200, 201):
             user = self._credentials["username"]
-            raise AirflowApiError(f"login as {user} failed: {response.status_code} {response.text}")
+            raise AirflowApiError(
+                f"login as {user} failed: {response.status_code} {response.text}", response.status_code
+            )
         self._token = str(response.json()["access_token"])
         return self._token
 
@@ -72,7 +81,9 @@ class AirflowClient:
                 self._token = None
                 continue
             if response.status_code >= 400:
-                raise AirflowApiError(f"{method} {path}: {response.status_code} {response.text[:2000]}")
+                raise AirflowApiError(
+                    f"{method} {path}: {response.status_code} {response.text[:2000]}", response.status_code
+                )
             return response.json() if response.content else None
         raise AssertionError("unreachable")
 
@@ -137,6 +148,24 @@ class AirflowClient:
         if self.dag_run(dag_id, run_id).state == "running":
             self.set_run_state(dag_id, run_id, "failed")
         self.request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+
+    def settle(self, dag_id_pattern: str = "eventpipe_") -> dict[str, list[str]]:
+        """A known state: every matching DAG paused and each of its queued or running runs marked failed.
+
+        What an operator does before maintenance, and what tests start from after a demo left DAGs
+        unpaused with a scheduled run waiting on a sensor. Returns what was paused and failed.
+        """
+        paused, failed = [], []
+        for dag in self.dags(dag_id_pattern):
+            dag_id = dag["dag_id"]
+            if not dag["is_paused"]:
+                self.set_paused(dag_id, True)
+                paused.append(dag_id)
+            for state in ACTIVE:
+                for run in self.dag_runs(dag_id, state=state):
+                    self.set_run_state(dag_id, run.dag_run_id, "failed")
+                    failed.append(f"{dag_id}/{run.dag_run_id}")
+        return {"paused": paused, "failed": failed}
 
     def wait(self, dag_id: str, run_id: str, timeout: float = 600.0, poll: float = 2.0) -> DagRun:
         """Until the run has finished (success or failed); raises TimeoutError with its task states."""

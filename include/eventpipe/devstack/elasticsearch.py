@@ -157,4 +157,3 @@ class ElasticsearchNode(Service):
 
     def start_timeout(self) -> float:
         return 240.0
-

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -17,8 +18,42 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+PROGRESS_EVERY = 10.0  # seconds between progress lines of a long wait
+
+
 class DevstackError(RuntimeError):
     """A service could not be installed or started; the message says what to do."""
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr (stdout stays machine-readable), flushed at once for CI logs."""
+    print(f"[devstack {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_step(
+    cmd: Sequence[str], what: str, *, env: dict[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a long install step, printing what it does and its elapsed time every few seconds.
+
+    Output is captured (shown only when the step fails), so a cold build is neither silent nor noisy.
+    """
+    began = time.monotonic()
+    progress(f"{what} …")
+    with subprocess.Popen(
+        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
+    ) as proc:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=PROGRESS_EVERY)
+                break
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - began
+                if timeout is not None and elapsed > timeout:
+                    proc.kill()
+                    raise DevstackError(f"{what}: no result within {timeout:.0f}s") from None
+                progress(f"{what} … {elapsed:.0f}s")
+    progress(f"{what}: done in {time.monotonic() - began:.1f}s" + ("" if proc.returncode == 0 else " (failed)"))
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
 
 
 def home() -> Path:
@@ -126,7 +161,9 @@ def tail(path: Path, lines: int = 30) -> str:
 
 def wait_until(check: Callable[[], bool], *, timeout: float, name: str, what: str) -> None:
     """Poll ``check`` until it holds; on timeout or early death raise with the log tail."""
-    deadline = time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = began + timeout
+    reported = began
     while time.monotonic() < deadline:
         try:
             if check():
@@ -135,6 +172,9 @@ def wait_until(check: Callable[[], bool], *, timeout: float, name: str, what: st
             pass
         if _pidfile(name).exists() and pid_of(name) is None:
             raise DevstackError(f"{name} exited while waiting for {what}; log tail:\n{tail(log_path(name))}")
+        if time.monotonic() - reported >= PROGRESS_EVERY:
+            reported = time.monotonic()
+            progress(f"{name}: waiting for {what} ({reported - began:.0f}s of at most {timeout:.0f}s)")
         time.sleep(0.5)
     raise DevstackError(f"{name}: {what} not reached within {timeout:.0f}s; log tail:\n{tail(log_path(name))}")
 
@@ -181,7 +221,7 @@ def maven_classpath(pom: Path, dest: Path) -> list[Path]:
             f"-DoutputDirectory={dest}",
             "-DincludeScope=runtime",
         ]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        result = run_step(cmd, f"downloading jars for {pom.parent.name} from Maven Central")
         if result.returncode != 0:
             raise DevstackError(f"downloading jars for {pom} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
         marker.write_text(pom.read_text())
@@ -210,14 +250,35 @@ class Service(ABC):
     def start_timeout(self) -> float:
         return 180.0
 
+    def recover_timeout(self) -> float:
+        """How long a running but unhealthy service may take to become healthy before it is restarted."""
+        return 90.0
+
+    def recover(self) -> None:
+        """Repair a running but unhealthy service in place (e.g. restart a failed component); default: nothing."""
+        return None
+
     def start(self) -> None:
+        """Healthy: left alone. Running but unhealthy: repaired, else restarted. Not running: installed and launched."""
         if self.healthy():
             return
-        if pid_of(self.name) is None:
-            ensure_port_free(self.port, self.name)
-            self.install()
-            self.launch()
+        if pid_of(self.name) is not None:
+            self.recover()
+            try:
+                wait_until(self.healthy, timeout=self.recover_timeout(), name=self.name, what="health check")
+                return
+            except DevstackError as exc:
+                progress(f"{self.name}: running but unhealthy ({str(exc).splitlines()[0]}); restarting it")
+                self.stop()
+        ensure_port_free(self.port, self.name)
+        began = time.monotonic()
+        self.install()
+        if (spent := time.monotonic() - began) > 1:
+            progress(f"{self.name}: installed in {spent:.1f}s")
+        progress(f"{self.name}: starting (log: {log_path(self.name)})")
+        self.launch()
         wait_until(self.healthy, timeout=self.start_timeout(), name=self.name, what="health check")
+        progress(f"{self.name}: healthy after {time.monotonic() - began:.1f}s")
 
     def stop(self) -> bool:
         return stop_process(self.name)

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from eventpipe.devstack.runtime import DevstackError, Service, port_open, start_process, subdir
+from eventpipe.devstack.runtime import DevstackError, Service, port_open, run_step, start_process, subdir
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import ensure_bucket, s3_client
 
@@ -77,7 +76,7 @@ class S3Server(Service):
 
     @staticmethod
     def _go(cmd: list[str], env: dict[str, str], what: str) -> str:
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        result = run_step(cmd, what, env=env)
         if result.returncode != 0:
             raise DevstackError(f"{what} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-4000:]}")
         return result.stdout

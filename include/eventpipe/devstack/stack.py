@@ -7,13 +7,14 @@ import time
 from collections.abc import Iterable
 
 from eventpipe.devstack.elasticsearch import snapshot_root
-from eventpipe.devstack.runtime import Service
+from eventpipe.devstack.runtime import Service, progress
 
 # name -> "module:Class"; start order matters (Airflow last: its tasks need the others).
 SERVICES: dict[str, str] = {
     "kafka": "eventpipe.devstack.kafka:Kafka",
     "elasticsearch": "eventpipe.devstack.elasticsearch:ElasticsearchNode",
     "s3": "eventpipe.devstack.s3:S3Server",
+    "postgres": "eventpipe.devstack.postgres:Postgres",  # Airflow's metadata database
     "airflow": "eventpipe.devstack.airflow:Airflow",
 }
 DATA_SERVICES = ("kafka", "elasticsearch", "s3")
@@ -47,6 +48,7 @@ def install(names: Iterable[str]) -> dict[str, float]:
     timings = {}
     for name in names:
         began = time.perf_counter()
+        progress(f"install {name} …")
         if name == "spark":
             from eventpipe.devstack.spark import spark_jars
 
@@ -54,6 +56,7 @@ def install(names: Iterable[str]) -> dict[str, float]:
         else:
             service(name).install()
         timings[name] = round(time.perf_counter() - began, 1)
+        progress(f"install {name}: ready in {timings[name]}s")
     return timings
 
 

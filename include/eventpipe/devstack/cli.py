@@ -1,0 +1,94 @@
+"""`eventpipe devstack …`: the embedded services as local processes (install, up, down, status, env)."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Annotated
+
+import typer
+
+from eventpipe.devstack.runtime import DevstackError
+from eventpipe.devstack.stack import SERVICES
+from eventpipe.results import emit
+
+app = typer.Typer(
+    no_args_is_help=True, help="Local Kafka, Elasticsearch, S3 server, PostgreSQL and Airflow as processes."
+)
+Services = Annotated[str, typer.Option("--services", help="Comma-separated subset (default: all)")]
+
+
+def _services(value: str, default: tuple[str, ...]) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()] or list(default)
+    unknown = sorted(set(names) - set(SERVICES) - {"spark"})
+    if unknown:
+        raise typer.BadParameter(f"unknown services {unknown}; known: {sorted(SERVICES)} and spark")
+    return names
+
+
+def _running(value: str) -> list[str]:
+    """The named services that run as processes (spark is a library: installed, never started)."""
+    return [n for n in _services(value, tuple(SERVICES)) if n != "spark"]
+
+
+@app.command("install")
+def install(services: Services = "") -> None:
+    """Download and build every service (cached under .devstack/)."""
+    from eventpipe.devstack.stack import install
+
+    try:
+        emit("devstack install (seconds)", install(_services(services, (*SERVICES, "spark"))))
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("up")
+def up(services: Services = "") -> None:
+    """Start services (idempotent: healthy ones are left alone, unhealthy ones repaired or restarted)."""
+    from eventpipe.devstack.stack import up
+
+    try:
+        emit("devstack up (seconds)", up(_running(services)))
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("down")
+def down(services: Services = "") -> None:
+    """Stop services started by `devstack up`."""
+    from eventpipe.devstack.stack import down
+
+    emit("devstack down", {"stopped": down(_running(services))})
+
+
+@app.command("status")
+def status(services: Services = "") -> None:
+    """Health, pid and version of each service, and the state of each Airflow component."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from eventpipe.devstack.stack import status
+
+    rows = status(_running(services))
+    table = Table("service", "port", "pid", "healthy", "version", "components", title="devstack")
+    for row in rows:
+        components = row.get("components") or {}
+        detail = ", ".join(f"{name} {state}" for name, state in components.items())  # type: ignore[union-attr]
+        table.add_row(*(str(row[k]) for k in ("service", "port", "pid", "healthy", "version")), detail)
+    Console().print(table)
+    if not all(row["healthy"] for row in rows):
+        raise typer.Exit(1)
+
+
+@app.command("env")
+def env() -> None:
+    """Shell exports for the `airflow` CLI and `eventpipe` commands against the devstack.
+
+    Use: eval "$(eventpipe devstack env)"; then `airflow backfill create …` talks to the devstack's
+    metadata database and DAGs instead of creating a stray ~/airflow.
+    """
+    from eventpipe.devstack.airflow import Airflow
+
+    for key, value in sorted(Airflow().env().items()):
+        typer.echo(f"export {key}={shlex.quote(value)}")

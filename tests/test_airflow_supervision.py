@@ -1,0 +1,108 @@
+"""The devstack supervises Airflow's components: a crashed scheduler comes back and its runs complete."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from eventpipe.devstack.airflow import COMPONENTS, Airflow
+from eventpipe.devstack.airflow_api import AirflowClient
+from eventpipe.devstack.runtime import wait_until
+from eventpipe.devstack.stack import up
+from eventpipe.events.generator import GeneratorConfig, utc
+from eventpipe.events.produce import produce
+from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS
+from eventpipe.settings import Settings
+
+from .airflow_support import INGEST_DAG, start_airflow, unpaused
+
+pytestmark = [pytest.mark.airflow, pytest.mark.services, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def airflow(services: Settings) -> Airflow:
+    return start_airflow()
+
+
+@pytest.fixture(scope="module")
+def api(airflow: Airflow) -> Iterator[AirflowClient]:
+    with AirflowClient(airflow.url) as client:
+        yield client
+
+
+def _count(es: Elasticsearch, index: str, field: str, topic: str) -> int:
+    es.indices.refresh(index=index)
+    return es.count(index=index, query={"term": {field: topic}})["count"]
+
+
+def _restarted(airflow: Airflow, component: str, old_pid: int) -> bool:
+    info = airflow.components().get(component, {})
+    return info.get("statename") == "RUNNING" and info.get("pid") not in (0, old_pid)
+
+
+def test_every_component_is_supervised_and_reported(airflow: Airflow) -> None:
+    components = airflow.components()
+    assert set(components) == set(COMPONENTS)
+    assert {info["statename"] for info in components.values()} == {"RUNNING"}
+    assert airflow.status()["components"] == dict.fromkeys(COMPONENTS, "RUNNING")
+
+
+def test_scheduler_killed_mid_run_is_restarted_and_the_run_completes(
+    airflow: Airflow, api: AirflowClient, services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    seed = random.SystemRandom().randrange(1_000_000)
+    h0 = utc("2026-01-01T00:00:00") + timedelta(hours=seed % (300 * 24))
+    produced = produce(
+        services, GeneratorConfig(h0, h0 + timedelta(hours=1), 0.3, malformed_rate=0.02, seed=seed), topics=topics
+    )
+    with unpaused(api, services, INGEST_DAG):
+        run = api.trigger(
+            INGEST_DAG,
+            conf={"topics": sorted(topics.values())},
+            logical_date=h0,
+            data_interval=(h0, h0 + timedelta(hours=1)),
+            run_id=f"supervision__{h0:%Y%m%dT%H}__{seed}",
+        )
+        # kill the scheduler once the run is under way, as a crash (SIGKILL: no clean shutdown)
+        wait_until(
+            lambda: any(ti["state"] for ti in api.task_instances(INGEST_DAG, run.dag_run_id)),
+            timeout=300,
+            name="airflow",
+            what="the run's first task scheduled",
+        )
+        scheduler_pid = int(airflow.components()["scheduler"]["pid"])
+        os.kill(scheduler_pid, signal.SIGKILL)
+        began = time.monotonic()
+        wait_until(lambda: _restarted(airflow, "scheduler", scheduler_pid), timeout=120, name="airflow", what="restart")
+        restart_seconds = time.monotonic() - began
+
+        finished = api.wait(INGEST_DAG, run.dag_run_id, timeout=900)
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(INGEST_DAG, run.dag_run_id)}
+    assert finished.state == "success", states
+    assert restart_seconds < 60
+    for topic in topics.values():
+        indexed, dead = _count(es, EVENTS_ALIAS, "kafka.topic", topic), _count(es, DLQ_INDEX, "source_topic", topic)
+        assert indexed + dead == produced.by_topic[topic], topic
+    assert sum(_count(es, EVENTS_ALIAS, "kafka.topic", t) for t in topics.values()) == produced.valid
+    # `devstack up` on the repaired Airflow is a no-op: healthy services are left alone
+    supervisor_pid = airflow.status()["pid"]
+    up(["airflow"])
+    assert airflow.status()["pid"] == supervisor_pid
+
+
+def test_devstack_up_restarts_a_component_supervisord_gave_up_on(airflow: Airflow) -> None:
+    """A component stopped for good (as FATAL after its retries would be) is started again by `devstack up`."""
+    supervisor = airflow._supervisor()
+    supervisor.stopProcess("triggerer", True)
+    assert airflow.components()["triggerer"]["statename"] == "STOPPED"
+    up(["airflow"])
+    wait_until(
+        lambda: airflow.components()["triggerer"]["statename"] == "RUNNING", timeout=60, name="airflow", what="start"
+    )
