@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -48,10 +49,14 @@ def api(airflow: Airflow) -> Iterator[AirflowClient]:
 
 
 @pytest.fixture()
-def browser() -> Iterator[WebDriver]:
-    """Headless Debian Chromium with its matching chromedriver (no driver download)."""
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+    """Headless Debian Chromium with its matching chromedriver, given by path: Selenium Manager never runs.
+
+    SE_OFFLINE also keeps Selenium Manager off the network should a future Selenium consult it anyway.
+    """
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("chromium/chromedriver missing: run `make browser`")
+        pytest.fail("chromium/chromedriver missing: run `make browser` (Debian packages chromium, chromium-driver)")
+    monkeypatch.setenv("SE_OFFLINE", "true")
     options = Options()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1200"):
@@ -151,4 +156,28 @@ def _trigger_through_the_ui(airflow: Airflow, api: AirflowClient, browser: WebDr
         assert run.conf == {"topics": [topic], "dry_run": True}
     finally:
         with suppress(AirflowApiError):  # a queued UI run must not hold the DAG's single active-run slot
-            api.delete_dag_run(INGEST_DAG, run_id)
+            api.set_run_state(INGEST_DAG, run_id, "failed")  # not deleted: the scheduler may hold it
+
+
+SCREENSHOTS = {
+    "dag-list": ("/dags", "eventpipe_ingest"),
+    "ingest-grid": (f"/dags/{INGEST_DAG}/grid", INGEST_DAG),
+    "archive-runs": ("/dags/eventpipe_archive_nightly/runs", "eventpipe_archive_nightly"),
+}
+
+
+def test_screenshots_for_people(airflow: Airflow, api: AirflowClient, browser: WebDriver) -> None:
+    """Pictures of the DAG list, the ingest grid and the archive runs (curated copies live in docs/img/)."""
+    folder = subdir("artifacts", "ui")
+    browser.get(f"{airflow.url}/")
+    _type(browser, By.NAME, "username", ADMIN_USER)
+    _type(browser, By.NAME, "password", ADMIN_PASSWORD)
+    _click(browser, By.CSS_SELECTOR, "button[type=submit]")
+    _ui(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, "a[href='/dags']")))
+    for name, (path, expected) in SCREENSHOTS.items():
+        browser.get(f"{airflow.url}{path}")
+        _ui(browser).until(lambda d, text=expected: text in d.find_element(By.TAG_NAME, "body").text)
+        time.sleep(2)  # let charts and the grid finish rendering
+        shot = folder / f"{name}.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 20_000, f"{shot} looks empty"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 from elasticsearch import Elasticsearch as EsClient
@@ -28,6 +29,17 @@ from eventpipe.devstack.runtime import (
 
 POM = REPO_ROOT / "devstack" / "maven" / "elasticsearch" / "pom.xml"
 LAUNCHER = REPO_ROOT / "devstack" / "java" / "EventpipeNode.java"
+ROOT_MODULE = REPO_ROOT / "devstack" / "java" / "root" / "EventpipeRootPlugin.java"
+ROOT_DESCRIPTOR = """\
+description=GET / banner (the distribution's rest-root module is not on Maven Central)
+version={version}
+name=eventpipe-root
+classname=EventpipeRootPlugin
+java.version=21
+elasticsearch.version={version}
+extended.plugins=
+has.native.controller=false
+"""
 MODULE_JARS = re.compile(r"^(netty-|transport-netty4-)")
 NETTY_DESCRIPTOR = """\
 description=Netty 4 based transport implementation
@@ -82,19 +94,36 @@ class ElasticsearchNode(Service):
                 shutil.copy2(jar, module / jar.name)
         (module / "plugin-descriptor.properties").write_text(NETTY_DESCRIPTOR.format(version=self.version()))
         classes = subdir("elasticsearch", "classes")
-        compiled = classes / "EventpipeNode.class"
-        if not compiled.exists() or compiled.stat().st_mtime < LAUNCHER.stat().st_mtime:
-            javac = Path(java(21)).with_name("javac")
-            if not javac.exists():
-                raise DevstackError(f"a JDK 21+ with javac is required for Elasticsearch (found only {javac.parent})")
-            result = subprocess.run(
-                [str(javac), "-d", str(classes), "-cp", self._server_classpath(jars), str(LAUNCHER)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if result.returncode != 0:
-                raise DevstackError(f"compiling the Elasticsearch launcher failed:\n{result.stderr[-3000:]}")
+        self._compile(LAUNCHER, classes, jars)
+        root_classes = subdir("elasticsearch", "root-classes")
+        if self._compile(ROOT_MODULE, root_classes, jars) or not (self._root_module / "eventpipe-root.jar").exists():
+            self._root_module.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(self._root_module / "eventpipe-root.jar", "w") as jar:
+                for compiled in sorted(root_classes.glob("*.class")):
+                    jar.write(compiled, compiled.name)
+        (self._root_module / "plugin-descriptor.properties").write_text(ROOT_DESCRIPTOR.format(version=self.version()))
+
+    @property
+    def _root_module(self) -> Path:
+        return self.home_dir / "modules" / "eventpipe-root"
+
+    def _compile(self, source: Path, classes: Path, jars: list[Path]) -> bool:
+        """javac ``source`` into ``classes`` unless its class is newer; True when it compiled."""
+        compiled = classes / source.with_suffix(".class").name
+        if compiled.exists() and compiled.stat().st_mtime >= source.stat().st_mtime:
+            return False
+        javac = Path(java(21)).with_name("javac")
+        if not javac.exists():
+            raise DevstackError(f"a JDK 21+ with javac is required for Elasticsearch (found only {javac.parent})")
+        result = subprocess.run(
+            [str(javac), "-d", str(classes), "-cp", self._server_classpath(jars), str(source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise DevstackError(f"compiling {source.name} for Elasticsearch failed:\n{result.stderr[-3000:]}")
+        return True
 
     def _server_classpath(self, jars: list[Path]) -> str:
         return ":".join(str(jar) for jar in jars if not MODULE_JARS.match(jar.name))

@@ -137,6 +137,7 @@ def stop_process(name: str, timeout: float = 30.0) -> bool:
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signal.SIGCONT)  # a frozen (SIGSTOPped) service must run to act on the SIGTERM
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):  # our own child: reap it, or it lingers as a zombie
