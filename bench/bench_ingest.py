@@ -31,8 +31,13 @@ DAY = utc("2024-01-01T00:00:00")
 
 
 def kafka_ceiling(settings: Settings, topic: str, expected: int) -> float:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                             max_poll_records=5000, fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        max_poll_records=5000,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+    )
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
     consumer.assign(tps)
     consumer.seek_to_beginning()
@@ -50,10 +55,14 @@ def es_ceiling(settings: Settings, topic: str, expected: int, chunk: int = 5000)
     es = client(settings)
     template = es.indices.get_index_template(name="eventpipe-events")["index_templates"][0]["index_template"]
     scratch = f"bench-ceiling-{uuid.uuid4().hex[:6]}"
-    es.indices.create(index=scratch, mappings=template["template"]["mappings"],
-                      settings={"number_of_shards": 1, "number_of_replicas": 0})
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                             max_poll_records=chunk)
+    es.indices.create(
+        index=scratch,
+        mappings=template["template"]["mappings"],
+        settings={"number_of_shards": 1, "number_of_replicas": 0},
+    )
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, max_poll_records=chunk
+    )
     consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))])
     consumer.seek_to_beginning()
     bodies: list[str] = []
@@ -101,9 +110,14 @@ def main() -> None:
     console = Console()
 
     with console.status(f"producing {args.events:,} events"):
-        produced = produce(settings, GeneratorConfig(DAY, end, rate_per_s=args.events / span_s, seed=99,
-                                                     business_share=0.0, malformed_rate=0.001),
-                           topics=topics, truth=False)
+        produced = produce(
+            settings,
+            GeneratorConfig(
+                DAY, end, rate_per_s=args.events / span_s, seed=99, business_share=0.0, malformed_rate=0.001
+            ),
+            topics=topics,
+            truth=False,
+        )
     topic = topics["iot"]
     n = produced.by_topic[topic]
     with console.status("raw Kafka consume"):
@@ -121,8 +135,10 @@ def main() -> None:
     table.add_row("ES bulk, pre-serialized (ceiling)", f"{es_rate:,.0f}", f"{drain_rate / es_rate:.2f}")
     table.add_row("drain (parse+validate+bulk+DLQ+commit)", f"{drain_rate:,.0f}", "1.00")
     console.print(table)
-    console.print(f"drain: {result.consumed:,} consumed, {result.indexed:,} indexed, "
-                  f"{result.dead_lettered:,} dead letters in {result.seconds:.1f}s (bulk {result.bulk_seconds:.1f}s)")
+    console.print(
+        f"drain: {result.consumed:,} consumed, {result.indexed:,} indexed, "
+        f"{result.dead_lettered:,} dead letters in {result.seconds:.1f}s (bulk {result.bulk_seconds:.1f}s)"
+    )
     if not args.keep:
         client(settings).indices.delete(index=f"{EVENTS_PREFIX}-2024.01.*", allow_no_indices=True)
 
