@@ -14,7 +14,7 @@ from elasticsearch import Elasticsearch
 
 from eventpipe.devstack.airflow import COMPONENTS, Airflow
 from eventpipe.devstack.airflow_api import AirflowClient
-from eventpipe.devstack.runtime import wait_until
+from eventpipe.devstack.runtime import port_open, wait_until
 from eventpipe.devstack.stack import up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
@@ -106,3 +106,16 @@ def test_devstack_up_restarts_a_component_supervisord_gave_up_on(airflow: Airflo
     wait_until(
         lambda: airflow.components()["triggerer"]["statename"] == "RUNNING", timeout=60, name="airflow", what="start"
     )
+
+
+def test_down_leaves_no_component_behind(airflow: Airflow) -> None:
+    """Each component runs in its own process group: stopping supervisord alone would orphan them."""
+    pids = [int(info["pid"]) for info in airflow.components().values()]
+    assert len(pids) == len(COMPONENTS) and all(pids)
+    assert airflow.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not port_open(airflow.port)
+    up(["airflow"])  # as the next test module expects it
+    assert airflow.healthy()

@@ -11,10 +11,12 @@ file, so tests and the demo can log in without reading generated secrets.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -217,6 +219,20 @@ class Airflow(Service):
         except (OSError, xmlrpc.client.Error):
             return {}
         return {info["name"]: info for info in infos}
+
+    def stop(self) -> bool:
+        """Stop the components through supervisord (TERM, then KILL of each group after 30 s), then supervisord.
+
+        Killing supervisord's own process group is not enough: each component runs in a group of its own.
+        """
+        components = self.components()
+        with contextlib.suppress(OSError, xmlrpc.client.Error):
+            self._supervisor().stopAllProcesses(True)
+        for info in components.values():  # whatever survived (e.g. supervisord died mid-stop)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if info.get("pid"):
+                    os.killpg(int(info["pid"]), signal.SIGKILL)
+        return super().stop()
 
     def recover(self) -> None:
         """Start again any component supervisord gave up on (FATAL after its retries) or that was stopped."""
