@@ -74,16 +74,13 @@ def day_is_closed(day: str, topics: str | list[str] | None = None) -> bool:
 
     ``topics`` may be a comma-separated string, which is what a templated op_kwarg renders to.
     """
-    if isinstance(topics, str):
-        topics = [t.strip() for t in topics.split(",") if t.strip()]
-    from eventpipe.archive.indices import parse_day
     from eventpipe.ingest.elastic import client, ensure_indices
-    from eventpipe.ingest.topics import SOURCE_TOPICS
+    from eventpipe.params import parse_day, parse_topics
     from eventpipe.settings import Settings
 
     es = client(Settings.from_env())
     try:
         ensure_indices(es)
-        return not coverage_gaps(es, parse_day(day), topics or list(SOURCE_TOPICS.values()))
+        return not coverage_gaps(es, parse_day(day), parse_topics(topics))
     finally:
         es.close()
