@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
+from eventpipe.archive.cli import RestoreSource
 from eventpipe.orchestration.local import LocalCliOperator
 from eventpipe.orchestration.pod import EventpipePodOperator
 from eventpipe.orchestration.profiles import PROFILES
@@ -109,3 +110,9 @@ def test_no_cycles(dagbag: DagBag) -> None:
     for dag_id, dag in dagbag.dags.items():
         order = dag.topological_sort()
         assert len(order) == len(dag.tasks), dag_id
+
+
+def test_trigger_form_choices_are_cli_choices(dagbag: DagBag) -> None:
+    """The restore drill's `source` param offers exactly what `eventpipe archive restore --source` accepts."""
+    param = dagbag.dags["eventpipe_restore_drill"].params.get_param("source")
+    assert set(param.schema["enum"]) == {s.value for s in RestoreSource}

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
@@ -42,6 +43,7 @@ from eventpipe.archive.manifest import (
 )
 from eventpipe.events.schema import SCHEMA_VERSION
 from eventpipe.ingest.manifest import ManifestStore
+from eventpipe.ingest.offsets import PartitionRange
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import delete_keys, ensure_bucket, s3_client
 
@@ -74,17 +76,21 @@ def _chunks(table: pa.Table, rows: int) -> list[pa.Table]:
     return [table.slice(offset, rows) for offset in range(0, table.num_rows, rows)]
 
 
+def offset_spans(parts: Iterable[PartitionRange]) -> dict[str, dict[str, list[int]]]:
+    """Per topic and partition (as a string, a JSON key), [lowest start, highest end) of the non-empty ranges."""
+    ranges: dict[str, dict[str, list[int]]] = {}
+    for part in parts:
+        if part.size == 0:
+            continue
+        span = ranges.setdefault(part.topic, {}).setdefault(str(part.partition), [part.start, part.end])
+        span[0], span[1] = min(span[0], part.start), max(span[1], part.end)
+    return ranges
+
+
 def kafka_ranges(es: Elasticsearch, day: date) -> dict[str, dict[str, list[int]]]:
     """Offset ranges drained for the day, per topic and partition: [first, end) over its intervals."""
     start, end = day_bounds(day)
-    ranges: dict[str, dict[str, list[int]]] = {}
-    for manifest in ManifestStore(es).between(start, end):
-        for part in manifest.ranges():
-            if part.size == 0:
-                continue
-            span = ranges.setdefault(part.topic, {}).setdefault(str(part.partition), [part.start, part.end])
-            span[0], span[1] = min(span[0], part.start), max(span[1], part.end)
-    return ranges
+    return offset_spans(part for manifest in ManifestStore(es).between(start, end) for part in manifest.ranges())
 
 
 def archive_day(
