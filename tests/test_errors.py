@@ -24,6 +24,7 @@ from eventpipe.errors import (
     PERMANENT_EXIT_CODE,
     ChecksumMismatch,
     InvalidArgument,
+    InvalidConfiguration,
     ManifestInvalid,
     ManifestMismatch,
     ManifestMissing,
@@ -38,7 +39,8 @@ EVENTPIPE = Path(sys.executable).with_name("eventpipe")
 
 
 def test_every_permanent_error_carries_the_permanent_exit_code() -> None:
-    for kind in (InvalidArgument, ManifestMismatch, ChecksumMismatch, ManifestInvalid, ManifestMissing):
+    kinds = (InvalidArgument, InvalidConfiguration, ManifestMismatch, ChecksumMismatch, ManifestInvalid)
+    for kind in (*kinds, ManifestMissing):
         assert issubclass(kind, PermanentError) and kind("x").exit_code == PERMANENT_EXIT_CODE == 3
     assert PERMANENT_EXIT_CODE not in (0, 1, 2)  # neither success, nor a crash, nor click's usage code
     assert issubclass(InvalidArgument, ValueError)  # callers that caught ValueError still do

@@ -6,6 +6,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from eventpipe.errors import InvalidArgument
 from eventpipe.ml.train import select_days
 
 DAYS = [date(2026, 3, 1) + timedelta(days=i) for i in range(6)]  # 03-01 … 03-06 committed
@@ -31,5 +32,5 @@ def test_gaps_in_the_archive_are_skipped_not_filled() -> None:
     "kwargs", [{"days": 1}, {"since": date(2026, 3, 6)}, {"until": date(2026, 2, 1)}, {"since": date(2027, 1, 1)}]
 )
 def test_fewer_than_two_days_is_refused(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError, match="need at least 2 committed archive days"):
+    with pytest.raises(InvalidArgument, match="need at least 2 committed archive days"):  # permanent: no retries
         select_days(DAYS, **kwargs)  # type: ignore[arg-type]

@@ -34,6 +34,10 @@ class InvalidArgument(PermanentError, ValueError):
     """An argument or parameter is malformed or out of range."""
 
 
+class InvalidConfiguration(PermanentError):
+    """A required setting is missing or contradicts another (fix the deployment, then rerun)."""
+
+
 class ManifestMismatch(PermanentError):
     """Stored data (archive files, Elasticsearch documents) differs from what its manifest records."""
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventpipe.archive.layout import committed_days, manifest_key
 from eventpipe.archive.manifest import load as load_manifest
+from eventpipe.errors import InvalidArgument
 from eventpipe.events.produce import TRUTH_PREFIX
 from eventpipe.ml.features import FEATURES, add_features, explode_metrics, fit_baseline, read_archive, with_labels
 from eventpipe.ml.registry import Registry, code_version, promotion_margin
@@ -79,7 +80,7 @@ def select_days(
     if days:
         chosen = chosen[-days:]
     if len(chosen) < 2:
-        raise ValueError(f"need at least 2 committed archive days (train + hold-out), found {len(chosen)}")
+        raise InvalidArgument(f"need at least 2 committed archive days (train + hold-out), found {len(chosen)}")
     return chosen[:-1], chosen[-1]
 
 
