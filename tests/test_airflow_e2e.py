@@ -13,10 +13,10 @@ from eventpipe.devstack.airflow import Airflow
 from eventpipe.devstack.airflow_api import AirflowClient
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
-from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS
 from eventpipe.settings import Settings
 
 from .airflow_support import INGEST_DAG, start_airflow, unpaused
+from .es_support import dead_letters_of, events_of
 
 pytestmark = [pytest.mark.airflow, pytest.mark.services]
 
@@ -30,11 +30,6 @@ def airflow(services: Settings) -> Airflow:
 def api(airflow: Airflow, services: Settings) -> Iterator[AirflowClient]:
     with AirflowClient(airflow.url) as client, unpaused(client, services, INGEST_DAG):
         yield client
-
-
-def _count(es: Elasticsearch, index: str, field: str, topic: str) -> int:
-    es.indices.refresh(index=index)
-    return es.count(index=index, query={"term": {field: topic}})["count"]
 
 
 def test_triggered_run_drains_exactly_its_hour(
@@ -63,12 +58,9 @@ def test_triggered_run_drains_exactly_its_hour(
     assert set(states.values()) == {"success"} and {"drain", "rollup"} <= set(states)
 
     for topic in topics.values():
-        assert (
-            _count(es, EVENTS_ALIAS, "kafka.topic", topic) + _count(es, DLQ_INDEX, "source_topic", topic)
-            == produced.by_topic[topic]
-        )
-    assert sum(_count(es, EVENTS_ALIAS, "kafka.topic", t) for t in topics.values()) == produced.valid
-    assert sum(_count(es, DLQ_INDEX, "source_topic", t) for t in topics.values()) == produced.malformed > 0
+        assert events_of(es, topic) + dead_letters_of(es, topic) == produced.by_topic[topic]
+    assert sum(events_of(es, t) for t in topics.values()) == produced.valid
+    assert sum(dead_letters_of(es, t) for t in topics.values()) == produced.malformed > 0
 
     drained = api.xcom(INGEST_DAG, run.dag_run_id, "drain")
     assert drained["interval_start"] == h0.isoformat() and drained["interval_end"] == h1.isoformat()

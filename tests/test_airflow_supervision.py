@@ -18,10 +18,10 @@ from eventpipe.devstack.runtime import port_open, wait_until
 from eventpipe.devstack.stack import up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
-from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS
 from eventpipe.settings import Settings
 
 from .airflow_support import INGEST_DAG, start_airflow, unpaused
+from .es_support import dead_letters_of, events_of
 
 pytestmark = [pytest.mark.airflow, pytest.mark.services, pytest.mark.slow]
 
@@ -35,11 +35,6 @@ def airflow(services: Settings) -> Airflow:
 def api(airflow: Airflow) -> Iterator[AirflowClient]:
     with AirflowClient(airflow.url) as client:
         yield client
-
-
-def _count(es: Elasticsearch, index: str, field: str, topic: str) -> int:
-    es.indices.refresh(index=index)
-    return es.count(index=index, query={"term": {field: topic}})["count"]
 
 
 def _restarted(airflow: Airflow, component: str, old_pid: int) -> bool:
@@ -88,9 +83,9 @@ def test_scheduler_killed_mid_run_is_restarted_and_the_run_completes(
     assert finished.state == "success", states
     assert restart_seconds < 60
     for topic in topics.values():
-        indexed, dead = _count(es, EVENTS_ALIAS, "kafka.topic", topic), _count(es, DLQ_INDEX, "source_topic", topic)
+        indexed, dead = events_of(es, topic), dead_letters_of(es, topic)
         assert indexed + dead == produced.by_topic[topic], topic
-    assert sum(_count(es, EVENTS_ALIAS, "kafka.topic", t) for t in topics.values()) == produced.valid
+    assert sum(events_of(es, t) for t in topics.values()) == produced.valid
     # `devstack up` on the repaired Airflow is a no-op: healthy services are left alone
     supervisor_pid = airflow.status()["pid"]
     up(["airflow"])

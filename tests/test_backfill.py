@@ -23,11 +23,11 @@ from eventpipe.devstack.runtime import REPO_ROOT
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import drain_interval
-from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
 
 from .airflow_support import ARCHIVE_DAG, INGEST_DAG, backfill, start_airflow, unpaused
+from .es_support import dead_letters_of, events_of
 
 pytestmark = [pytest.mark.airflow, pytest.mark.services, pytest.mark.slow]
 HOUR = timedelta(hours=1)
@@ -49,16 +49,11 @@ def _random_day() -> date:
     return date(2026, 1, 2) + timedelta(days=random.SystemRandom().randrange(300))
 
 
-def _count(es: Elasticsearch, index: str, field: str, topic: str) -> int:
-    es.indices.refresh(index=index)
-    return es.count(index=index, query={"term": {field: topic}})["count"]
-
-
 def _assert_exact(es: Elasticsearch, topics: dict[str, str], produced) -> None:
     for topic in topics.values():
-        indexed, dead = _count(es, EVENTS_ALIAS, "kafka.topic", topic), _count(es, DLQ_INDEX, "source_topic", topic)
+        indexed, dead = events_of(es, topic), dead_letters_of(es, topic)
         assert indexed + dead == produced.by_topic[topic], topic
-    assert sum(_count(es, EVENTS_ALIAS, "kafka.topic", t) for t in topics.values()) == produced.valid
+    assert sum(events_of(es, t) for t in topics.values()) == produced.valid
 
 
 def _covering(runs: list[DagRun], start: datetime, end: datetime) -> list[DagRun]:

@@ -1,4 +1,8 @@
-"""Every DAG imports in both execution modes, has an owner, tags, retries and no cycles."""
+"""Every DAG imports in both execution modes, has an owner, tags, retries and no cycles, and keeps its shape.
+
+The shape (DAG ids, each task's downstream tasks, trigger rules and resource profiles) is pinned
+here, so a change to the wiring is a deliberate edit of this table, not a side effect.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,11 @@ from pathlib import Path
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+
+from eventpipe.archive.cli import RestoreSource
+from eventpipe.orchestration.local import LocalCliOperator
+from eventpipe.orchestration.pod import EventpipePodOperator
+from eventpipe.orchestration.profiles import PROFILES
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 
@@ -20,9 +29,71 @@ def dagbag(request: pytest.FixtureRequest) -> DagBag:
         mp.undo()
 
 
+# dag id -> task id -> (downstream task ids, trigger rule, resource profile; None = not a pod)
+SHAPE: dict[str, dict[str, tuple[set[str], str, str | None]]] = {
+    "eventpipe_ingest": {
+        "drain": ({"rollup", "score"}, "all_success", "drain"),
+        "rollup": (set(), "all_success", "small"),
+        "score": (set(), "all_success", "spark-driver"),
+    },
+    "eventpipe_archive_nightly": {
+        "wait_for_ingest": ({"quiesce"}, "all_success", None),
+        "quiesce": ({"snapshot.pre_hook"}, "all_success", "small"),
+        "snapshot.pre_hook": ({"snapshot.take"}, "all_success", "small"),
+        "snapshot.take": ({"snapshot.post_hook", "write"}, "all_success", "small"),
+        # the post-hook lifts the write hold whatever happened to the snapshot
+        "snapshot.post_hook": ({"write"}, "all_done", "small"),
+        "write": ({"verify"}, "all_success", "archive"),
+        "verify": ({"late_sweep", "retention"}, "all_success", "archive"),
+        "late_sweep": (set(), "all_success", "archive"),
+        "retention": (set(), "all_success", "small"),
+    },
+    "eventpipe_restore_drill": {"restore": (set(), "all_success", "archive")},
+    "eventpipe_train_anomaly_model": {"train": (set(), "all_success", "spark-driver")},
+}
+
+
 def test_no_import_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert {"eventpipe_ingest"} <= set(dagbag.dag_ids)
+    assert set(dagbag.dag_ids) == set(SHAPE)
+
+
+def test_dag_shape(dagbag: DagBag) -> None:
+    for dag_id, tasks in SHAPE.items():
+        dag = dagbag.dags[dag_id]
+        actual = {t.task_id: (set(t.downstream_task_ids), str(t.trigger_rule.value)) for t in dag.tasks}
+        assert actual == {task_id: (down, rule) for task_id, (down, rule, _) in tasks.items()}, dag_id
+
+
+def _profile(task: object) -> str | None:
+    """The named profile whose requests, limits and service account the pod carries."""
+    resources = getattr(task, "container_resources", None)
+    if resources is None:
+        return None
+    matches = [
+        name
+        for name, p in PROFILES.items()
+        if resources.requests
+        == {"cpu": p.cpu_request, "memory": p.memory_request, "ephemeral-storage": p.ephemeral_storage}
+        and resources.limits == {"cpu": p.cpu_limit, "memory": p.memory_limit}
+        and task.service_account_name == (p.service_account or "eventpipe-task")  # type: ignore[attr-defined]
+    ]
+    assert len(matches) == 1, f"{task}: resources {resources} match profiles {matches}"
+    return matches[0]
+
+
+def test_task_operators_and_profiles(dagbag: DagBag, request: pytest.FixtureRequest) -> None:
+    mode = request.node.callspec.params["dagbag"]
+    for dag_id, tasks in SHAPE.items():
+        for task_id, (_, _, profile) in tasks.items():
+            task = dagbag.dags[dag_id].get_task(task_id)
+            if profile is None:
+                assert not isinstance(task, (EventpipePodOperator, LocalCliOperator)), task_id
+            elif mode == "kubernetes":
+                assert isinstance(task, EventpipePodOperator), task_id  # permanent failures are not retried
+                assert _profile(task) == profile, f"{dag_id}.{task_id}"
+            else:
+                assert isinstance(task, LocalCliOperator), task_id
 
 
 def test_dag_metadata(dagbag: DagBag) -> None:
@@ -32,9 +103,16 @@ def test_dag_metadata(dagbag: DagBag) -> None:
         for task in dag.tasks:
             assert task.owner not in ("", "airflow"), f"{dag_id}.{task.task_id} has default owner"
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+    assert dagbag.dags["eventpipe_archive_nightly"].get_task("snapshot.post_hook").retries == 5
 
 
 def test_no_cycles(dagbag: DagBag) -> None:
     for dag_id, dag in dagbag.dags.items():
         order = dag.topological_sort()
         assert len(order) == len(dag.tasks), dag_id
+
+
+def test_trigger_form_choices_are_cli_choices(dagbag: DagBag) -> None:
+    """The restore drill's `source` param offers exactly what `eventpipe archive restore --source` accepts."""
+    param = dagbag.dags["eventpipe_restore_drill"].params.get_param("source")
+    assert set(param.schema["enum"]) == {s.value for s in RestoreSource}

@@ -13,10 +13,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from eventpipe.events.generator import GeneratorConfig, generate, utc
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
-from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS, ROLLUP_INDEX
+from eventpipe.ingest.elastic import DLQ_INDEX, ROLLUP_INDEX
 from eventpipe.ingest.rollup import rollup_hours
 from eventpipe.settings import Settings
 
+from .es_support import dead_letters_of, events_of
 from .faults import CuttableProxy
 
 pytestmark = pytest.mark.services
@@ -32,11 +33,6 @@ def _produce(settings: Settings, topics: dict[str, str], seed: int, **kw: float)
     h0, _, h2, _ = _hours(seed)
     config = GeneratorConfig(h0, h2, rate_per_s=kw.pop("rate", 0.5), seed=seed, **kw)  # type: ignore[arg-type]
     return config, produce(settings, config, topics=topics, truth=False)
-
-
-def _count(es: Elasticsearch, index: str, field: str, topic: str) -> int:
-    es.indices.refresh(index=index)
-    return es.count(index=index, query={"term": {field: topic}})["count"]
 
 
 def _drain_all(settings: Settings, topics: dict[str, str], start: datetime, end: datetime, **kw):
@@ -56,12 +52,8 @@ def test_drain_twice_gives_the_same_result(services: Settings, es: Elasticsearch
     assert sum(r.indexed for r in second) == produced.valid
     assert sum(r.created for r in second) == 0  # same ids: overwritten, not added
     for topic in topics.values():
-        assert _count(es, EVENTS_ALIAS, "kafka.topic", topic) == produced.by_topic[topic] - _dlq(es, topic)
-    assert sum(_dlq(es, t) for t in topics.values()) == produced.malformed
-
-
-def _dlq(es: Elasticsearch, topic: str) -> int:
-    return _count(es, DLQ_INDEX, "source_topic", topic)
+        assert events_of(es, topic) == produced.by_topic[topic] - dead_letters_of(es, topic)
+    assert sum(dead_letters_of(es, t) for t in topics.values()) == produced.malformed
 
 
 def test_adjacent_intervals_cover_every_record_exactly_once(
@@ -81,7 +73,7 @@ def test_adjacent_intervals_cover_every_record_exactly_once(
             assert pb["end"] == ends[TopicPartition(a.topic, pa["partition"])]
     consumer.close()
     for topic in topics.values():
-        assert _count(es, EVENTS_ALIAS, "kafka.topic", topic) == produced.by_topic[topic] - _dlq(es, topic)
+        assert events_of(es, topic) == produced.by_topic[topic] - dead_letters_of(es, topic)
 
 
 def test_offsets_committed_after_acknowledged_write(services: Settings, topics: dict[str, str]) -> None:
@@ -175,7 +167,7 @@ def test_elasticsearch_outage_mid_drain_fails_then_retry_is_exact(
     try:
         with pytest.raises(Exception):  # noqa: B017 - any transport error: the task fails
             drain_interval(flaky, iot, H0, H2, batch_size=300)
-        indexed_before = _count(es, EVENTS_ALIAS, "kafka.topic", iot)
+        indexed_before = events_of(es, iot)
         assert 0 < indexed_before < produced.by_topic[iot]  # the outage really hit mid-drain
         consumer = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap, group_id=CONSUMER_GROUP)
         assert all(consumer.committed(TopicPartition(iot, p)) is None for p in range(3))  # nothing committed
@@ -183,7 +175,7 @@ def test_elasticsearch_outage_mid_drain_fails_then_retry_is_exact(
         result = drain_interval(flaky, iot, H0, H2, batch_size=300)  # the retry
         assert result.replayed
         assert result.consumed == produced.by_topic[iot]
-        assert _count(es, EVENTS_ALIAS, "kafka.topic", iot) + _dlq(es, iot) == produced.by_topic[iot]
+        assert events_of(es, iot) + dead_letters_of(es, iot) == produced.by_topic[iot]
         assert all(consumer.committed(TopicPartition(iot, p["partition"])) == p["end"] for p in result.partitions)
         consumer.close()
     finally:
@@ -195,4 +187,4 @@ def test_dry_run_writes_nothing(services: Settings, es: Elasticsearch, topics: d
     H0, _H1, H2, _H3 = _hours(808)
     results = _drain_all(services, topics, H0, H2, dry_run=True)
     assert sum(r.consumed for r in results) == produced.produced
-    assert all(_count(es, EVENTS_ALIAS, "kafka.topic", t) == 0 for t in topics.values())
+    assert all(events_of(es, t) == 0 for t in topics.values())

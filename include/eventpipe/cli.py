@@ -1,32 +1,54 @@
 """`eventpipe`: the one command every task runs, in a Kubernetes pod or as a local process.
 
 Arguments carry only the data interval and options; connection settings and secrets come
-from the environment (see ``eventpipe.settings``).
+from the environment (see ``eventpipe.settings``). Exit codes follow ``eventpipe.errors``:
+3 for a permanent failure (an invalid argument, a corrupt archive), which no retry can fix.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime
-from typing import Annotated
+import traceback
+from typing import Annotated, Any
 
 import typer
 
-from eventpipe.events.generator import GeneratorConfig, utc
-from eventpipe.ingest.topics import SOURCE_TOPICS
+from eventpipe.errors import PERMANENT_EXIT_CODE, InvalidArgument, PermanentError
+from eventpipe.events.generator import GeneratorConfig
+from eventpipe.params import parse_day, parse_interval, parse_topics
 from eventpipe.results import emit
 from eventpipe.settings import Settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# click exits with 2 for a usage error (unknown option, a value outside an Enum, BadParameter)
+USAGE_EXIT_CODE = 2
+
+
+class ContractApp(typer.Typer):
+    """The root command: maps permanent failures and usage errors to ``PERMANENT_EXIT_CODE``.
+
+    Everything else keeps its exit code (1 for an unexpected exception), which the task paths retry.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except PermanentError as exc:
+            if not isinstance(exc, InvalidArgument):  # a bad argument needs its message, not a stack
+                traceback.print_exc(file=sys.stderr)
+            print(f"eventpipe: permanent failure, not retried: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(exc.exit_code) from exc
+        except SystemExit as exc:
+            if exc.code == USAGE_EXIT_CODE:
+                raise SystemExit(PERMANENT_EXIT_CODE) from exc
+            raise
+
+
+app = ContractApp(no_args_is_help=True, add_completion=False, help=__doc__)
 
 Start = Annotated[str, typer.Option("--start", help="Interval start, ISO-8601 (UTC if naive)")]
 End = Annotated[str, typer.Option("--end", help="Interval end (exclusive), ISO-8601")]
 Topics = Annotated[str, typer.Option("--topics", help="Comma-separated source topics (default: all)")]
-
-
-def _topics(value: str) -> list[str]:
-    return [t.strip() for t in value.split(",") if t.strip()] or list(SOURCE_TOPICS.values())
 
 
 @app.callback()
@@ -38,13 +60,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)
-
-
-def _interval(start: str, end: str) -> tuple[datetime, datetime]:
-    lo, hi = utc(start), utc(end)
-    if hi <= lo:
-        raise typer.BadParameter(f"--end {end} must be after --start {start}")
-    return lo, hi
 
 
 @app.command()
@@ -63,7 +78,7 @@ def produce(
     """Generate a realistic event stream over [start, end) into Kafka."""
     from eventpipe.events.produce import produce as run
 
-    lo, hi = _interval(start, end)
+    lo, hi = parse_interval(start, end)
     config = GeneratorConfig(lo, hi, rate, devices, business_share, anomaly_rate, malformed_rate, seed)
     emit("produce", run(Settings.from_env(), config, realtime=realtime, truth=truth))
 
@@ -80,9 +95,10 @@ def drain(
     from eventpipe.ingest.drain import drain_interval
     from eventpipe.metrics import push
 
-    lo, hi = _interval(start, end)
+    lo, hi = parse_interval(start, end)
     settings = Settings.from_env()
-    results = [drain_interval(settings, t, lo, hi, dry_run=dry_run, batch_size=batch_size) for t in _topics(topics)]
+    names = parse_topics(topics)
+    results = [drain_interval(settings, t, lo, hi, dry_run=dry_run, batch_size=batch_size) for t in names]
     for result in results:
         if not dry_run:
             push(
@@ -119,12 +135,13 @@ def rollup(start: Start, end: End, topics: Topics = "") -> None:
     from eventpipe.ingest.manifest import ManifestStore
     from eventpipe.ingest.rollup import rollup_hours
 
-    lo, hi = _interval(start, end)
+    lo, hi = parse_interval(start, end)
     es = client(Settings.from_env())
-    manifests = [m for t in _topics(topics) for m in ManifestStore(es).between(lo, hi, t)]
+    manifests = [m for t in parse_topics(topics) for m in ManifestStore(es).between(lo, hi, t)]
     incomplete = [m.doc_id for m in manifests if m.status != "complete"]
     if incomplete:
-        raise typer.BadParameter(f"drains not complete for: {incomplete}")
+        # a drain of the interval still running (a concurrent rerun): transient, so retried
+        raise RuntimeError(f"drains not complete for: {incomplete}")
     hours = {h for m in manifests for h in m.touched_hours}
     written = rollup_hours(es, hours)
     emit("rollup", {"interval_start": lo.isoformat(), "hours": len(hours), "rollup_documents": written})
@@ -137,13 +154,11 @@ def demo(
     rate: Annotated[float, typer.Option(help="Events per second of event time")] = 0.2,
 ) -> None:
     """Start everything; produce days; ingest, archive, train and score through Airflow; print a summary."""
-    from datetime import date
-
     from eventpipe.demo import run_demo
 
     if days < 2:
-        raise typer.BadParameter("--days must be at least 2 (training needs a hold-out day)")
-    run_demo(date.fromisoformat(day), rate, days)
+        raise InvalidArgument("--days must be at least 2 (training needs a hold-out day)")
+    run_demo(parse_day(day), rate, days)
 
 
 # Sub-command groups owned by their packages (one line each).

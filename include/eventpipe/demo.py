@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from eventpipe.archive.indices import day_bounds, day_index, late_index, snapshot_name
-from eventpipe.archive.layout import manifest_key
-from eventpipe.archive.verify import is_verified
+from eventpipe.archive.manifest import is_verified
+from eventpipe.archive.manifest import load as load_manifest
 from eventpipe.devstack.stack import SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, generate
 from eventpipe.events.produce import ProduceResult, produce
@@ -124,10 +124,7 @@ def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3)
     s3 = s3_client(settings)
     lo_ms, hi_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)  # kafka_timestamp is epoch_millis
     es.indices.refresh(index=[DLQ_INDEX, ROLLUP_INDEX, ANOMALY_INDEX, *map(day_index, demo_days)])
-    manifests = {
-        day: json.loads(s3.get_object(Bucket=settings.archive_bucket, Key=manifest_key(day))["Body"].read())
-        for day in demo_days
-    }
+    manifests = {day: load_manifest(s3, settings.archive_bucket, day) for day in demo_days}
     last_lo, last_hi = (t.isoformat() for t in day_bounds(demo_days[-1]))
     champion = trained.get("champion")
     summary = {
@@ -146,8 +143,8 @@ def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3)
             index=ROLLUP_INDEX, query={"range": {"hour": {"gte": start.isoformat(), "lt": end.isoformat()}}}
         )["count"],
         "snapshots": [snapshot_name(d) for d in demo_days],
-        "archive_rows": {d.isoformat(): m["rows"] for d, m in manifests.items()},
-        "archive_revisions": {d.isoformat(): m["revision"] for d, m in manifests.items()},
+        "archive_rows": {d.isoformat(): m.rows for d, m in manifests.items()},
+        "archive_revisions": {d.isoformat(): m.revision for d, m in manifests.items()},
         "archive_verified": all(is_verified(s3, settings.archive_bucket, d) for d in demo_days),
         "model": {
             "version": trained.get("version"),
@@ -177,7 +174,7 @@ def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3)
     for key, value in summary.items():
         table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
     Console().print(table)
-    archived = sum(m["rows"] for m in manifests.values())
+    archived = sum(m.rows for m in manifests.values())
     ok = summary["indexed_in_elasticsearch"] == produced.valid == archived and summary["archive_verified"]
     if not ok or champion is None:
         raise SystemExit("demo finished but the counts do not line up or no champion model; see the table above")

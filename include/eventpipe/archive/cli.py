@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import date
+from enum import Enum
 from typing import Annotated
 
 import typer
 
+from eventpipe.errors import InvalidArgument
+from eventpipe.params import parse_day, parse_topics, split_csv
 from eventpipe.results import emit
 from eventpipe.settings import Settings
 
@@ -16,7 +19,6 @@ Day = Annotated[str, typer.Option("--day", help="The closed day, YYYY-MM-DD (or 
 
 def _context(day: str | None = None):
     from eventpipe.archive.config import ArchiveConfig
-    from eventpipe.archive.indices import parse_day
     from eventpipe.ingest.elastic import client, ensure_indices
 
     settings = Settings.from_env()
@@ -33,11 +35,9 @@ def quiesce(
 ) -> None:
     """Check every ingest interval of the day completed, then flush and write-block the day's index."""
     from eventpipe.archive.quiesce import quiesce_day
-    from eventpipe.ingest.topics import SOURCE_TOPICS
 
     _, es, _, when = _context(day)
-    names = [t for t in topics.split(",") if t] or list(SOURCE_TOPICS.values())
-    emit("archive quiesce", quiesce_day(es, when, names, require_closed=require_closed))
+    emit("archive quiesce", quiesce_day(es, when, parse_topics(topics), require_closed=require_closed))
 
 
 @app.command("snapshot-pre")
@@ -84,7 +84,7 @@ def write(
     from eventpipe.metrics import push
 
     settings, es, cfg, when = _context(day)
-    names = tuple(v for v in volume_snapshots.split(",") if v)
+    names = tuple(split_csv(volume_snapshots))
     result = archive_day(settings, es, cfg, when, volume_snapshots=names)
     push(settings, "archive", {"archive_bytes": result.bytes, "archive_rows": result.rows})
     emit("archive write", result)
@@ -125,10 +125,16 @@ def retention(
     emit("archive retention", apply_retention(settings, es, cfg, when, dry_run=dry_run))
 
 
+class RestoreSource(str, Enum):
+    snapshot = "snapshot"
+    archive = "archive"
+    both = "both"
+
+
 @app.command()
 def restore(
     day: Day,
-    source: Annotated[str, typer.Option(help="snapshot, archive or both")] = "both",
+    source: Annotated[RestoreSource, typer.Option(help="What to restore from")] = RestoreSource.both,
     into: Annotated[str, typer.Option(help="Target index for the archive restore (default: a scratch index)")] = "",
 ) -> None:
     """Restore the day's snapshot into a scratch index and/or its archive from S3; check against the manifest."""
@@ -141,13 +147,11 @@ def restore(
 
         days = committed_days(s3_client(settings), settings.archive_bucket)
         if not days:
-            raise typer.BadParameter("no committed archive day to restore yet")
+            raise InvalidArgument("no committed archive day to restore yet")
         when = days[-1]
-    if source not in {"snapshot", "archive", "both"}:
-        raise typer.BadParameter("--source must be snapshot, archive or both")
     results = {}
-    if source in {"snapshot", "both"}:
+    if source in {RestoreSource.snapshot, RestoreSource.both}:
         results["snapshot"] = restore_snapshot(settings, es, cfg, when).__dict__
-    if source in {"archive", "both"}:
+    if source in {RestoreSource.archive, RestoreSource.both}:
         results["archive"] = restore_archive(settings, es, when, into=into or None).__dict__
     emit("archive restore", {"day": when.isoformat(), **results})

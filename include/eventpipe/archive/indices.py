@@ -47,11 +47,6 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def parse_day(text: str) -> date:
-    """A day from ``YYYY-MM-DD`` or an ISO timestamp (a DAG's data_interval_start)."""
-    return date.fromisoformat(text[:10])
-
-
 def existing(es: Elasticsearch, names: Iterable[str]) -> list[str]:
     return [name for name in names if es.indices.exists(index=name)]
 

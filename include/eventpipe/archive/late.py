@@ -8,8 +8,9 @@ from elasticsearch import Elasticsearch
 
 from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import LATE_PREFIX, id_digest, index_day, index_ids, late_index
+from eventpipe.archive.manifest import load_if_committed
 from eventpipe.archive.verify import verify_day
-from eventpipe.archive.writer import archive_day, load_manifest
+from eventpipe.archive.writer import archive_day
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
 
@@ -26,12 +27,13 @@ def sweep_late(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig) -> Lat
     result = LateSweepResult()
     for name in sorted(es.indices.get(index=f"{LATE_PREFIX}-*", allow_no_indices=True)):
         day = index_day(name)
-        manifest = load_manifest(s3, settings.archive_bucket, day) if day else None
+        manifest = load_if_committed(s3, settings.archive_bucket, day) if day else None
         if day is None or manifest is None:
             continue  # the day is not archived yet: its nightly run will include the late index
         result.checked.append(day.isoformat())
         es.indices.refresh(index=name)
-        recorded = manifest["sources"].get(late_index(day), {}).get("id_digest")
+        late = manifest.source(late_index(day))
+        recorded = late.id_digest if late else None
         if id_digest(index_ids(es, name)) != recorded:
             written = archive_day(settings, es, cfg, day)
             verify_day(settings, es, cfg, day)

@@ -8,7 +8,6 @@ the manifest, never by globbing the partition, so a half-written day is invisibl
 
 from __future__ import annotations
 
-import json
 from datetime import date
 
 import pyarrow as pa
@@ -61,9 +60,3 @@ def committed_days(s3, bucket: str) -> list[date]:
                 continue
             days.append(day)
     return sorted(days)
-
-
-def committed_files(s3, bucket: str, day: date) -> list[str]:
-    """Object keys of a committed day's Parquet files, as its manifest lists them."""
-    body = s3.get_object(Bucket=bucket, Key=manifest_key(day))["Body"].read()
-    return [entry["key"] for entry in json.loads(body)["files"]]

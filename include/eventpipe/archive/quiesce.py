@@ -7,6 +7,7 @@ indexed into the day's late index by the drain (see ``eventpipe.ingest.drain``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -30,23 +31,34 @@ class QuiesceResult:
     gaps: dict[str, list[str]] = field(default_factory=dict)
 
 
+def uncovered(start: datetime, end: datetime, intervals: Iterable[tuple[datetime, datetime]]) -> list[str]:
+    """The parts of [start, end) no interval covers, as ``start/end`` ISO strings (empty = covered).
+
+    Intervals may overlap, nest or extend past the bounds (a backfill with another schedule).
+    """
+    cursor = start
+    missing: list[str] = []
+    for lo, hi in sorted(intervals):
+        if lo > cursor:
+            missing.append(f"{cursor.isoformat()}/{min(lo, end).isoformat()}")
+        cursor = max(cursor, hi)
+        if cursor >= end:
+            break
+    if cursor < end:
+        missing.append(f"{cursor.isoformat()}/{end.isoformat()}")
+    return missing
+
+
 def coverage_gaps(es: Elasticsearch, day: date, topics: list[str]) -> dict[str, list[str]]:
     """Per topic, the parts of the day not covered by *complete* drain manifests (empty = closed)."""
     start, end = day_bounds(day)
     store = ManifestStore(es)
     gaps: dict[str, list[str]] = {}
     for topic in topics:
-        cursor: datetime = start
-        missing: list[str] = []
-        complete = sorted(
-            (m for m in store.between(start, end, topic) if m.status == "complete"), key=lambda m: m.interval_start
-        )
-        for manifest in complete:
-            if manifest.interval_start > cursor:
-                missing.append(f"{cursor.isoformat()}/{manifest.interval_start.isoformat()}")
-            cursor = max(cursor, manifest.interval_end)
-        if cursor < end:
-            missing.append(f"{cursor.isoformat()}/{end.isoformat()}")
+        complete = [
+            (m.interval_start, m.interval_end) for m in store.between(start, end, topic) if m.status == "complete"
+        ]
+        missing = uncovered(start, end, complete)
         if missing:
             gaps[topic] = missing
     return gaps
@@ -74,16 +86,13 @@ def day_is_closed(day: str, topics: str | list[str] | None = None) -> bool:
 
     ``topics`` may be a comma-separated string, which is what a templated op_kwarg renders to.
     """
-    if isinstance(topics, str):
-        topics = [t.strip() for t in topics.split(",") if t.strip()]
-    from eventpipe.archive.indices import parse_day
     from eventpipe.ingest.elastic import client, ensure_indices
-    from eventpipe.ingest.topics import SOURCE_TOPICS
+    from eventpipe.params import parse_day, parse_topics
     from eventpipe.settings import Settings
 
     es = client(Settings.from_env())
     try:
         ensure_indices(es)
-        return not coverage_gaps(es, parse_day(day), topics or list(SOURCE_TOPICS.values()))
+        return not coverage_gaps(es, parse_day(day), parse_topics(topics))
     finally:
         es.close()

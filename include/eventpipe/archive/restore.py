@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -13,9 +12,10 @@ from elasticsearch import Elasticsearch
 
 from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_index, id_digest, index_ids, snapshot_name
-from eventpipe.archive.layout import manifest_key
+from eventpipe.archive.manifest import SourceDigest, load
 from eventpipe.archive.snapshot import ensure_repository
-from eventpipe.archive.verify import VerificationFailed, read_archived_ids
+from eventpipe.archive.verify import VerificationFailed, failure, read_archived_ids
+from eventpipe.errors import ManifestMismatch
 from eventpipe.ingest.elastic import IndexAction, bulk_index
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
@@ -35,17 +35,12 @@ class RestoreResult:
     problems: list[str] = field(default_factory=list)
 
 
-def _manifest(settings: Settings, day: date) -> dict:
-    s3 = s3_client(settings)
-    return json.loads(s3.get_object(Bucket=settings.archive_bucket, Key=manifest_key(day))["Body"].read())
-
-
-def _check(result: RestoreResult, es: Elasticsearch, expected: dict) -> RestoreResult:
+def _check(result: RestoreResult, es: Elasticsearch, expected: SourceDigest) -> RestoreResult:
     es.indices.refresh(index=result.index)
     ids = index_ids(es, result.index)
     result.documents = len(ids)
-    if len(ids) != expected["rows"] or id_digest(ids) != expected["id_digest"]:
-        result.problems.append(f"{result.index}: {len(ids)} documents do not match the manifest's {expected['rows']}")
+    if len(ids) != expected.rows or id_digest(ids) != expected.id_digest:
+        result.problems.append(f"{result.index}: {len(ids)} documents do not match the manifest's {expected.rows}")
     result.matches = not result.problems
     if result.problems:
         raise VerificationFailed("; ".join(result.problems))
@@ -55,7 +50,7 @@ def _check(result: RestoreResult, es: Elasticsearch, expected: dict) -> RestoreR
 def restore_snapshot(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day: date) -> RestoreResult:
     """Restore the day's index from its snapshot as ``restore-<index>`` and compare with the manifest."""
     started = time.perf_counter()
-    manifest = _manifest(settings, day)
+    manifest = load(s3_client(settings), settings.archive_bucket, day)
     source, scratch = day_index(day), SCRATCH_PREFIX + day_index(day)
     ensure_repository(es, cfg)
     es.indices.delete(index=scratch, ignore_unavailable=True)
@@ -69,8 +64,10 @@ def restore_snapshot(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, 
         index_settings={"index.number_of_replicas": 0, "index.blocks.write": False},
         wait_for_completion=True,
     )
-    expected = manifest["sources"][source]
-    result = RestoreResult(day.isoformat(), "snapshot", scratch, 0, expected["rows"], False, 0.0)
+    expected = manifest.source(source)
+    if expected is None:
+        raise ManifestMismatch(f"the manifest of {day} records no index {source}")
+    result = RestoreResult(day.isoformat(), "snapshot", scratch, 0, expected.rows, False, 0.0)
     result = _check(result, es, expected)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
@@ -83,18 +80,18 @@ def restore_archive(settings: Settings, es: Elasticsearch, day: date, *, into: s
     """
     started = time.perf_counter()
     s3, bucket = s3_client(settings), settings.archive_bucket
-    manifest = _manifest(settings, day)
+    manifest = load(s3, bucket, day)
     problems: list[str] = []
     read_archived_ids(s3, bucket, manifest, problems)  # checksums first: never load a corrupt file
     if problems:
-        raise VerificationFailed("; ".join(problems))
+        raise failure("", problems)
     target = into or SCRATCH_PREFIX + "archive-" + day_index(day)
     if not into:
         es.indices.delete(index=target, ignore_unavailable=True)
         template = es.indices.get_index_template(name="eventpipe-events")["index_templates"][0]["index_template"]
         es.indices.create(index=target, mappings=template["template"]["mappings"], settings={"number_of_replicas": 0})
-    for entry in manifest["files"]:
-        table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=entry["key"])["Body"].read()))
+    for entry in manifest.files:
+        table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=entry.key)["Body"].read()))
         actions = []
         for row in table.to_pylist():
             row["event_time"] = row["event_time"].strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -104,8 +101,8 @@ def restore_archive(settings: Settings, es: Elasticsearch, day: date, *, into: s
             outcome = bulk_index(es, actions[offset : offset + 5000])
             if outcome.rejected:
                 raise VerificationFailed(f"{len(outcome.rejected)} archived rows rejected: {outcome.rejected[0][1]}")
-    expected = {"rows": manifest["rows"], "id_digest": manifest["id_digest"]}
-    result = RestoreResult(day.isoformat(), "archive", target, 0, manifest["rows"], False, 0.0)
+    expected = SourceDigest(rows=manifest.rows, id_digest=manifest.id_digest)
+    result = RestoreResult(day.isoformat(), "archive", target, 0, manifest.rows, False, 0.0)
     result = _check(result, es, expected)
     result.seconds = round(time.perf_counter() - started, 3)
     return result

@@ -6,7 +6,6 @@ manifest once more, so late events that arrived after verification are never del
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -14,8 +13,7 @@ from elasticsearch import Elasticsearch, NotFoundError
 
 from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import SNAPSHOT_PREFIX, id_digest, index_day, index_ids
-from eventpipe.archive.layout import manifest_key
-from eventpipe.archive.verify import is_verified
+from eventpipe.archive.manifest import is_verified, load
 from eventpipe.ingest.elastic import EVENTS_PREFIX
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
@@ -56,9 +54,8 @@ def apply_retention(
         if not safe(day):
             result.kept[name] = "archive of the day not verified"
             continue
-        manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key(day))["Body"].read())
-        expected = manifest["sources"].get(name)
-        if expected is None or id_digest(index_ids(es, name)) != expected["id_digest"]:
+        expected = load(s3, bucket, day).source(name)
+        if expected is None or id_digest(index_ids(es, name)) != expected.id_digest:
             result.kept[name] = "holds documents the verified archive does not (re-archive pending)"
             continue
         if not dry_run:

@@ -19,6 +19,7 @@ from elasticsearch import Elasticsearch, NotFoundError
 
 from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_index, existing, late_index, snapshot_name
+from eventpipe.errors import InvalidConfiguration
 from eventpipe.ingest.elastic import DLQ_INDEX, MANIFEST_INDEX, ROLLUP_INDEX
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import delete_keys, ensure_bucket, s3_client
@@ -48,7 +49,7 @@ def repository_body(cfg: ArchiveConfig) -> dict[str, object]:
             "settings": {"bucket": cfg.snapshot_bucket, "base_path": cfg.repository, "server_side_encryption": True},
         }
     if not cfg.fs_location:
-        raise ValueError("EVENTPIPE_SNAPSHOT_FS_LOCATION must be set for an fs snapshot repository")
+        raise InvalidConfiguration("EVENTPIPE_SNAPSHOT_FS_LOCATION must be set for an fs snapshot repository")
     return {"type": "fs", "settings": {"location": cfg.fs_location, "compress": True}}
 
 

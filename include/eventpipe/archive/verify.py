@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -19,15 +18,24 @@ from elasticsearch import Elasticsearch
 
 from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_index, id_digest, index_ids, late_index
-from eventpipe.archive.layout import manifest_key, partition_prefix
+from eventpipe.archive.manifest import (
+    VERIFIED_NAME,
+    ArchiveManifest,
+    SourceDigest,
+    is_verified,
+    load,
+    mark_verified,
+    verified_key,
+)
+from eventpipe.errors import ChecksumMismatch, ManifestMismatch
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
 
-VERIFIED_NAME = "_VERIFIED.json"
+__all__ = ["VERIFIED_NAME", "VerificationFailed", "is_verified", "read_archived_ids", "verified_key", "verify_day"]
+CHECKSUM_PROBLEM = "sha256 differs from the manifest"
 
-
-class VerificationFailed(RuntimeError):
-    pass
+# The name callers know; a checksum failure is the narrower ChecksumMismatch (a subclass). Both are permanent.
+VerificationFailed = ManifestMismatch
 
 
 @dataclass
@@ -43,71 +51,56 @@ class VerifyResult:
     problems: list[str] = field(default_factory=list)
 
 
-def verified_key(day: date) -> str:
-    return partition_prefix(day) + VERIFIED_NAME
-
-
-def read_archived_ids(s3, bucket: str, manifest: dict, problems: list[str]) -> tuple[list[str], int, int]:
+def read_archived_ids(s3, bucket: str, manifest: ArchiveManifest, problems: list[str]) -> tuple[list[str], int, int]:
+    """Event ids of every listed file; a file whose sha256 or row count differs adds a problem."""
     ids: list[str] = []
     total_bytes = encrypted = 0
-    for entry in manifest["files"]:
-        obj = s3.get_object(Bucket=bucket, Key=entry["key"])
+    for entry in manifest.files:
+        obj = s3.get_object(Bucket=bucket, Key=entry.key)
         content = obj["Body"].read()
         total_bytes += len(content)
         encrypted += bool(obj.get("ServerSideEncryption"))
-        if hashlib.sha256(content).hexdigest() != entry["sha256"]:
-            problems.append(f"{entry['key']}: sha256 differs from the manifest")
+        if hashlib.sha256(content).hexdigest() != entry.sha256:
+            problems.append(f"{entry.key}: {CHECKSUM_PROBLEM}")
         table = pq.read_table(io.BytesIO(content), columns=["event_id"])
-        if table.num_rows != entry["rows"]:
-            problems.append(f"{entry['key']}: {table.num_rows} rows, manifest says {entry['rows']}")
+        if table.num_rows != entry.rows:
+            problems.append(f"{entry.key}: {table.num_rows} rows, manifest says {entry.rows}")
         ids += table.column("event_id").to_pylist()
     return ids, total_bytes, encrypted
+
+
+def failure(message: str, problems: list[str]) -> ManifestMismatch:
+    """ChecksumMismatch when a stored file is corrupt, else VerificationFailed; both fail without retries."""
+    kind = ChecksumMismatch if any(CHECKSUM_PROBLEM in p for p in problems) else VerificationFailed
+    return kind(message + "; ".join(problems))
 
 
 def verify_day(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day: date) -> VerifyResult:
     started = time.perf_counter()
     s3, bucket = s3_client(settings), settings.archive_bucket
-    raw = s3.get_object(Bucket=bucket, Key=manifest_key(day))["Body"].read()
-    manifest = json.loads(raw)
+    manifest = load(s3, bucket, day)
     problems: list[str] = []
     ids, total_bytes, encrypted = read_archived_ids(s3, bucket, manifest, problems)
-    if len(ids) != manifest["rows"] or len(set(ids)) != len(ids):
-        problems.append(f"archive holds {len(ids)} rows ({len(set(ids))} distinct), manifest says {manifest['rows']}")
-    if id_digest(ids) != manifest["id_digest"]:
+    if len(ids) != manifest.rows or len(set(ids)) != len(ids):
+        problems.append(f"archive holds {len(ids)} rows ({len(set(ids))} distinct), manifest says {manifest.rows}")
+    if id_digest(ids) != manifest.id_digest:
         problems.append("archived event ids differ from the manifest's digest")
     es_ids: list[str] = []
     for index in (day_index(day), late_index(day)):
         es.indices.refresh(index=index, ignore_unavailable=True)
         found = index_ids(es, index)
-        expected = manifest["sources"].get(index, {"rows": 0, "id_digest": id_digest([])})
-        if len(found) != expected["rows"] or id_digest(found) != expected["id_digest"]:
-            problems.append(f"{index}: Elasticsearch holds {len(found)} documents, archive has {expected['rows']}")
+        expected = manifest.source(index) or SourceDigest(rows=0, id_digest=id_digest([]))
+        if len(found) != expected.rows or id_digest(found) != expected.id_digest:
+            problems.append(f"{index}: Elasticsearch holds {len(found)} documents, archive has {expected.rows}")
         es_ids += found
-    if cfg.sse and encrypted != len(manifest["files"]):
-        problems.append(f"only {encrypted}/{len(manifest['files'])} files report server-side encryption")
+    if cfg.sse and encrypted != len(manifest.files):
+        problems.append(f"only {encrypted}/{len(manifest.files)} files report server-side encryption")
     result = VerifyResult(
-        day.isoformat(), int(manifest["revision"]), len(ids), len(manifest["files"]), total_bytes, len(es_ids),
+        day.isoformat(), manifest.revision, len(ids), len(manifest.files), total_bytes, len(es_ids),
         encrypted, round(time.perf_counter() - started, 3), problems,
     )  # fmt: skip
     if problems:
-        raise VerificationFailed(f"archive of {day} failed verification: " + "; ".join(problems))
-    marker = {
-        "day": day.isoformat(),
-        "revision": manifest["revision"],
-        "manifest_sha256": hashlib.sha256(raw).hexdigest(),
-        "rows": len(ids),
-        "verified_at": datetime.now(timezone.utc).isoformat(),
-    }
+        raise failure(f"archive of {day} failed verification: ", problems)
     extra = {"ServerSideEncryption": cfg.sse} if cfg.sse else {}
-    s3.put_object(Bucket=bucket, Key=verified_key(day), Body=json.dumps(marker).encode(), **extra)
+    mark_verified(s3, bucket, manifest, len(ids), datetime.now(timezone.utc), **extra)
     return result
-
-
-def is_verified(s3, bucket: str, day: date) -> bool:
-    """True when the day's current manifest carries a verification marker bound to it."""
-    try:
-        raw = s3.get_object(Bucket=bucket, Key=manifest_key(day))["Body"].read()
-        marker = json.loads(s3.get_object(Bucket=bucket, Key=verified_key(day))["Body"].read())
-    except s3.exceptions.NoSuchKey:
-        return False
-    return marker.get("manifest_sha256") == hashlib.sha256(raw).hexdigest()

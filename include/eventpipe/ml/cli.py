@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import date
+from enum import Enum
 from typing import Annotated
 
 import typer
 
+from eventpipe.errors import InvalidArgument
+from eventpipe.params import parse_interval, parse_optional_day
 from eventpipe.results import emit
 from eventpipe.settings import Settings
 
 ml_app = typer.Typer(no_args_is_help=True, help=__doc__)
 
 
-def _day(value: str) -> date | None:
-    try:
-        return date.fromisoformat(value) if value else None
-    except ValueError as exc:
-        raise typer.BadParameter(f"expected YYYY-MM-DD, got {value!r}") from exc
+class ScoreSource(str, Enum):
+    """Where scoring reads the interval's events (``eventpipe.ml.score.SOURCES``)."""
+
+    elasticsearch = "elasticsearch"
+    archive = "archive"
 
 
 @ml_app.command()
@@ -33,13 +35,13 @@ def train(
     from eventpipe.ml.train import train as run
 
     if not days and not since:
-        raise typer.BadParameter("give --days N or --since YYYY-MM-DD")
+        raise InvalidArgument("give --days N or --since YYYY-MM-DD")
     settings = Settings.from_env()
     result = run(
         settings,
         days=days or None,
-        since=_day(since),
-        until=_day(until),
+        since=parse_optional_day(since, name="--since"),
+        until=parse_optional_day(until, name="--until"),
         truth_prefix=truth_prefix,
         params=TrainParams(seed=seed),
     )
@@ -50,13 +52,10 @@ def train(
 def score(
     start: Annotated[str, typer.Option("--start", help="Interval start, ISO-8601 (UTC if naive)")],
     end: Annotated[str, typer.Option("--end", help="Interval end (exclusive), ISO-8601")],
-    source: Annotated[str, typer.Option(help="Where the events come from: elasticsearch or archive")] = "elasticsearch",
+    source: Annotated[ScoreSource, typer.Option(help="Where the events come from")] = ScoreSource.elasticsearch,
 ) -> None:
     """Score the interval's events with the champion and write anomalies to Elasticsearch."""
-    from eventpipe.events.generator import utc
     from eventpipe.ml.score import score as run
 
-    lo, hi = utc(start), utc(end)
-    if hi <= lo:
-        raise typer.BadParameter(f"--end {end} must be after --start {start}")
-    emit("ml score", run(Settings.from_env(), lo, hi, source=source))
+    lo, hi = parse_interval(start, end)
+    emit("ml score", run(Settings.from_env(), lo, hi, source=source.value))

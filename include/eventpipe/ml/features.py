@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING
 
-from eventpipe.archive.layout import committed_files
+from eventpipe.archive.manifest import committed_files
 from eventpipe.sparkjobs.session import s3a_uri
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ import pyarrow as pa
 from elasticsearch import Elasticsearch, NotFoundError
 
 from eventpipe.archive.layout import ARCHIVE_SCHEMA, committed_days
+from eventpipe.errors import InvalidArgument
 from eventpipe.ingest.elastic import ANOMALY_INDEX, EVENTS_ALIAS, IndexAction, bulk_index, client, ensure_indices
 from eventpipe.ml.features import add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import Registry
@@ -139,7 +140,7 @@ def score(
 ) -> ScoreResult:
     """Score [start, end) with the champion; write its anomalies to ``eventpipe-anomalies``."""
     if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+        raise InvalidArgument(f"source must be one of {SOURCES}, not {source!r}")
     started = time.perf_counter()
     result = ScoreResult("scored", "", None, source, start.isoformat(), end.isoformat())
     registry = Registry(settings)

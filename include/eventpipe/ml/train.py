@@ -9,8 +9,6 @@ re-evaluated on the same hold-out, so the promotion compares like with like.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -19,6 +17,8 @@ from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from eventpipe.archive.layout import committed_days, manifest_key
+from eventpipe.archive.manifest import load as load_manifest
+from eventpipe.errors import InvalidArgument
 from eventpipe.events.produce import TRUTH_PREFIX
 from eventpipe.ml.features import FEATURES, add_features, explode_metrics, fit_baseline, read_archive, with_labels
 from eventpipe.ml.registry import Registry, code_version, promotion_margin
@@ -80,7 +80,7 @@ def select_days(
     if days:
         chosen = chosen[-days:]
     if len(chosen) < 2:
-        raise ValueError(f"need at least 2 committed archive days (train + hold-out), found {len(chosen)}")
+        raise InvalidArgument(f"need at least 2 committed archive days (train + hold-out), found {len(chosen)}")
     return chosen[:-1], chosen[-1]
 
 
@@ -177,15 +177,16 @@ def read_truth(spark: SparkSession, s3, bucket: str, prefix: str) -> DataFrame:
 
 
 def _manifests(s3, bucket: str, days: Sequence[date]) -> list[dict[str, Any]]:
+    """Lineage of the days trained on: each manifest's key, the sha256 of its stored bytes and its rows."""
     out = []
     for day in days:
-        body = s3.get_object(Bucket=bucket, Key=manifest_key(day))["Body"].read()
+        manifest = load_manifest(s3, bucket, day)
         out.append(
             {
                 "day": day.isoformat(),
                 "manifest_key": manifest_key(day),
-                "manifest_sha256": hashlib.sha256(body).hexdigest(),
-                "rows": json.loads(body).get("rows"),
+                "manifest_sha256": manifest.sha256,
+                "rows": manifest.rows,
             }
         )
     return out

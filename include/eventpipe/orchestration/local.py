@@ -1,4 +1,8 @@
-"""Run a task's CLI command as a local process: the embedded default's stand-in for a pod."""
+"""Run a task's CLI command as a local process: the embedded default's stand-in for a pod.
+
+A permanent failure (exit code ``eventpipe.errors.PERMANENT_EXIT_CODE``) fails the task without
+retries, as the pod operator does; any other non-zero exit is retried.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from eventpipe.errors import is_permanent
 
 
 class LocalCliOperator(BaseOperator):
@@ -53,5 +59,8 @@ class LocalCliOperator(BaseOperator):
                 for line in proc.stdout:
                     self.log.info("%s", line.rstrip())
             if proc.returncode != 0:
-                raise AirflowException(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} exited with {proc.returncode}")
+                message = f"{argv[0]} {argv[1] if len(argv) > 1 else ''} exited with {proc.returncode}"
+                if is_permanent(proc.returncode):
+                    raise AirflowFailException(f"{message}: a permanent failure, not retried")
+                raise AirflowException(message)
             return json.loads(xcom.read_text()) if xcom.exists() else None

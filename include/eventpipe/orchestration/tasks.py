@@ -43,12 +43,13 @@ def cli_task(
 
 
 def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: Any) -> BaseOperator:
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from airflow.providers.cncf.kubernetes.secret import Secret
     from kubernetes.client import models as k8s
 
+    from eventpipe.orchestration.pod import EventpipePodOperator
+
     resources = PROFILES[profile]
-    return KubernetesPodOperator(
+    return EventpipePodOperator(
         task_id=task_id,
         name=f"eventpipe-{task_id}".replace("_", "-"),
         namespace=os.environ.get("EVENTPIPE_NAMESPACE") or "eventpipe",

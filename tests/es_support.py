@@ -1,0 +1,23 @@
+"""Shared by the tests that count what a pipeline run left in Elasticsearch."""
+
+from __future__ import annotations
+
+from elasticsearch import Elasticsearch
+
+from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS
+
+
+def count(es: Elasticsearch, index: str, field: str, value: str) -> int:
+    """Documents of ``index`` whose ``field`` is ``value``, after a refresh (so the last writes count)."""
+    es.indices.refresh(index=index)
+    return es.count(index=index, query={"term": {field: value}})["count"]
+
+
+def events_of(es: Elasticsearch, topic: str) -> int:
+    """Events of ``topic`` indexed in the events alias."""
+    return count(es, EVENTS_ALIAS, "kafka.topic", topic)
+
+
+def dead_letters_of(es: Elasticsearch, topic: str) -> int:
+    """Records of ``topic`` in the dead-letter index."""
+    return count(es, DLQ_INDEX, "source_topic", topic)
