@@ -152,12 +152,13 @@ Services = Annotated[str, typer.Option("--services", help="Comma-separated subse
 
 
 def _services(value: str, default: tuple[str, ...]) -> list[str]:
-    from eventpipe.devstack.stack import SERVICES
+    from eventpipe.devstack.stack import GROUPS, OPTIONAL_SERVICES, SERVICES, expand
 
-    names = [n.strip() for n in value.split(",") if n.strip()] or list(default)
-    unknown = sorted(set(names) - set(SERVICES) - {"spark"})
+    names = expand(n.strip() for n in value.split(",") if n.strip()) or list(default)
+    known = {*SERVICES, *OPTIONAL_SERVICES}
+    unknown = sorted(set(names) - known - {"spark"})
     if unknown:
-        raise typer.BadParameter(f"unknown services {unknown}; known: {sorted(SERVICES)} and spark")
+        raise typer.BadParameter(f"unknown services {unknown}; known: {sorted(known)}, spark and {sorted(GROUPS)}")
     return names
 
 

@@ -93,6 +93,10 @@ class Airflow(Service):
             # busy timeout 60 s (driver default 5 s): CLI calls such as `airflow backfill create` write
             # while scheduler, DAG processor and API server hold the SQLite lock
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}?timeout=60"
+        # Devstack monitoring (opt-in, `make monitoring`): tasks push to its Pushgateway, Airflow sends StatsD.
+        from eventpipe.devstack.monitoring import monitoring_env
+
+        env.update(monitoring_env())
         # Explicit AIRFLOW__* settings of the caller win (e.g. an external metadata database).
         env.update({k: v for k, v in os.environ.items() if k.startswith("AIRFLOW__")})
         return env
