@@ -13,6 +13,7 @@ Airflow (8080/8793).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -37,6 +38,8 @@ PUSHGATEWAY_PORT = 9091
 ALERTMANAGER_PORT = 9095  # 9093 (its default) is Kafka's controller
 STATSD_EXPORTER_PORT = 9102  # Prometheus scrapes this; Airflow sends StatsD to STATSD_PORT
 STATSD_PORT = 9125
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per health poll otherwise
 
 STATSD_EXPORTER_MODULE = "github.com/prometheus/statsd_exporter"
 STATSD_EXPORTER_VERSION = "v0.31.0"
@@ -214,6 +217,9 @@ class Prometheus(_DebianService):
             "--storage.tsdb.retention.time=15d",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--web.enable-lifecycle",  # POST /-/reload after editing the config or rules
+            # re-send firing alerts every 5 s (default 1 m): one lost at startup, before Alertmanager was
+            # discovered, reaches it within seconds
+            "--rules.alert.resend-delay=5s",
         ]
         start_process(self.name, argv, cwd=self.data)
 
