@@ -259,3 +259,26 @@ def test_dashboard_queries_match_series_prometheus_receives(
     finally:
         _delete_group(task="failure", dag=dag, failed_task="drain")
         _delete_group(task="dagrun", dag=dag)
+
+
+def test_airflow_statsd_reaches_prometheus_with_mapped_labels(monitoring: None) -> None:
+    """Airflow's own metrics client, configured by the devstack Airflow's environment, lands in Prometheus."""
+    from eventpipe.devstack.airflow import Airflow
+
+    env = {**os.environ, **Airflow().env()}
+    assert env["AIRFLOW__METRICS__STATSD_ON"] == "True"
+    assert env["EVENTPIPE_PUSHGATEWAY_URL"] == pushgateway_url()
+    dag = f"eventpipe_statsd_test_{uuid.uuid4().hex[:8]}"
+    emit = (
+        "from airflow.sdk.observability import stats\n"
+        f"stats.Stats.incr('ti.finish.{dag}.drain.failed')\n"
+        f"stats.Stats.timing('dagrun.duration.success.{dag}', 1500)\n"
+    )
+    subprocess.run([sys.executable, "-c", emit], env=env, check=True, capture_output=True, timeout=120)
+    finished = _eventually(lambda: _query(f'airflow_ti_finish{{dag_id="{dag}"}}'), "airflow_ti_finish in Prometheus")
+    assert finished[0]["metric"] | {"job": "airflow", "task_id": "drain", "state": "failed"} == finished[0]["metric"]
+    duration = _eventually(
+        lambda: _query(f'airflow_dagrun_duration_seconds{{dag_id="{dag}",state="success",quantile="0.5"}}'),
+        "airflow_dagrun_duration_seconds in Prometheus",
+    )
+    assert float(duration[0]["value"][1]) == 1.5  # StatsD milliseconds, exported in seconds
