@@ -13,6 +13,7 @@ Airflow (8080/8793).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,25 @@ def _run(cmd: Sequence[str], what: str, env: dict[str, str] | None = None) -> su
     return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
 
 
+@contextlib.contextmanager
+def _no_service_starts() -> Iterator[None]:
+    """Keep the packages' own system services from starting on the ports the devstack uses.
+
+    Debian's policy-rc.d hook (exit 101 = "not allowed") is honoured by invoke-rc.d and deb-systemd-invoke;
+    an existing one (containers usually ship it) is left as it is.
+    """
+    policy = Path("/usr/sbin/policy-rc.d")
+    if policy.exists():
+        yield
+        return
+    policy.write_text("#!/bin/sh\n# written by eventpipe devstack during apt-get install\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink(missing_ok=True)
+
+
 def ensure_debian_packages(binaries: dict[str, str]) -> None:
     """Install the Debian packages (binary -> package) whose binaries are missing; no-op when all exist."""
     missing = sorted({package for binary, package in binaries.items() if shutil.which(binary) is None})
@@ -74,13 +94,13 @@ def ensure_debian_packages(binaries: dict[str, str]) -> None:
         return
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         raise DevstackError(f"missing {sorted(binaries)}; install them as root: apt-get install {' '.join(missing)}")
-    # policy-rc.d-less hosts would otherwise start the packaged system services on their default ports
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-    result = _run(cmd, f"apt-get install {' '.join(missing)}", env)
-    if result.returncode != 0:  # stale package lists: refresh once and retry
-        _run(["apt-get", "update", "-q"], "apt-get update", env)
-        result = _run(cmd, f"apt-get install {' '.join(missing)} (after update)", env)
+    with _no_service_starts():
+        result = _run(cmd, f"apt-get install {' '.join(missing)}", env)
+        if result.returncode != 0:  # stale package lists: refresh once and retry
+            _run(["apt-get", "update", "-q"], "apt-get update", env)
+            result = _run(cmd, f"apt-get install {' '.join(missing)} (after update)", env)
     if result.returncode != 0:
         raise DevstackError(f"apt-get install {' '.join(missing)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
 
