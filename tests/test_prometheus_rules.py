@@ -108,3 +108,15 @@ def test_devstack_monitoring_config_is_valid_and_wired_to_the_service_ports(prom
     assert next(j for j in spec["scrape_configs"] if j["job_name"] == "pushgateway")["honor_labels"] is True
     alertmanagers = spec["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert alertmanagers == [f"127.0.0.1:{monitoring.ALERTMANAGER_PORT}"]
+
+
+def test_monitoring_is_an_opt_in_group_on_free_ports() -> None:
+    from eventpipe.devstack.stack import DATA_SERVICES, OPTIONAL_SERVICES, SERVICES, expand, service
+
+    members = expand(["kafka", "monitoring"])
+    assert members == ["kafka", "statsd-exporter", "pushgateway", "alertmanager", "prometheus"]
+    assert not set(OPTIONAL_SERVICES) & {*SERVICES, *DATA_SERVICES}  # a bare `devstack up` / the demo skip them
+    ports = [service(name).port for name in SERVICES] + [9093, 8793, monitoring.STATSD_PORT]
+    for name in OPTIONAL_SERVICES:
+        assert service(name).port not in ports, f"{name} would clash on {service(name).port}"
+        ports.append(service(name).port)
