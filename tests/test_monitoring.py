@@ -141,12 +141,12 @@ def test_dead_letter_flood_fires_in_prometheus_and_reaches_alertmanager(
 
 @pytest.fixture(scope="module")
 def drained_day(pipeline_env: dict[str, str]) -> Iterator[tuple[date, dict[str, str]]]:
-    """A small closed day (2024, which no other test uses) produced, drained and quiesced through the CLI."""
+    """A small closed day (2023, which no other test uses) produced, drained and quiesced through the CLI."""
     from .test_archive import _forget_day
 
     up(("kafka", "elasticsearch", "s3"))
     settings = _settings(pipeline_env)
-    day = date(2024, 3, 1) + timedelta(days=uuid.uuid4().int % 300)
+    day = date(2023, 1, 1) + timedelta(days=uuid.uuid4().int % 360)
     _forget_day(settings, day)
     tag = uuid.uuid4().hex[:8]
     topics = {"iot": f"test-{tag}.iot", "business": f"test-{tag}.business"}
@@ -159,6 +159,7 @@ def drained_day(pipeline_env: dict[str, str]) -> Iterator[tuple[date, dict[str, 
     yield day, topics
     for topic in topics.values():
         _delete_group(task="drain", topic=topic)
+    _forget_day(settings, day)  # indices, manifests, snapshot and archive of the day
 
 
 def test_failed_snapshot_fires_and_a_retake_resolves(
