@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EP := $(BIN)/eventpipe
 
-.PHONY: help setup install services demo test test-fast lint bench down status clean
+.PHONY: help setup install services monitoring demo test test-fast lint bench down status clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,9 @@ install: setup  ## download/build Kafka, Elasticsearch, the S3 server and Spark 
 
 services: install  ## start Kafka, Elasticsearch and the S3 server as local processes (Airflow and PostgreSQL start on demand)
 	$(EP) devstack up --services kafka,elasticsearch,s3
+
+monitoring: setup  ## opt-in: Prometheus :9090, Pushgateway :9091, Alertmanager :9095, StatsD exporter :9102 (start before Airflow)
+	$(EP) devstack up --services monitoring
 
 demo: install  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary
 	$(EP) demo

@@ -100,6 +100,10 @@ class Airflow(Service):
             "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
         }
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_url()
+        # Devstack monitoring (opt-in, `make monitoring`): tasks push to its Pushgateway, Airflow sends StatsD.
+        from eventpipe.devstack.monitoring import monitoring_env
+
+        env.update(monitoring_env())
         # Explicit AIRFLOW__* settings of the caller win (e.g. an external metadata database).
         env.update({k: v for k, v in os.environ.items() if k.startswith("AIRFLOW__")})
         return env

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from eventpipe.devstack.runtime import DevstackError
-from eventpipe.devstack.stack import SERVICES
+from eventpipe.devstack.stack import GROUPS, OPTIONAL_SERVICES, SERVICES, expand
 from eventpipe.results import emit
 
 app = typer.Typer(
@@ -18,10 +18,12 @@ Services = Annotated[str, typer.Option("--services", help="Comma-separated subse
 
 
 def _services(value: str, default: tuple[str, ...]) -> list[str]:
-    names = [n.strip() for n in value.split(",") if n.strip()] or list(default)
-    unknown = sorted(set(names) - set(SERVICES) - {"spark"})
+    """Named services (groups such as "monitoring" expanded), or ``default``; opt-in ones only when named."""
+    names = expand(n.strip() for n in value.split(",") if n.strip()) or list(default)
+    known = {*SERVICES, *OPTIONAL_SERVICES}
+    unknown = sorted(set(names) - known - {"spark"})
     if unknown:
-        raise typer.BadParameter(f"unknown services {unknown}; known: {sorted(SERVICES)} and spark")
+        raise typer.BadParameter(f"unknown services {unknown}; known: {sorted(known)}, spark and {sorted(GROUPS)}")
     return names
 
 

@@ -19,12 +19,32 @@ SERVICES: dict[str, str] = {
 }
 DATA_SERVICES = ("kafka", "elasticsearch", "s3")
 
+# Opt-in: started only when named (`devstack up --services monitoring`, `make monitoring`); a bare
+# `devstack up` and the demo start SERVICES. Order: the exporters and Alertmanager before Prometheus.
+OPTIONAL_SERVICES: dict[str, str] = {
+    "statsd-exporter": "eventpipe.devstack.monitoring:StatsdExporter",
+    "pushgateway": "eventpipe.devstack.monitoring:Pushgateway",
+    "alertmanager": "eventpipe.devstack.monitoring:Alertmanager",
+    "prometheus": "eventpipe.devstack.monitoring:Prometheus",
+}
+GROUPS: dict[str, tuple[str, ...]] = {"monitoring": tuple(OPTIONAL_SERVICES)}
+
 DEVSTACK_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "eventpipe", "AWS_SECRET_ACCESS_KEY": "eventpipe-secret"}
 
 
 def service(name: str) -> Service:
-    module, cls = SERVICES[name].split(":")
+    module, cls = {**SERVICES, **OPTIONAL_SERVICES}[name].split(":")
     return getattr(importlib.import_module(module), cls)()
+
+
+def expand(names: Iterable[str]) -> list[str]:
+    """Service names with groups ("monitoring") replaced by their members, first occurrence kept."""
+    out: list[str] = []
+    for name in names:
+        for member in GROUPS.get(name, (name,)):
+            if member not in out:
+                out.append(member)
+    return out
 
 
 def local_env() -> dict[str, str]:
