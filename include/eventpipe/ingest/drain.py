@@ -19,7 +19,7 @@ from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from eventpipe.events.schema import parse_event
-from eventpipe.ingest.dlq import DeadLetter, write_dead_letters
+from eventpipe.ingest.dlq import ClaimCheck, DeadLetter, DlqLimits, read_limits, write_dead_letters
 from eventpipe.ingest.elastic import EVENTS_PREFIX, BulkOutcome, IndexAction, bulk_index, client, ensure_indices
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore
 from eventpipe.ingest.offsets import PartitionRange, interval_ranges
@@ -27,6 +27,15 @@ from eventpipe.settings import Settings
 
 log = logging.getLogger(__name__)
 CONSUMER_GROUP = "eventpipe-ingest"
+
+
+@dataclass(frozen=True)
+class LetterSink:
+    """Where a drain's dead letters go: the DLQ producer, its limits (read at start-up), the claim check."""
+
+    producer: KafkaProducer
+    limits: DlqLimits
+    claims: ClaimCheck
 
 
 @dataclass
@@ -104,8 +113,9 @@ def drain_interval(
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
         touched: set[datetime] = set()
         try:
+            sink = LetterSink(producer, read_limits(settings, producer), ClaimCheck(settings))
             for records in read_ranges(consumer, manifest.ranges(), batch_size, idle_timeout_s):
-                _load_batch(records, es=es, producer=producer, start=start, touched=touched, result=result)
+                _load_batch(records, es=es, sink=sink, start=start, touched=touched, result=result)
         finally:
             producer.close()
 
@@ -133,7 +143,7 @@ def _load_batch(
     records: list[ConsumerRecord],
     *,
     es,
-    producer: KafkaProducer,
+    sink: LetterSink,
     start: datetime,
     touched: set[datetime],
     result: DrainResult,
@@ -160,7 +170,9 @@ def _load_batch(
     for action in actions:
         if action.doc_id not in rejected_ids:
             touched.add(action.ref[1].replace(minute=0, second=0, microsecond=0))
-    result.dead_lettered += write_dead_letters(letters, es=es, producer=producer, interval_start=start)
+    result.dead_lettered += write_dead_letters(
+        letters, es=es, producer=sink.producer, interval_start=start, limits=sink.limits, claims=sink.claims
+    )
     result.consumed += len(records)
     result.indexed += outcome.acknowledged
     result.created += outcome.created
@@ -200,7 +212,7 @@ def _divert_blocked(es, outcome: BulkOutcome, result: DrainResult) -> list[tuple
 
 def _letter(record: ConsumerRecord, kind: str, reason: str) -> DeadLetter:
     return DeadLetter(
-        record.topic, record.partition, record.offset, record.timestamp, record.value or b"", kind, reason
+        record.topic, record.partition, record.offset, record.timestamp, record.value or b"", kind, reason, record.key
     )
 
 

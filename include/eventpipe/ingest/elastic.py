@@ -31,6 +31,17 @@ ANOMALY_INDEX = "eventpipe-anomalies"
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
+DLQ_PAYLOAD_FIELDS: dict[str, object] = {
+    "raw_b64": {"type": "binary"},  # the exact source bytes (absent when claim-checked)
+    "payload_ref": {"type": "keyword"},  # s3://bucket/dead-letters/sha256/.. for claim checks
+    "size": {"type": "long"},
+    "sha256": {"type": "keyword"},
+    "preview": {"type": "text", "index": False},
+    "key_b64": {"type": "binary"},
+    "key_sha256": {"type": "keyword"},
+    "key_ref": {"type": "keyword"},
+}
+
 
 def client(settings: Settings) -> Elasticsearch:
     auth = None
@@ -96,7 +107,8 @@ def ensure_indices(es: Elasticsearch) -> None:
                 "partition": {"type": "integer"},
                 "offset": {"type": "long"},
                 "kafka_timestamp": {"type": "date", "format": "epoch_millis"},
-                "raw": {"type": "text", "index": False},
+                "raw": {"type": "text", "index": False},  # letters before raw_b64 (lossy, kept for old documents)
+                **DLQ_PAYLOAD_FIELDS,
                 "interval_start": {"type": "date"},
                 "dead_lettered_at": {"type": "date"},
             }
@@ -130,7 +142,6 @@ def ensure_indices(es: Elasticsearch) -> None:
                 "score": {"type": "double"},
                 "model_version": {"type": "keyword"},
                 "metric": {"type": "keyword"},
-                "kind": {"type": "keyword"},
                 "source": {"type": "keyword"},
                 "event_type": {"type": "keyword"},
                 "value": {"type": "double"},
@@ -148,6 +159,8 @@ def ensure_indices(es: Elasticsearch) -> None:
             except ApiError as exc:
                 if exc.meta.status != 400 or "resource_already_exists" not in str(exc):
                     raise
+    # additive, idempotent upgrades of indices created by earlier versions
+    es.indices.put_mapping(index=DLQ_INDEX, properties=DLQ_PAYLOAD_FIELDS)
 
 
 def _retryable(exc: BaseException) -> bool:

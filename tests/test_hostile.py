@@ -1,0 +1,116 @@
+"""Hostile input against real Kafka, Elasticsearch and S3: no record stops a drain, none is lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timedelta
+
+import pytest
+from elasticsearch import Elasticsearch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from eventpipe.events.generator import GeneratorConfig, utc
+from eventpipe.events.produce import produce
+from eventpipe.ingest.dlq import DeadLetter, DeadLetterError, DlqLimits, encode_letters, letter_raw
+from eventpipe.ingest.drain import drain_interval
+from eventpipe.ingest.elastic import DLQ_INDEX
+from eventpipe.ingest.topics import DLQ_TOPIC
+from eventpipe.settings import Settings
+from eventpipe.storage.s3 import s3_client
+
+pytestmark = pytest.mark.services
+
+
+def _hour(seed: int) -> datetime:
+    """Days of 2024, apart from the other test modules' days (Kafka rejects future timestamps)."""
+    return utc("2024-03-01T10:00:00") + timedelta(days=seed % 300)
+
+
+def _send(settings: Settings, topic: str, values: list[bytes], when: datetime) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for i, value in enumerate(values):
+        stamp = int(when.timestamp() * 1000) + 1000 * (i + 1)
+        producer.send(topic, key=f"hostile-{i}".encode(), value=value, timestamp_ms=stamp).get(timeout=60)
+    producer.close()
+
+
+def _dlq_end() -> int:
+    consumer = KafkaConsumer(bootstrap_servers=os.environ.get("EVENTPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    tp = TopicPartition(DLQ_TOPIC, 0)
+    end = consumer.end_offsets([tp])[tp]
+    consumer.close()
+    return end
+
+
+def _dlq_records(settings: Settings, since: int, topic: str) -> dict[str, dict[str, object]]:
+    """Dead letters of ``topic`` written to the DLQ topic at or after offset ``since``, by key."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(DLQ_TOPIC, 0)
+    consumer.assign([tp])
+    consumer.seek(tp, since)
+    end = consumer.end_offsets([tp])[tp]
+    found: dict[str, dict[str, object]] = {}
+    while consumer.position(tp) < end:
+        for records in consumer.poll(timeout_ms=2000).values():
+            for record in records:
+                if record.key.decode().startswith(f"{topic}:"):
+                    found[record.key.decode()] = json.loads(record.value) | {"_bytes": len(record.value)}
+    consumer.close()
+    return found
+
+
+def test_oversized_and_binary_payloads_are_dead_lettered_exactly(
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    h0 = _hour(1)
+    config = GeneratorConfig(h0, h0 + timedelta(hours=1), rate_per_s=0.01, seed=901, malformed_rate=0.0)
+    produced = produce(services, config, topics=topics, truth=False)
+    iot = topics["iot"]
+    # near the broker's default max.message.bytes (1048588): its escaped JSON dead letter would not fit
+    huge = bytes(range(256)) * 4000 + b"\xff" * 20_000  # 1,044,000 bytes, not UTF-8
+    small = b"\xff\xfe\x00 not json \x80\xc3("
+    _send(services, iot, [huge, small], h0)
+    since = _dlq_end()
+
+    result = drain_interval(services, iot, h0, h0 + timedelta(hours=1))
+
+    assert result.consumed == produced.by_topic[iot] + 2
+    assert result.indexed == produced.by_topic[iot]
+    assert result.dead_lettered == 2
+    es.indices.refresh(index=DLQ_INDEX)
+    hits = es.search(index=DLQ_INDEX, query={"term": {"source_topic": iot}}, size=10)["hits"]["hits"]
+    docs = {hit["_id"]: hit["_source"] for hit in hits}
+    topic_letters = _dlq_records(services, since, iot)
+    assert set(docs) == set(topic_letters) and len(docs) == 2
+    by_size = {int(doc["size"]): key for key, doc in docs.items()}
+    huge_key, small_key = by_size[len(huge)], by_size[len(small)]
+    for key, payload in ((huge_key, huge), (small_key, small)):
+        for doc in (docs[key], topic_letters[key]):
+            assert letter_raw(doc, services) == payload  # bytes exact, from the index and the topic
+            assert doc["sha256"] == hashlib.sha256(payload).hexdigest()
+            assert doc["error_kind"] == "schema" and doc["reason"]
+    # the big one is a claim check: a small letter pointing at a content-addressed S3 object
+    assert "raw_b64" not in docs[huge_key] and "payload_ref" not in docs[small_key]
+    ref = str(docs[huge_key]["payload_ref"])
+    assert ref.endswith(hashlib.sha256(huge).hexdigest())
+    bucket, key = ref.removeprefix("s3://").split("/", 1)
+    assert s3_client(services).get_object(Bucket=bucket, Key=key)["Body"].read() == huge
+    assert int(topic_letters[huge_key]["_bytes"]) < 20_000
+    assert topic_letters[huge_key]["preview"].startswith("\\x00\\x01")  # type: ignore[union-attr]
+
+
+def test_a_record_that_cannot_be_dead_lettered_fails_with_its_coordinates() -> None:
+    class BrokenStore:
+        def put(self, data: bytes) -> str:
+            raise ConnectionError("S3 unreachable")
+
+    letter = DeadLetter("iot.telemetry", 2, 4711, 0, b"x" * 5000, "schema", "not JSON")
+    limits = DlqLimits(topic_max_message_bytes=20_000, producer_max_request_size=1_048_576)
+    with pytest.raises(DeadLetterError, match=r"topic iot\.telemetry partition 2 offset 4711"):
+        encode_letters([letter], limits, BrokenStore(), utc("2027-01-01T00:00:00"))  # type: ignore[arg-type]
+    # small letters need no S3 at all
+    fits = DeadLetter("iot.telemetry", 2, 4712, 0, b"x" * 100, "schema", "not JSON")
+    [(_, doc, value)] = encode_letters([fits], limits, BrokenStore(), utc("2027-01-01T00:00:00"))  # type: ignore[arg-type]
+    assert letter_raw(doc) == b"x" * 100 and len(value) < limits.max_letter_bytes
