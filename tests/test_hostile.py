@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,9 +14,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
+from eventpipe.events.schema import MAX_METRICS
 from eventpipe.ingest.dlq import DeadLetter, DeadLetterError, DlqLimits, encode_letters, letter_raw
 from eventpipe.ingest.drain import drain_interval
-from eventpipe.ingest.elastic import DLQ_INDEX
+from eventpipe.ingest.elastic import DLQ_INDEX, TOTAL_FIELDS_LIMIT
 from eventpipe.ingest.topics import DLQ_TOPIC
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
@@ -114,3 +116,82 @@ def test_a_record_that_cannot_be_dead_lettered_fails_with_its_coordinates() -> N
     fits = DeadLetter("iot.telemetry", 2, 4712, 0, b"x" * 100, "schema", "not JSON")
     [(_, doc, value)] = encode_letters([fits], limits, BrokenStore(), utc("2027-01-01T00:00:00"))  # type: ignore[arg-type]
     assert letter_raw(doc) == b"x" * 100 and len(value) < limits.max_letter_bytes
+
+
+def _event(when: datetime, event_id: str, metrics: dict[str, float]) -> bytes:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "source": "iot",
+            "device_id": "wide-device",
+            "event_type": "telemetry",
+            "event_time": when.isoformat().replace("+00:00", "Z"),
+            "metrics": metrics,
+            "attributes": {"region": "eu-west"},
+        }
+    ).encode()
+
+
+def test_wide_record_is_dead_lettered_and_new_metric_names_still_index(
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    h0 = _hour(2)
+    tag = uuid.uuid4().hex[:8]
+    iot = topics["iot"]
+    produce(
+        services,
+        GeneratorConfig(h0, h0 + timedelta(hours=1), 0.005, seed=902, malformed_rate=0.0),
+        topics=topics,
+        truth=False,
+    )
+    wide = _event(h0 + timedelta(minutes=1), f"wide-{tag}", {f"w{tag}_{i}": float(i) for i in range(400)})
+    later = _event(h0 + timedelta(minutes=2), f"later-{tag}", {f"n{tag}_{i}": float(i) for i in range(MAX_METRICS)})
+    _send(services, iot, [wide, later], h0)
+
+    result = drain_interval(services, iot, h0, h0 + timedelta(hours=1))
+
+    assert result.dead_lettered == 1
+    es.indices.refresh(index=DLQ_INDEX)
+    [letter] = es.search(index=DLQ_INDEX, query={"term": {"source_topic": iot}})["hits"]["hits"]
+    assert letter["_source"]["error_kind"] == "schema"
+    assert f"at most {MAX_METRICS}" in letter["_source"]["reason"]
+    assert letter_raw(letter["_source"]) == wide
+    day_index = f"eventpipe-events-{h0.strftime('%Y.%m.%d')}"
+    doc = es.get(index=day_index, id=f"later-{tag}")["_source"]
+    assert len(doc["metrics"]) == MAX_METRICS
+    mapped = es.indices.get_mapping(index=day_index)[day_index]["mappings"]["properties"]["metrics"]["properties"]
+    assert not any(name.startswith(f"w{tag}") for name in mapped)
+    assert all(f"n{tag}_{i}" in mapped for i in range(MAX_METRICS))
+
+
+def test_many_new_metric_names_past_the_field_limit_never_reject_valid_events(
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    h0 = _hour(3)
+    tag = uuid.uuid4().hex[:8]
+    iot = topics["iot"]
+    produce(
+        services,
+        GeneratorConfig(h0, h0 + timedelta(hours=1), 0.002, seed=903, malformed_rate=0.0),
+        topics=topics,
+        truth=False,
+    )
+    events = 1 + TOTAL_FIELDS_LIMIT // MAX_METRICS  # together, more names than the index has fields
+    values = [
+        _event(h0 + timedelta(seconds=10 + i), f"many-{tag}-{i}", {f"m{tag}_{i}_{j}": 1.0 for j in range(MAX_METRICS)})
+        for i in range(events)
+    ]
+    _send(services, iot, values, h0)
+
+    result = drain_interval(services, iot, h0, h0 + timedelta(hours=1))
+
+    assert result.dead_lettered == 0
+    day_index = f"eventpipe-events-{h0.strftime('%Y.%m.%d')}"
+    es.indices.refresh(index=day_index)
+    query = {"prefix": {"event_id": f"many-{tag}-"}}
+    assert es.count(index=day_index, query=query)["count"] == events
+    # the names past the limit are kept in _source, not mapped
+    ignored = es.count(index=day_index, query={"bool": {"filter": [query, {"exists": {"field": "_ignored"}}]}})
+    assert ignored["count"] > 0
+    last = es.get(index=day_index, id=f"many-{tag}-{events - 1}")["_source"]
+    assert len(last["metrics"]) == MAX_METRICS
