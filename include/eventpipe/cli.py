@@ -131,6 +131,52 @@ def rollup(start: Start, end: End, topics: Topics = "") -> None:
 
 
 @app.command()
+def ledger(
+    topics: Topics = "",
+    dry_run: Annotated[bool, typer.Option(help="Only report uncovered offsets; drain nothing")] = False,
+    max_records: Annotated[int, typer.Option(help="Most offsets one check drains (the rest: next run)")] = 1_000_000,
+    batch_size: int = 5000,
+) -> None:
+    """Offset ledger: drain the Kafka offsets no complete drain manifest covers, then roll up their hours."""
+    from eventpipe.ingest.elastic import client
+    from eventpipe.ingest.ledger import check_ledger
+    from eventpipe.ingest.rollup import rollup_hours
+    from eventpipe.metrics import push
+
+    settings = Settings.from_env()
+    results = [
+        check_ledger(settings, t, dry_run=dry_run, max_records=max_records, batch_size=batch_size)
+        for t in _topics(topics)
+    ]
+    hours = {utc(h) for r in results for h in r.touched_hours}
+    written = 0
+    if hours:
+        es = client(settings)
+        try:
+            written = rollup_hours(es, hours)
+        finally:
+            es.close()
+    for result in results:
+        push(
+            settings,
+            "ledger",
+            {"ledger_uncovered_offsets": result.uncovered, "ledger_remaining_offsets": result.remaining},
+            {"topic": result.topic},
+        )
+    emit(
+        "ledger",
+        {
+            "dry_run": dry_run,
+            "uncovered": sum(r.uncovered for r in results),
+            "drained": sum(r.drained for r in results),
+            "remaining": sum(r.remaining for r in results),
+            "rollup_documents": written,
+            "topics": [r.as_dict() for r in results],
+        },
+    )
+
+
+@app.command()
 def demo(
     day: Annotated[str, typer.Option(help="First day to produce, ingest and archive")] = "2026-01-15",
     days: Annotated[int, typer.Option(help="Number of days (the last one is the model's hold-out)")] = 3,

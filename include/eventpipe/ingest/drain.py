@@ -75,16 +75,7 @@ def drain_interval(
     es = client(settings)
     ensure_indices(es)
     store = ManifestStore(es)
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=CONSUMER_GROUP,
-        client_id=f"eventpipe-drain-{topic}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=batch_size,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-    )
+    consumer = group_consumer(settings, topic, batch_size)
     try:
         manifest = store.get(topic, start, end)
         replayed = manifest is not None
@@ -107,36 +98,65 @@ def drain_interval(
             result.consumed = sum(r.size for r in manifest.ranges())
             result.seconds = round(time.perf_counter() - started, 3)
             return result
-        manifest.attempts += 1
-        store.save(manifest)  # persist the plan first: a retry replays exactly these ranges
-
-        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
-        touched: set[datetime] = set()
-        try:
-            sink = LetterSink(producer, read_limits(settings, producer), ClaimCheck(settings))
-            for records in read_ranges(consumer, manifest.ranges(), batch_size, idle_timeout_s):
-                _load_batch(records, es=es, sink=sink, start=start, touched=touched, result=result)
-        finally:
-            producer.close()
-
-        result.touched_hours = [hour.isoformat() for hour in sorted(touched)]
-        manifest = manifest.model_copy(
-            update={
-                "status": "complete",
-                "consumed": result.consumed,
-                "indexed": result.indexed,
-                "dead_lettered": result.dead_lettered,
-                "touched_hours": sorted(touched),
-                "finished_at": datetime.now(timezone.utc),
-            }
-        )
-        store.save(manifest)
-        commit_offsets(consumer, manifest.ranges())
+        execute_manifest(settings, es, store, consumer, manifest, result, batch_size, idle_timeout_s)
         result.lag = group_lag(consumer, topic)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
     finally:
         consumer.close(autocommit=False)
+
+
+def group_consumer(settings: Settings, topic: str, batch_size: int) -> KafkaConsumer:
+    """A consumer of the ingest group that never auto-commits: offsets advance only in ``commit_offsets``."""
+    return KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=CONSUMER_GROUP,
+        client_id=f"eventpipe-drain-{topic}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=batch_size,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+
+
+def execute_manifest(
+    settings: Settings,
+    es,
+    store: ManifestStore,
+    consumer: KafkaConsumer,
+    manifest: DrainManifest,
+    result: DrainResult,
+    batch_size: int,
+    idle_timeout_s: float,
+) -> DrainManifest:
+    """Save the plan, index or dead-letter exactly its ranges, mark it complete, then commit offsets."""
+    manifest.attempts += 1
+    store.save(manifest)  # persist the plan first: a retry replays exactly these ranges
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    touched: set[datetime] = set()
+    try:
+        sink = LetterSink(producer, read_limits(settings, producer), ClaimCheck(settings))
+        for records in read_ranges(consumer, manifest.ranges(), batch_size, idle_timeout_s):
+            _load_batch(records, es=es, sink=sink, start=manifest.interval_start, touched=touched, result=result)
+    finally:
+        producer.close()
+
+    result.touched_hours = [hour.isoformat() for hour in sorted(touched)]
+    manifest = manifest.model_copy(
+        update={
+            "status": "complete",
+            "consumed": result.consumed,
+            "indexed": result.indexed,
+            "dead_lettered": result.dead_lettered,
+            "touched_hours": sorted(touched),
+            "finished_at": datetime.now(timezone.utc),
+        }
+    )
+    store.save(manifest)
+    commit_offsets(consumer, manifest.ranges())
+    return manifest
 
 
 def _load_batch(

@@ -140,6 +140,7 @@ def ensure_indices(es: Elasticsearch) -> None:
                 "interval_start": {"type": "date"},
                 "interval_end": {"type": "date"},
                 "status": {"type": "keyword"},
+                "kind": {"type": "keyword"},
                 "partitions": {"type": "object", "enabled": False},
                 "touched_hours": {"type": "date"},
             }
@@ -152,6 +153,7 @@ def ensure_indices(es: Elasticsearch) -> None:
                 "score": {"type": "double"},
                 "model_version": {"type": "keyword"},
                 "metric": {"type": "keyword"},
+                "kind": {"type": "keyword"},
                 "source": {"type": "keyword"},
                 "event_type": {"type": "keyword"},
                 "value": {"type": "double"},
@@ -171,6 +173,7 @@ def ensure_indices(es: Elasticsearch) -> None:
                     raise
     # additive, idempotent upgrades of indices created by earlier versions
     es.indices.put_mapping(index=DLQ_INDEX, properties=DLQ_PAYLOAD_FIELDS)
+    es.indices.put_mapping(index=MANIFEST_INDEX, properties={"kind": {"type": "keyword"}})
     es.indices.put_settings(index=[ROLLUP_INDEX, ANOMALY_INDEX], settings=FIELD_LIMITS)
 
 
