@@ -1,35 +1,59 @@
-"""A loopback TCP proxy that can cut a real service off mid-conversation (fault injection)."""
+"""A loopback TCP proxy that can cut a real service off, or freeze it, mid-conversation (fault injection)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to a real server until ``cut_after_bytes`` of requests have passed."""
+    """Forwards 127.0.0.1:<port> to a real server until ``cut_after_bytes`` of requests have passed.
 
-    def __init__(self, target_port: int, cut_after_bytes: int | None = None) -> None:
+    ``freeze()`` holds every byte in both directions with the connections left open, as a
+    SIGSTOPped server does to its clients (requests time out, nothing is refused); ``thaw()``
+    lets the held bytes through.
+    """
+
+    def __init__(
+        self, target_port: int, cut_after_bytes: int | None = None, freeze_after_bytes: int | None = None
+    ) -> None:
         self.target_port = target_port
         self.cut_after_bytes = cut_after_bytes
+        self.freeze_after_bytes = freeze_after_bytes
+        self.frozen_at: float | None = None  # monotonic time of the (first) freeze
         self.forwarded = 0
         self.cut = False
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._conns: list[socket.socket] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def freeze(self) -> None:
+        self._flowing.clear()
+        self.frozen_at = self.frozen_at or time.monotonic()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     def heal(self) -> None:
         with self._lock:
             self.cut, self.cut_after_bytes = False, None
 
     def close(self) -> None:
+        self._flowing.set()
         self._listener.close()
         self._drop_all()
 
@@ -57,14 +81,79 @@ class CuttableProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, counts: bool) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()
                 if counts:
                     with self._lock:
                         self.forwarded += len(data)
                         if self.cut_after_bytes is not None and self.forwarded > self.cut_after_bytes:
                             self.cut = True
+                        if self.freeze_after_bytes is not None and self.forwarded > self.freeze_after_bytes:
+                            self.freeze_after_bytes = None
+                            self.frozen_at = time.monotonic()
+                            self.freeze()
                     if self.cut:
                         self._drop_all()
                         return
                 dst.sendall(data)
         except OSError:
             return
+
+
+class SpareKafka:
+    """A second, private Kafka broker (own ports and data under ``home``) that a test may kill.
+
+    The shared devstack broker serves other work; fault tests kill this one instead. It reuses
+    the shared devstack's resolved jars (a symlink), so starting it downloads nothing.
+    """
+
+    port = 19092
+
+    def __init__(self, home: Path, jars: Path) -> None:
+        from eventpipe.devstack.kafka import Kafka
+
+        class _Broker(Kafka):
+            port = SpareKafka.port
+            controller_port = SpareKafka.port + 1
+
+        self.home = home
+        (home / "kafka").mkdir(parents=True, exist_ok=True)
+        link = home / "kafka" / "jars"
+        if not link.exists():
+            link.symlink_to(jars)
+        self._broker = _Broker()
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @contextlib.contextmanager
+    def _own_home(self) -> Iterator[None]:
+        saved = os.environ.get("EVENTPIPE_DEVSTACK_HOME")
+        os.environ["EVENTPIPE_DEVSTACK_HOME"] = str(self.home)
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("EVENTPIPE_DEVSTACK_HOME", None)
+            else:
+                os.environ["EVENTPIPE_DEVSTACK_HOME"] = saved
+
+    def start(self) -> None:
+        with self._own_home():
+            self._broker.start()
+
+    def kill(self) -> None:
+        """SIGKILL the broker's process group, as an OOM kill or a node loss would."""
+        from eventpipe.devstack.runtime import pid_of
+
+        with self._own_home():
+            pid = pid_of("kafka")
+            assert pid is not None, "the spare broker is not running"
+            os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            pid_of("kafka")  # drops the stale pidfile
+
+    def stop(self) -> None:
+        with self._own_home():
+            self._broker.stop()

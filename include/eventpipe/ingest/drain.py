@@ -54,6 +54,7 @@ class DrainResult:
     touched_hours: list[str] = field(default_factory=list)
     bulk_seconds: float = 0.0
     bulk_requests: int = 0
+    bulk_retried_items: int = 0  # documents sent again after a 429/5xx item status (e.g. a flood-stage block)
     lag: int = 0  # records beyond the group's committed offsets after this drain (all partitions)
     seconds: float = 0.0
 
@@ -198,6 +199,7 @@ def _load_batch(
     result.created += outcome.created
     result.bulk_seconds = round(result.bulk_seconds + outcome.seconds, 3)
     result.bulk_requests += 1
+    result.bulk_retried_items += outcome.retried_items
 
 
 def _divert_blocked(es, outcome: BulkOutcome, result: DrainResult) -> list[tuple[IndexAction, str]]:

@@ -60,7 +60,7 @@ def client(settings: Settings) -> Elasticsearch:
     return Elasticsearch(
         settings.es_url,
         basic_auth=auth,
-        request_timeout=60,
+        request_timeout=float(os.environ.get("EVENTPIPE_ES_TIMEOUT") or 60),
         retry_on_timeout=False,
         max_retries=0,
         serializer=OrjsonSerializer(),

@@ -1,0 +1,201 @@
+"""Fault matrix (docs/faults.md): each fault against real services ends in exact counts, or in a
+clear failure whose retry is exact. Shared services are never killed: a fault hits a private
+broker (``SpareKafka``), a proxy in front of a shared service, one test-owned index, or a task
+process started here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+from kafka import KafkaConsumer, TopicPartition
+
+from eventpipe.devstack.runtime import home as devstack_home
+from eventpipe.events.generator import GeneratorConfig
+from eventpipe.events.produce import produce
+from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
+from eventpipe.ingest.elastic import EVENTS_ALIAS
+from eventpipe.ingest.manifest import ManifestStore
+from eventpipe.settings import Settings
+
+from .faults import CuttableProxy, SpareKafka
+from .test_ingest import _count, _dlq, _hours, _produce
+
+pytestmark = pytest.mark.services
+
+
+def _committed(settings: Settings, topic: str) -> dict[int, int | None]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=CONSUMER_GROUP)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(3)}
+    finally:
+        consumer.close()
+
+
+def _ends(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(3)])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        consumer.close()
+
+
+def _assert_exact(settings: Settings, es: Elasticsearch, topic: str, produced: int) -> None:
+    """Every record of ``topic`` is indexed or dead-lettered once, and the group committed the log end."""
+    assert _count(es, EVENTS_ALIAS, "kafka.topic", topic) + _dlq(es, topic) == produced
+    assert _committed(settings, topic) == _ends(settings, topic)
+
+
+def _wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
+    services: Settings, es: Elasticsearch, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGSTOPped node as its clients see it: open connections, no answers; then it resumes."""
+    _, produced = _produce(services, topics, seed=120, malformed_rate=0.01, rate=1.0)
+    h0, _h1, h2, _ = _hours(120)
+    iot = topics["iot"]
+    monkeypatch.setenv("EVENTPIPE_ES_TIMEOUT", "3")
+    proxy = CuttableProxy(int(services.es_url.rsplit(":", 1)[1]), freeze_after_bytes=250_000)
+    frozen_for = 8.0
+
+    def thaw_later() -> None:
+        _wait_for(lambda: proxy.frozen_at is not None, 120, "the freeze")
+        time.sleep(frozen_for)
+        proxy.thaw()
+
+    thawer = threading.Thread(target=thaw_later, daemon=True)
+    thawer.start()
+    try:
+        started = time.monotonic()
+        result = drain_interval(services.model_copy(update={"es_url": proxy.url}), iot, h0, h2, batch_size=300)
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.thaw()
+        proxy.close()
+    assert proxy.frozen_at is not None and elapsed > frozen_for  # the freeze really held a request
+    assert result.consumed == produced.by_topic[iot]
+    _assert_exact(services, es, iot, produced.by_topic[iot])
+
+
+def test_flood_stage_block_during_drain_is_waited_out_exactly(
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    """Elasticsearch's flood-stage watermark puts read_only_allow_delete on indices (items fail with 429)."""
+    _, produced = _produce(services, topics, seed=130, malformed_rate=0.01)
+    h0, h1, _h2, _ = _hours(130)
+    iot = topics["iot"]
+    day_index = f"eventpipe-events-{h0.strftime('%Y.%m.%d')}"
+    es.options(ignore_status=400).indices.create(index=day_index)
+    es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": True})
+    release = threading.Timer(
+        4.0, lambda: es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": None})
+    )
+    release.start()
+    try:
+        result = drain_interval(services, iot, h0, h1)
+    finally:
+        release.join()
+    assert result.bulk_retried_items > 0  # the block really rejected writes, and they were retried
+    assert result.dead_lettered == _dlq(es, iot)  # blocked items are retried, never dead-lettered
+    consumer = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap, group_id=CONSUMER_GROUP)
+    in_interval = sum(int(p["end"]) - int(p["start"]) for p in result.partitions)
+    assert result.consumed == in_interval and result.indexed + result.dead_lettered == in_interval
+    assert all(consumer.committed(TopicPartition(iot, int(p["partition"]))) == p["end"] for p in result.partitions)
+    consumer.close()
+    assert _count(es, EVENTS_ALIAS, "kafka.topic", iot) + _dlq(es, iot) == in_interval
+    assert produced.by_topic[iot] > in_interval  # the second hour is left for its own interval
+
+
+def _drain_process(topic: str, start: str, end: str) -> subprocess.Popen[bytes]:
+    eventpipe = Path(sys.executable).with_name("eventpipe")
+    argv = [str(eventpipe), "drain", "--start", start, "--end", end, "--topics", topic, "--batch-size", "200"]
+    return subprocess.Popen(argv, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_task_process_killed_mid_batch_then_retry_is_exact(
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    _, produced = _produce(services, topics, seed=140, malformed_rate=0.01, rate=2.0)
+    h0, _h1, h2, _ = _hours(140)
+    iot = topics["iot"]
+    proc = _drain_process(iot, h0.isoformat(), h2.isoformat())
+
+    def some_indexed() -> bool:
+        es.indices.refresh(index=EVENTS_ALIAS, ignore_unavailable=True)
+        return _count(es, EVENTS_ALIAS, "kafka.topic", iot) > 0 or proc.poll() is not None
+
+    _wait_for(some_indexed, 120, "the drain to index its first batch")
+    proc.send_signal(signal.SIGKILL)  # as the kubelet does on OOM or node loss
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    partial = _count(es, EVENTS_ALIAS, "kafka.topic", iot)
+    assert 0 < partial < produced.by_topic[iot]
+    assert all(c is None for c in _committed(services, iot).values())  # nothing committed
+    manifest = ManifestStore(es).get(iot, h0, h2)
+    assert manifest is not None and manifest.status == "planned"
+
+    retry = _drain_process(iot, h0.isoformat(), h2.isoformat())
+    _out, err = retry.communicate(timeout=300)
+    assert retry.returncode == 0, err.decode()[-2000:]
+    manifest = ManifestStore(es).get(iot, h0, h2)
+    assert manifest is not None and manifest.status == "complete" and manifest.attempts == 2
+    assert manifest.consumed == produced.by_topic[iot]
+    _assert_exact(services, es, iot, produced.by_topic[iot])
+
+
+@pytest.fixture(scope="module")
+def spare_kafka(tmp_path_factory: pytest.TempPathFactory, services: Settings) -> Iterator[SpareKafka]:
+    broker = SpareKafka(tmp_path_factory.mktemp("spare-kafka"), devstack_home() / "kafka" / "jars")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_kafka_broker_killed_mid_drain_then_retry_is_exact(
+    services: Settings, es: Elasticsearch, topics: dict[str, str], spare_kafka: SpareKafka
+) -> None:
+    private = services.model_copy(update={"kafka_bootstrap": spare_kafka.bootstrap})
+    h0, _h1, h2, _ = _hours(150)
+    config = GeneratorConfig(h0, h2, rate_per_s=2.0, seed=150, malformed_rate=0.01)
+    produced = produce(private, config, topics=topics, truth=False)
+    iot = topics["iot"]
+    failure: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            drain_interval(private, iot, h0, h2, batch_size=200, idle_timeout_s=10)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertions below
+            failure.append(exc)
+
+    worker = threading.Thread(target=drain)
+    worker.start()
+    _wait_for(lambda: _count(es, EVENTS_ALIAS, "kafka.topic", iot) > 0 or not worker.is_alive(), 120, "indexing")
+    spare_kafka.kill()
+    worker.join(180)
+    assert not worker.is_alive()
+    assert failure, "the drain cannot finish without its broker"
+    partial = _count(es, EVENTS_ALIAS, "kafka.topic", iot)
+    assert 0 < partial < produced.by_topic[iot]
+
+    spare_kafka.start()  # the broker comes back with its log (acks=all records survive a process kill)
+    assert all(c is None for c in _committed(private, iot).values())  # nothing was committed
+    result = drain_interval(private, iot, h0, h2, batch_size=200)
+    assert result.replayed and result.consumed == produced.by_topic[iot]
+    _assert_exact(private, es, iot, produced.by_topic[iot])
