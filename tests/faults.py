@@ -11,6 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from eventpipe.devstack.elasticsearch import ElasticsearchNode
+from eventpipe.devstack.kafka import Kafka
+from eventpipe.devstack.runtime import Service, pid_of
+
 
 class CuttableProxy:
     """Forwards 127.0.0.1:<port> to a real server until ``cut_after_bytes`` of requests have passed.
@@ -99,35 +103,29 @@ class CuttableProxy:
             return
 
 
-class SpareKafka:
-    """A second, private Kafka broker (own ports and data under ``home``) that a test may kill.
+class SpareService:
+    """A private instance of a devstack service (own ports, data under ``home``) that a test may kill.
 
-    The shared devstack broker serves other work; fault tests kill this one instead. It reuses
-    the shared devstack's resolved jars (a symlink), so starting it downloads nothing.
+    The shared devstack services serve other work; fault tests kill these instead. They reuse
+    the shared devstack's resolved jars (symlinks), so starting one downloads nothing.
     """
 
-    port = 19092
-
-    def __init__(self, home: Path, jars: Path) -> None:
-        from eventpipe.devstack.kafka import Kafka
-
-        class _Broker(Kafka):
-            port = SpareKafka.port
-            controller_port = SpareKafka.port + 1
-
+    def __init__(self, home: Path, service: Service, shared_home: Path, links: tuple[str, ...]) -> None:
         self.home = home
-        (home / "kafka").mkdir(parents=True, exist_ok=True)
-        link = home / "kafka" / "jars"
-        if not link.exists():
-            link.symlink_to(jars)
-        self._broker = _Broker()
+        self.service = service
+        for link in links:
+            target = home / link
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                target.symlink_to(shared_home / link)
 
     @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def port(self) -> int:
+        return self.service.port
 
     @contextlib.contextmanager
-    def _own_home(self) -> Iterator[None]:
+    def own_home(self) -> Iterator[None]:
+        """Devstack paths (data, pidfiles, logs, path.repo) resolve under this instance's home meanwhile."""
         saved = os.environ.get("EVENTPIPE_DEVSTACK_HOME")
         os.environ["EVENTPIPE_DEVSTACK_HOME"] = str(self.home)
         try:
@@ -139,21 +137,35 @@ class SpareKafka:
                 os.environ["EVENTPIPE_DEVSTACK_HOME"] = saved
 
     def start(self) -> None:
-        with self._own_home():
-            self._broker.start()
+        with self.own_home():
+            self.service.start()
 
     def kill(self) -> None:
-        """SIGKILL the broker's process group, as an OOM kill or a node loss would."""
-        from eventpipe.devstack.runtime import pid_of
-
-        with self._own_home():
-            pid = pid_of("kafka")
-            assert pid is not None, "the spare broker is not running"
+        """SIGKILL the service's process group, as an OOM kill or a node loss would."""
+        with self.own_home():
+            pid = pid_of(self.service.name)
+            assert pid is not None, f"the spare {self.service.name} is not running"
             os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            pid_of("kafka")  # drops the stale pidfile
+            pid_of(self.service.name)  # drops the stale pidfile
 
     def stop(self) -> None:
-        with self._own_home():
-            self._broker.stop()
+        with self.own_home():
+            self.service.stop()
+
+
+def spare_kafka(home: Path, shared_home: Path) -> SpareService:
+    class SpareBroker(Kafka):
+        port = 19092
+        controller_port = 19093
+
+    return SpareService(home, SpareBroker(), shared_home, ("kafka/jars",))
+
+
+def spare_elasticsearch(home: Path, shared_home: Path) -> SpareService:
+    class SpareNode(ElasticsearchNode):
+        port = 19200
+        transport_port = 19300
+
+    return SpareService(home, SpareNode(), shared_home, ("elasticsearch/jars",))

@@ -6,12 +6,14 @@ process started here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +21,19 @@ import pytest
 from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, TopicPartition
 
+from eventpipe.archive import snapshot
+from eventpipe.archive.config import ArchiveConfig
+from eventpipe.devstack.elasticsearch import snapshot_root
 from eventpipe.devstack.runtime import home as devstack_home
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
-from eventpipe.ingest.elastic import EVENTS_ALIAS
+from eventpipe.ingest.elastic import EVENTS_ALIAS, client
 from eventpipe.ingest.manifest import ManifestStore
 from eventpipe.settings import Settings
+from eventpipe.storage.s3 import delete_keys, s3_client
 
-from .faults import CuttableProxy, SpareKafka
+from .faults import CuttableProxy, SpareService, spare_elasticsearch, spare_kafka
 from .test_ingest import _count, _dlq, _hours, _produce
 
 pytestmark = pytest.mark.services
@@ -161,17 +167,17 @@ def test_task_process_killed_mid_batch_then_retry_is_exact(
 
 
 @pytest.fixture(scope="module")
-def spare_kafka(tmp_path_factory: pytest.TempPathFactory, services: Settings) -> Iterator[SpareKafka]:
-    broker = SpareKafka(tmp_path_factory.mktemp("spare-kafka"), devstack_home() / "kafka" / "jars")
+def private_kafka(tmp_path_factory: pytest.TempPathFactory, services: Settings) -> Iterator[SpareService]:
+    broker = spare_kafka(tmp_path_factory.mktemp("spare-kafka"), devstack_home())
     broker.start()
     yield broker
     broker.stop()
 
 
 def test_kafka_broker_killed_mid_drain_then_retry_is_exact(
-    services: Settings, es: Elasticsearch, topics: dict[str, str], spare_kafka: SpareKafka
+    services: Settings, es: Elasticsearch, topics: dict[str, str], private_kafka: SpareService
 ) -> None:
-    private = services.model_copy(update={"kafka_bootstrap": spare_kafka.bootstrap})
+    private = services.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{private_kafka.port}"})
     h0, _h1, h2, _ = _hours(150)
     config = GeneratorConfig(h0, h2, rate_per_s=2.0, seed=150, malformed_rate=0.01)
     produced = produce(private, config, topics=topics, truth=False)
@@ -187,15 +193,151 @@ def test_kafka_broker_killed_mid_drain_then_retry_is_exact(
     worker = threading.Thread(target=drain)
     worker.start()
     _wait_for(lambda: _count(es, EVENTS_ALIAS, "kafka.topic", iot) > 0 or not worker.is_alive(), 120, "indexing")
-    spare_kafka.kill()
+    private_kafka.kill()
     worker.join(180)
     assert not worker.is_alive()
     assert failure, "the drain cannot finish without its broker"
     partial = _count(es, EVENTS_ALIAS, "kafka.topic", iot)
     assert 0 < partial < produced.by_topic[iot]
 
-    spare_kafka.start()  # the broker comes back with its log (acks=all records survive a process kill)
+    private_kafka.start()  # the broker comes back with its log (acks=all records survive a process kill)
     assert all(c is None for c in _committed(private, iot).values())  # nothing was committed
     result = drain_interval(private, iot, h0, h2, batch_size=200)
     assert result.replayed and result.consumed == produced.by_topic[iot]
     _assert_exact(private, es, iot, produced.by_topic[iot])
+
+
+@pytest.fixture(scope="module")
+def private_es(tmp_path_factory: pytest.TempPathFactory, services: Settings) -> Iterator[SpareService]:
+    node = spare_elasticsearch(tmp_path_factory.mktemp("spare-es"), devstack_home())
+    node.start()
+    yield node
+    node.stop()
+
+
+def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
+    services: Settings,
+    topics: dict[str, str],
+    private_es: SpareService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    private = services.model_copy(update={"es_url": f"http://127.0.0.1:{private_es.port}"})
+    es = client(private)
+    h0, _h1, h2, _ = _hours(160)
+    iot = topics["iot"]
+    _, produced = _produce(services, topics, seed=160, malformed_rate=0.01, rate=2.0)
+    monkeypatch.setenv("EVENTPIPE_ES_RETRIES", "2")
+    failure: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            drain_interval(private, iot, h0, h2, batch_size=200)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertions below
+            failure.append(exc)
+
+    worker = threading.Thread(target=drain)
+    worker.start()
+
+    def indexing() -> bool:
+        if not worker.is_alive():
+            return True
+        with contextlib.suppress(Exception):  # the index may not exist yet
+            return _count(es, EVENTS_ALIAS, "kafka.topic", iot) > 0
+        return False
+
+    _wait_for(indexing, 120, "indexing")
+    private_es.kill()
+    worker.join(180)
+    assert failure, "the drain cannot finish without Elasticsearch"
+    assert all(c is None for c in _committed(services, iot).values())  # nothing committed
+
+    private_es.start()  # acknowledged writes survive: the translog is fsynced per request
+    result = drain_interval(private, iot, h0, h2, batch_size=200)
+    assert result.replayed and result.consumed == produced.by_topic[iot]
+    _assert_exact(services, es, iot, produced.by_topic[iot])
+
+    # mid-snapshot: a throttled repository keeps the snapshot running long enough to kill the node in it
+    day = h0.date()
+    cfg = ArchiveConfig(
+        repository="spare-snapshots",
+        repository_type="fs",
+        fs_location=str(private_es.home / "elasticsearch" / "snapshots" / "spare-snapshots"),
+    )
+    throttled = {"type": "fs", "settings": {"location": cfg.fs_location, "max_snapshot_bytes_per_sec": "20kb"}}
+    monkeypatch.setattr(snapshot, "repository_body", lambda _cfg: throttled)
+    snapshot_failure: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            snapshot.take_snapshot(private, client(private), cfg, day)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertions below
+            snapshot_failure.append(exc)
+
+    taker = threading.Thread(target=take)
+    taker.start()
+
+    def in_progress() -> bool:
+        with contextlib.suppress(Exception):
+            return bool(es.snapshot.status(repository=cfg.repository)["snapshots"])
+        return not taker.is_alive()
+
+    _wait_for(in_progress, 60, "the snapshot to start")
+    private_es.kill()
+    taker.join(180)
+    assert snapshot_failure, "the snapshot cannot finish without its node"
+    monkeypatch.undo()
+    private_es.start()
+    taken = snapshot.take_snapshot(private, es, cfg, day)  # the retry
+    assert taken.state == "SUCCESS" and not taken.reused
+    day_index = f"eventpipe-events-{h0.strftime('%Y.%m.%d')}"
+    es.snapshot.restore(
+        repository=cfg.repository,
+        snapshot=taken.snapshot,
+        indices=day_index,
+        rename_pattern="(.+)",
+        rename_replacement="restored-$1",
+        wait_for_completion=True,
+    )
+    assert es.count(index=f"restored-{day_index}")["count"] == es.count(index=day_index)["count"] > 0
+    es.close()
+
+
+def test_s3_cut_mid_snapshot_mirror_then_retry_mirrors_exactly(services: Settings, es: Elasticsearch) -> None:
+    """The fs repository's mirror to the snapshot bucket loses S3 halfway; the rerun completes it."""
+    tag = uuid.uuid4().hex[:8]
+    index, location = f"hostile-mirror-{tag}", snapshot_root() / f"hostile-{tag}"
+    cfg = ArchiveConfig(repository=f"hostile-{tag}", repository_type="fs", fs_location=str(location))
+    docs = [
+        {"index": {"_index": index, "_id": str(i)}} if j == 0 else {"n": i, "pad": "x" * 200}
+        for i in range(3000)
+        for j in (0, 1)
+    ]
+    es.bulk(operations=docs, refresh=True)
+    es.snapshot.create_repository(name=cfg.repository, repository=snapshot.repository_body(cfg))
+    es.snapshot.create(repository=cfg.repository, snapshot="s1", indices=index, wait_for_completion=True)
+    local = {
+        f"{cfg.repository}/{p.relative_to(location).as_posix()}": p.stat().st_size
+        for p in location.rglob("*")
+        if p.is_file()
+    }
+    s3 = s3_client(services)
+
+    def mirrored() -> dict[str, int]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=cfg.snapshot_bucket, Prefix=f"{cfg.repository}/")
+        return {obj["Key"]: obj["Size"] for page in pages for obj in page.get("Contents", [])}
+
+    proxy = CuttableProxy(int(str(services.s3_endpoint).rsplit(":", 1)[1]), cut_after_bytes=sum(local.values()) // 2)
+    flaky = services.model_copy(update={"s3_endpoint": proxy.url})
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - any S3 transport error fails the task
+            snapshot.mirror_fs_repository(flaky, cfg)
+        assert 0 < len(mirrored()) < len(local)  # the cut really landed mid-mirror
+        proxy.heal()
+        snapshot.mirror_fs_repository(flaky, cfg)
+        assert mirrored() == local  # every file, with its size; nothing stale
+    finally:
+        proxy.close()
+        es.snapshot.delete(repository=cfg.repository, snapshot="s1")
+        es.snapshot.delete_repository(name=cfg.repository)
+        es.indices.delete(index=index)
+        delete_keys(s3, cfg.snapshot_bucket, list(mirrored()))
