@@ -47,6 +47,11 @@ are committed only after Elasticsearch acknowledged every write.
 `eventpipe_train_anomaly_model` on the archive) over the interval's events and writes
 anomalies to `eventpipe-anomalies`; without a champion it reports `no_champion`.
 
+`ledger` is the offset ledger: it drains Kafka offsets that no complete drain manifest covers
+(left between intervals by a gap in the runs, e.g. a paused DAG or `catchup=False` after
+downtime), indexes or dead-letters them, rolls up their hours and reports the count as
+`eventpipe_ledger_uncovered_offsets`.
+
 * **Trigger with config**: pick topics, or `dry_run` to only see the offset ranges.
 * **Backfill**: `airflow backfill create --dag-id eventpipe_ingest --from-date … --to-date …`
 * Task output (counts, offset ranges, dead letters) is in each task's log and XCom.
@@ -65,4 +70,9 @@ anomalies to `eventpipe-anomalies`; without a champion it reports `no_champion`.
         TaskCommand(["ml", "score", *INTERVAL], env={**plain_env(), **spark_task_env(execution_mode())}),
         profile="spark-driver",
     )
-    drain >> [rollup, score]
+    ledger = cli_task(
+        "ledger",
+        TaskCommand(["ledger", *TOPICS, "{{ '--dry-run' if params.dry_run else '--no-dry-run' }}"]),
+        profile="drain",
+    )
+    drain >> [rollup, score, ledger]

@@ -38,8 +38,11 @@ def test_triggered_run_drains_exactly_its_hour(
     seed = random.SystemRandom().randrange(1_000_000)  # a fresh hour: logical dates are unique per DAG
     h0 = utc("2026-01-01T00:00:00") + timedelta(hours=seed % (300 * 24))
     h1 = h0 + timedelta(hours=1)
-    # the hour before and after get events too (in time order): they must stay out of this run
-    produce(services, GeneratorConfig(h0 - timedelta(hours=1), h0, 0.05, seed=seed + 1), topics=topics, truth=False)
+    # the hour before and after get events too (in time order): they must stay out of this run's drain;
+    # the hour before is below the offsets the drain commits, so the run's offset ledger drains it
+    before = produce(
+        services, GeneratorConfig(h0 - timedelta(hours=1), h0, 0.05, seed=seed + 1), topics=topics, truth=False
+    )
     config = GeneratorConfig(h0, h1, rate_per_s=0.5, malformed_rate=0.02, seed=seed)
     produced = produce(services, config, topics=topics, truth=False)
     produce(services, GeneratorConfig(h1, h1 + timedelta(hours=1), 0.05, seed=seed + 2), topics=topics, truth=False)
@@ -55,12 +58,15 @@ def test_triggered_run_drains_exactly_its_hour(
     finished = api.wait(INGEST_DAG, run.dag_run_id, timeout=900)
     states = {ti["task_id"]: ti["state"] for ti in api.task_instances(INGEST_DAG, run.dag_run_id)}
     assert finished.state == "success", states
-    assert set(states.values()) == {"success"} and {"drain", "rollup"} <= set(states)
+    assert set(states.values()) == {"success"} and {"drain", "rollup", "ledger"} <= set(states)
 
     for topic in topics.values():
-        assert events_of(es, topic) + dead_letters_of(es, topic) == produced.by_topic[topic]
-    assert sum(events_of(es, t) for t in topics.values()) == produced.valid
-    assert sum(dead_letters_of(es, t) for t in topics.values()) == produced.malformed > 0
+        assert events_of(es, topic) + dead_letters_of(es, topic) == produced.by_topic[topic] + before.by_topic[topic]
+    assert sum(events_of(es, t) for t in topics.values()) == produced.valid + before.valid
+    dead = sum(dead_letters_of(es, t) for t in topics.values())
+    assert dead == produced.malformed + before.malformed and produced.malformed > 0
+    ledger = api.xcom(INGEST_DAG, run.dag_run_id, "ledger")
+    assert ledger["uncovered"] == ledger["drained"] == before.produced and ledger["remaining"] == 0
 
     drained = api.xcom(INGEST_DAG, run.dag_run_id, "drain")
     assert drained["interval_start"] == h0.isoformat() and drained["interval_end"] == h1.isoformat()

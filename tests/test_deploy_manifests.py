@@ -43,6 +43,8 @@ ALERTS = {
     "EventpipeNightlyArchiveMissing",
     "EventpipeSnapshotFailed",
     "EventpipeDagRunFailed",
+    "EventpipeLedgerFoundUncoveredOffsets",
+    "EventpipeLedgerOffsetsRemain",
 }
 
 

@@ -140,8 +140,11 @@ def test_elasticsearch_rejection_goes_to_dlq_and_rest_of_batch_lands(
     H0, H1, H2, _H3 = _hours(606)
     iot = topics["iot"]
     bad = next(r for r in generate(GeneratorConfig(H0, H1, rate_per_s=0.02, seed=607)) if r.topic_kind == "iot")
-    # valid by schema, but "attributes.region.zone" conflicts with the keyword field attributes.region
-    value = bad.value.replace(b'"attributes":{', b'"attributes":{"region.zone":"x",', 1)
+    # valid by schema, but the day index maps attributes.colour as a number (as a changed template would)
+    day_index = f"eventpipe-events-{H0.strftime('%Y.%m.%d')}"
+    es.options(ignore_status=400).indices.create(index=day_index)
+    es.indices.put_mapping(index=day_index, properties={"attributes": {"properties": {"colour": {"type": "long"}}}})
+    value = bad.value.replace(b'"attributes":{', b'"attributes":{"colour":"red",', 1)
     producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap)
     producer.send(iot, key=bad.key.encode(), value=value, timestamp_ms=bad.timestamp_ms).get(timeout=30)
     producer.close()
@@ -152,7 +155,7 @@ def test_elasticsearch_rejection_goes_to_dlq_and_rest_of_batch_lands(
     hits = es.search(index=DLQ_INDEX, query={"term": {"source_topic": iot}})["hits"]["hits"]
     assert len(hits) == 1
     assert hits[0]["_source"]["error_kind"] == "elasticsearch"
-    assert "region" in hits[0]["_source"]["reason"]
+    assert "colour" in hits[0]["_source"]["reason"]
 
 
 def test_elasticsearch_outage_mid_drain_fails_then_retry_is_exact(

@@ -16,7 +16,7 @@ import typer
 
 from eventpipe.errors import PERMANENT_EXIT_CODE, InvalidArgument, PermanentError
 from eventpipe.events.generator import GeneratorConfig
-from eventpipe.params import parse_day, parse_interval, parse_topics
+from eventpipe.params import parse_day, parse_instant, parse_interval, parse_topics
 from eventpipe.results import emit
 from eventpipe.settings import Settings
 
@@ -145,6 +145,52 @@ def rollup(start: Start, end: End, topics: Topics = "") -> None:
     hours = {h for m in manifests for h in m.touched_hours}
     written = rollup_hours(es, hours)
     emit("rollup", {"interval_start": lo.isoformat(), "hours": len(hours), "rollup_documents": written})
+
+
+@app.command()
+def ledger(
+    topics: Topics = "",
+    dry_run: Annotated[bool, typer.Option(help="Only report uncovered offsets; drain nothing")] = False,
+    max_records: Annotated[int, typer.Option(help="Most offsets one check drains (the rest: next run)")] = 1_000_000,
+    batch_size: int = 5000,
+) -> None:
+    """Offset ledger: drain the Kafka offsets no complete drain manifest covers, then roll up their hours."""
+    from eventpipe.ingest.elastic import client
+    from eventpipe.ingest.ledger import check_ledger
+    from eventpipe.ingest.rollup import rollup_hours
+    from eventpipe.metrics import push
+
+    settings = Settings.from_env()
+    results = [
+        check_ledger(settings, t, dry_run=dry_run, max_records=max_records, batch_size=batch_size)
+        for t in parse_topics(topics)
+    ]
+    hours = {parse_instant(h) for r in results for h in r.touched_hours}
+    written = 0
+    if hours:
+        es = client(settings)
+        try:
+            written = rollup_hours(es, hours)
+        finally:
+            es.close()
+    for result in results:
+        push(
+            settings,
+            "ledger",
+            {"ledger_uncovered_offsets": result.uncovered, "ledger_remaining_offsets": result.remaining},
+            {"topic": result.topic},
+        )
+    emit(
+        "ledger",
+        {
+            "dry_run": dry_run,
+            "uncovered": sum(r.uncovered for r in results),
+            "drained": sum(r.drained for r in results),
+            "remaining": sum(r.remaining for r in results),
+            "rollup_documents": written,
+            "topics": [r.as_dict() for r in results],
+        },
+    )
 
 
 @app.command()

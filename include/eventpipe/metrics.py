@@ -22,6 +22,8 @@ METRICS: dict[str, str] = {
     "kafka_lag_records": "records of the topic beyond the group's committed offsets after the last drain",
     "bulk_latency_seconds": "mean Elasticsearch bulk request latency of the last drain",
     "drain_seconds": "duration of the last drain of a topic",
+    "ledger_uncovered_offsets": "offsets of the topic no complete drain manifest covered at the last ledger check",
+    "ledger_remaining_offsets": "offsets of the topic still uncovered after the last ledger check drained",
     "archive_bytes": "Parquet bytes committed by the last archive write",
     "archive_rows": "rows committed by the last archive write",
     "archive_last_success_timestamp_seconds": "when an archive day last verified",

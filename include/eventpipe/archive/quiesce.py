@@ -3,6 +3,11 @@
 After the block, the day's index no longer changes, so the snapshot, the Parquet export and
 the verification all see the same documents. Events that arrive later for that day are
 indexed into the day's late index by the drain (see ``eventpipe.ingest.drain``).
+
+Offsets no complete manifest covers (holes the offset ledger has not drained yet, see
+``eventpipe.ingest.ledger``) may hold records of any day, so they keep every day open: the
+day closes once the ledger drained them; records it finds after the day closed go to the
+late index and the late sweep.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from datetime import date, datetime
 from elasticsearch import Elasticsearch
 
 from eventpipe.archive.indices import day_bounds, day_index, existing, late_index
+from eventpipe.ingest.ledger import holes
 from eventpipe.ingest.manifest import ManifestStore
 
 
@@ -59,6 +65,7 @@ def coverage_gaps(es: Elasticsearch, day: date, topics: list[str]) -> dict[str, 
             (m.interval_start, m.interval_end) for m in store.between(start, end, topic) if m.status == "complete"
         ]
         missing = uncovered(start, end, complete)
+        missing += [f"offsets {h.partition}:{h.start}-{h.end}" for h in holes(topic, list(store.for_topic(topic)))]
         if missing:
             gaps[topic] = missing
     return gaps

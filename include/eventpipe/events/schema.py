@@ -10,11 +10,23 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
 SCHEMA_VERSION = 1
+
+# Bounds (docs/schema.md): each metric or attribute name is a field of the day index, so one
+# event may bring at most MAX_METRICS + MAX_ATTRIBUTES of them, under 5% of the index's field
+# limit (eventpipe.ingest.elastic.TOTAL_FIELDS_LIMIT). Names have no dots, which would create
+# object paths that conflict with existing fields.
+MAX_METRICS = 32
+MAX_ATTRIBUTES = 16
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+MAX_ATTRIBUTE_VALUE = 256
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+AttributeValue = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE)]
 
 
 class Event(BaseModel):
@@ -26,8 +38,12 @@ class Event(BaseModel):
     device_id: str = Field(min_length=1, max_length=128, description="Device, terminal or account that emitted it")
     event_type: str = Field(min_length=1, max_length=64, description="e.g. telemetry, order, payment")
     event_time: AwareDatetime
-    metrics: dict[str, float] = Field(default_factory=dict, description="Numeric readings or amounts")
-    attributes: dict[str, str] = Field(default_factory=dict, description="Low-cardinality labels")
+    metrics: dict[Name, float] = Field(
+        default_factory=dict, max_length=MAX_METRICS, description="Numeric readings or amounts"
+    )
+    attributes: dict[Name, AttributeValue] = Field(
+        default_factory=dict, max_length=MAX_ATTRIBUTES, description="Low-cardinality labels"
+    )
 
     @field_validator("event_time")
     @classmethod

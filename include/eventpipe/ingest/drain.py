@@ -19,7 +19,7 @@ from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from eventpipe.events.schema import parse_event
-from eventpipe.ingest.dlq import DeadLetter, write_dead_letters
+from eventpipe.ingest.dlq import ClaimCheck, DeadLetter, DlqLimits, read_limits, write_dead_letters
 from eventpipe.ingest.elastic import EVENTS_PREFIX, BulkOutcome, IndexAction, bulk_index, client, ensure_indices
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore
 from eventpipe.ingest.offsets import PartitionRange, interval_ranges
@@ -27,6 +27,15 @@ from eventpipe.settings import Settings
 
 log = logging.getLogger(__name__)
 CONSUMER_GROUP = "eventpipe-ingest"
+
+
+@dataclass(frozen=True)
+class LetterSink:
+    """Where a drain's dead letters go: the DLQ producer, its limits (read at start-up), the claim check."""
+
+    producer: KafkaProducer
+    limits: DlqLimits
+    claims: ClaimCheck
 
 
 @dataclass
@@ -45,6 +54,7 @@ class DrainResult:
     touched_hours: list[str] = field(default_factory=list)
     bulk_seconds: float = 0.0
     bulk_requests: int = 0
+    bulk_retried_items: int = 0  # documents sent again after a 429/5xx item status (e.g. a flood-stage block)
     lag: int = 0  # records beyond the group's committed offsets after this drain (all partitions)
     seconds: float = 0.0
 
@@ -66,16 +76,7 @@ def drain_interval(
     es = client(settings)
     ensure_indices(es)
     store = ManifestStore(es)
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=CONSUMER_GROUP,
-        client_id=f"eventpipe-drain-{topic}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=batch_size,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-    )
+    consumer = group_consumer(settings, topic, batch_size)
     try:
         manifest = store.get(topic, start, end)
         replayed = manifest is not None
@@ -98,30 +99,7 @@ def drain_interval(
             result.consumed = sum(r.size for r in manifest.ranges())
             result.seconds = round(time.perf_counter() - started, 3)
             return result
-        manifest.attempts += 1
-        store.save(manifest)  # persist the plan first: a retry replays exactly these ranges
-
-        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
-        touched: set[datetime] = set()
-        try:
-            for records in read_ranges(consumer, manifest.ranges(), batch_size, idle_timeout_s):
-                _load_batch(records, es=es, producer=producer, start=start, touched=touched, result=result)
-        finally:
-            producer.close()
-
-        result.touched_hours = [hour.isoformat() for hour in sorted(touched)]
-        manifest = manifest.model_copy(
-            update={
-                "status": "complete",
-                "consumed": result.consumed,
-                "indexed": result.indexed,
-                "dead_lettered": result.dead_lettered,
-                "touched_hours": sorted(touched),
-                "finished_at": datetime.now(timezone.utc),
-            }
-        )
-        store.save(manifest)
-        commit_offsets(consumer, manifest.ranges())
+        execute_manifest(settings, es, store, consumer, manifest, result, batch_size, idle_timeout_s)
         result.lag = group_lag(consumer, topic)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
@@ -129,11 +107,64 @@ def drain_interval(
         consumer.close(autocommit=False)
 
 
+def group_consumer(settings: Settings, topic: str, batch_size: int) -> KafkaConsumer:
+    """A consumer of the ingest group that never auto-commits: offsets advance only in ``commit_offsets``."""
+    return KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=CONSUMER_GROUP,
+        client_id=f"eventpipe-drain-{topic}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=batch_size,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+
+
+def execute_manifest(
+    settings: Settings,
+    es,
+    store: ManifestStore,
+    consumer: KafkaConsumer,
+    manifest: DrainManifest,
+    result: DrainResult,
+    batch_size: int,
+    idle_timeout_s: float,
+) -> DrainManifest:
+    """Save the plan, index or dead-letter exactly its ranges, mark it complete, then commit offsets."""
+    manifest.attempts += 1
+    store.save(manifest)  # persist the plan first: a retry replays exactly these ranges
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    touched: set[datetime] = set()
+    try:
+        sink = LetterSink(producer, read_limits(settings, producer), ClaimCheck(settings))
+        for records in read_ranges(consumer, manifest.ranges(), batch_size, idle_timeout_s):
+            _load_batch(records, es=es, sink=sink, start=manifest.interval_start, touched=touched, result=result)
+    finally:
+        producer.close()
+
+    result.touched_hours = [hour.isoformat() for hour in sorted(touched)]
+    manifest = manifest.model_copy(
+        update={
+            "status": "complete",
+            "consumed": result.consumed,
+            "indexed": result.indexed,
+            "dead_lettered": result.dead_lettered,
+            "touched_hours": sorted(touched),
+            "finished_at": datetime.now(timezone.utc),
+        }
+    )
+    store.save(manifest)
+    commit_offsets(consumer, manifest.ranges())
+    return manifest
+
+
 def _load_batch(
     records: list[ConsumerRecord],
     *,
     es,
-    producer: KafkaProducer,
+    sink: LetterSink,
     start: datetime,
     touched: set[datetime],
     result: DrainResult,
@@ -160,12 +191,15 @@ def _load_batch(
     for action in actions:
         if action.doc_id not in rejected_ids:
             touched.add(action.ref[1].replace(minute=0, second=0, microsecond=0))
-    result.dead_lettered += write_dead_letters(letters, es=es, producer=producer, interval_start=start)
+    result.dead_lettered += write_dead_letters(
+        letters, es=es, producer=sink.producer, interval_start=start, limits=sink.limits, claims=sink.claims
+    )
     result.consumed += len(records)
     result.indexed += outcome.acknowledged
     result.created += outcome.created
     result.bulk_seconds = round(result.bulk_seconds + outcome.seconds, 3)
     result.bulk_requests += 1
+    result.bulk_retried_items += outcome.retried_items
 
 
 def _divert_blocked(es, outcome: BulkOutcome, result: DrainResult) -> list[tuple[IndexAction, str]]:
@@ -200,7 +234,7 @@ def _divert_blocked(es, outcome: BulkOutcome, result: DrainResult) -> list[tuple
 
 def _letter(record: ConsumerRecord, kind: str, reason: str) -> DeadLetter:
     return DeadLetter(
-        record.topic, record.partition, record.offset, record.timestamp, record.value or b"", kind, reason
+        record.topic, record.partition, record.offset, record.timestamp, record.value or b"", kind, reason, record.key
     )
 
 

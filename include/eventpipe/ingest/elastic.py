@@ -31,6 +31,26 @@ ANOMALY_INDEX = "eventpipe-anomalies"
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
+# Field budget of indices with dynamic metric/attribute names (see docs/schema.md): the schema
+# bounds one event to MAX_METRICS + MAX_ATTRIBUTES names, a few percent of the limit, and
+# fields past the limit are kept in _source (listed in _ignored) instead of rejecting the
+# document, so no number of new names can turn valid events into dead letters.
+TOTAL_FIELDS_LIMIT = 1000
+FIELD_LIMITS: dict[str, object] = {
+    "index.mapping.total_fields.limit": TOTAL_FIELDS_LIMIT,
+    "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
+}
+DLQ_PAYLOAD_FIELDS: dict[str, object] = {
+    "raw_b64": {"type": "binary"},  # the exact source bytes (absent when claim-checked)
+    "payload_ref": {"type": "keyword"},  # s3://bucket/dead-letters/sha256/.. for claim checks
+    "size": {"type": "long"},
+    "sha256": {"type": "keyword"},
+    "preview": {"type": "text", "index": False},
+    "key_b64": {"type": "binary"},
+    "key_sha256": {"type": "keyword"},
+    "key_ref": {"type": "keyword"},
+}
+
 
 def client(settings: Settings) -> Elasticsearch:
     auth = None
@@ -40,7 +60,7 @@ def client(settings: Settings) -> Elasticsearch:
     return Elasticsearch(
         settings.es_url,
         basic_auth=auth,
-        request_timeout=60,
+        request_timeout=float(os.environ.get("EVENTPIPE_ES_TIMEOUT") or 60),
         retry_on_timeout=False,
         max_retries=0,
         serializer=OrjsonSerializer(),
@@ -54,12 +74,13 @@ def _replicas() -> int:
 def ensure_indices(es: Elasticsearch) -> None:
     """Install templates and fixed indices; explicit mappings so a bad record cannot change types."""
     settings = {"number_of_shards": 1, "number_of_replicas": _replicas(), "refresh_interval": "1s"}
+    dynamic_settings = {**settings, **FIELD_LIMITS}
     es.indices.put_index_template(
         name="eventpipe-events",
         index_patterns=[f"{EVENTS_PREFIX}-*"],
         priority=200,
         template={
-            "settings": settings,
+            "settings": dynamic_settings,
             "aliases": {EVENTS_ALIAS: {}},
             "mappings": {
                 "dynamic": "strict",
@@ -96,7 +117,8 @@ def ensure_indices(es: Elasticsearch) -> None:
                 "partition": {"type": "integer"},
                 "offset": {"type": "long"},
                 "kafka_timestamp": {"type": "date", "format": "epoch_millis"},
-                "raw": {"type": "text", "index": False},
+                "raw": {"type": "text", "index": False},  # letters before raw_b64 (lossy, kept for old documents)
+                **DLQ_PAYLOAD_FIELDS,
                 "interval_start": {"type": "date"},
                 "dead_lettered_at": {"type": "date"},
             }
@@ -118,6 +140,7 @@ def ensure_indices(es: Elasticsearch) -> None:
                 "interval_start": {"type": "date"},
                 "interval_end": {"type": "date"},
                 "status": {"type": "keyword"},
+                "kind": {"type": "keyword"},
                 "partitions": {"type": "object", "enabled": False},
                 "touched_hours": {"type": "date"},
             }
@@ -144,10 +167,14 @@ def ensure_indices(es: Elasticsearch) -> None:
     for name, mappings in fixed.items():
         if not es.indices.exists(index=name):
             try:
-                es.indices.create(index=name, settings=settings, mappings=mappings)
+                es.indices.create(index=name, settings=dynamic_settings, mappings=mappings)
             except ApiError as exc:
                 if exc.meta.status != 400 or "resource_already_exists" not in str(exc):
                     raise
+    # additive, idempotent upgrades of indices created by earlier versions
+    es.indices.put_mapping(index=DLQ_INDEX, properties=DLQ_PAYLOAD_FIELDS)
+    es.indices.put_mapping(index=MANIFEST_INDEX, properties={"kind": {"type": "keyword"}})
+    es.indices.put_settings(index=[ROLLUP_INDEX, ANOMALY_INDEX], settings=FIELD_LIMITS)
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -7,6 +7,7 @@ copies its offset ranges into the archive manifest for audits.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -22,6 +23,9 @@ class DrainManifest(BaseModel):
     interval_start: datetime
     interval_end: datetime
     status: Literal["planned", "complete"] = "planned"
+    # "ledger": offsets no interval drain covered, drained by the offset ledger (eventpipe.ingest.ledger);
+    # its interval is when the hole was found, so it is never an interval neighbour nor part of a day
+    kind: Literal["interval", "ledger"] = "interval"
     partitions: list[dict[str, int | str]] = Field(default_factory=list)
     consumed: int = 0
     indexed: int = 0
@@ -32,6 +36,9 @@ class DrainManifest(BaseModel):
 
     @property
     def doc_id(self) -> str:
+        if self.kind == "ledger":
+            [only] = self.ranges()
+            return ledger_manifest_id(only)
         return manifest_id(self.topic, self.interval_start, self.interval_end)
 
     def ranges(self) -> list[PartitionRange]:
@@ -45,6 +52,13 @@ def manifest_id(topic: str, start: datetime, end: datetime) -> str:
     return f"{topic}|{_iso(start)}|{_iso(end)}"
 
 
+def ledger_manifest_id(hole: PartitionRange) -> str:
+    return f"{hole.topic}|ledger|{hole.partition}|{hole.start}|{hole.end}"
+
+
+INTERVALS_ONLY = {"bool": {"must_not": [{"term": {"kind": "ledger"}}]}}
+
+
 def _iso(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -54,8 +68,11 @@ class ManifestStore:
         self.es = es
 
     def get(self, topic: str, start: datetime, end: datetime) -> DrainManifest | None:
+        return self.get_id(manifest_id(topic, start, end))
+
+    def get_id(self, doc_id: str) -> DrainManifest | None:
         try:
-            doc = self.es.get(index=MANIFEST_INDEX, id=manifest_id(topic, start, end))
+            doc = self.es.get(index=MANIFEST_INDEX, id=doc_id)
         except NotFoundError:
             return None
         return DrainManifest.model_validate(doc["_source"])
@@ -68,7 +85,7 @@ class ManifestStore:
         self.es.indices.refresh(index=MANIFEST_INDEX)
         hits = self.es.search(
             index=MANIFEST_INDEX,
-            query={"bool": {"filter": [{"term": {"topic": topic}}, {"term": {field: _iso(value)}}]}},
+            query={"bool": {"filter": [{"term": {"topic": topic}}, {"term": {field: _iso(value)}}, INTERVALS_ONLY]}},
             size=1,
         )["hits"]["hits"]
         return DrainManifest.model_validate(hits[0]["_source"]) if hits else None
@@ -83,6 +100,7 @@ class ManifestStore:
         filters: list[dict[str, object]] = [
             {"range": {"interval_start": {"gte": _iso(start)}}},
             {"range": {"interval_end": {"lte": _iso(end)}}},
+            INTERVALS_ONLY,
         ]
         if topic:
             filters.append({"term": {"topic": topic}})
@@ -91,3 +109,27 @@ class ManifestStore:
             index=MANIFEST_INDEX, query={"bool": {"filter": filters}}, size=10_000, sort=[{"interval_start": "asc"}]
         )["hits"]["hits"]
         return [DrainManifest.model_validate(hit["_source"]) for hit in hits]
+
+    def for_topic(self, topic: str, page: int = 5000) -> Iterator[DrainManifest]:
+        """Every manifest of ``topic`` (intervals and ledger), paged through a point in time."""
+        self.es.indices.refresh(index=MANIFEST_INDEX)
+        pit = self.es.open_point_in_time(index=MANIFEST_INDEX, keep_alive="2m")["id"]
+        after: list[object] | None = None
+        try:
+            while True:
+                response = self.es.search(
+                    pit={"id": pit, "keep_alive": "2m"},
+                    query={"term": {"topic": topic}},
+                    size=page,
+                    sort=[{"_shard_doc": "asc"}],
+                    search_after=after,
+                )
+                hits = response["hits"]["hits"]
+                pit = response.get("pit_id", pit)
+                for hit in hits:
+                    yield DrainManifest.model_validate(hit["_source"])
+                if len(hits) < page:
+                    return
+                after = hits[-1]["sort"]
+        finally:
+            self.es.close_point_in_time(id=pit)

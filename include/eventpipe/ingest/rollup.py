@@ -13,10 +13,16 @@ from elasticsearch import Elasticsearch
 
 from eventpipe.ingest.elastic import EVENTS_ALIAS, EVENTS_PREFIX, ROLLUP_INDEX, IndexAction, bulk_index
 
+AGGREGATIONS_PER_PAGE = 40_000
 
-def metric_names(es: Elasticsearch) -> list[str]:
-    """Metric fields currently mapped in the event indices."""
-    mappings = es.indices.get_mapping(index=f"{EVENTS_PREFIX}-*", allow_no_indices=True).body
+
+def metric_names(es: Elasticsearch, day: datetime | None = None) -> list[str]:
+    """Metric fields mapped in the event indices (of ``day`` only, its late index included, when given).
+
+    Per day, so metric names that appear on one day do not widen every other day's rollups.
+    """
+    pattern = f"{EVENTS_PREFIX}-*{day.strftime('%Y.%m.%d')}" if day else f"{EVENTS_PREFIX}-*"
+    mappings = es.indices.get_mapping(index=pattern, allow_no_indices=True, ignore_unavailable=True).body
     names: set[str] = set()
     for index in mappings.values():
         props = index["mappings"].get("properties", {}).get("metrics", {}).get("properties", {})
@@ -30,12 +36,14 @@ def rollup_hours(es: Elasticsearch, hours: Iterable[datetime], *, page: int = 50
     if not hours:
         return 0
     es.indices.refresh(index=f"{EVENTS_PREFIX}-*", allow_no_indices=True)
-    metrics = metric_names(es)
     written = 0
     for hour in hours:
+        metrics = metric_names(es, hour)
+        # two metric aggregations per name and device: keep one response's sketches bounded
+        devices_per_page = max(10, min(page, AGGREGATIONS_PER_PAGE // max(1, 2 * len(metrics))))
         actions = [
             IndexAction(ROLLUP_INDEX, f"{doc['device_id']}|{doc['hour']}", doc)
-            for doc in _hour_docs(es, hour, metrics, page)
+            for doc in _hour_docs(es, hour, metrics, devices_per_page)
         ]
         for chunk_start in range(0, len(actions), 2000):
             outcome = bulk_index(es, actions[chunk_start : chunk_start + 2000])
