@@ -32,8 +32,9 @@ def dagbag(request: pytest.FixtureRequest) -> DagBag:
 # dag id -> task id -> (downstream task ids, trigger rule, resource profile; None = not a pod)
 SHAPE: dict[str, dict[str, tuple[set[str], str, str | None]]] = {
     "eventpipe_ingest": {
-        "drain": ({"rollup", "score"}, "all_success", "drain"),
+        "drain": ({"rollup", "score", "ledger"}, "all_success", "drain"),
         "rollup": (set(), "all_success", "small"),
+        "ledger": (set(), "all_success", "drain"),
         "score": (set(), "all_success", "spark-driver"),
     },
     "eventpipe_archive_nightly": {
