@@ -36,6 +36,7 @@ ADMIN_PASSWORD = "admin"  # devstack only: the API binds to 127.0.0.1
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 # supervisord programs, each `airflow <name>`; the API server first (the others talk to it)
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+SUPERVISED = (*COMPONENTS, "reaper")  # plus the event listener that cleans up after an exited component
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per health poll otherwise
 
 
@@ -199,6 +200,13 @@ class Airflow(Service):
                 "stdout_logfile_maxbytes=50MB",
                 "stdout_logfile_backups=2",
             ]
+        lines += [  # kills what an exited component left behind before supervisord restarts it
+            "[eventlistener:reaper]",
+            f"command={sys.executable} -m eventpipe.devstack.reaper",
+            "events=PROCESS_STATE_EXITED",
+            "autorestart=true",
+            f"stderr_logfile={log_path('airflow-reaper')}",
+        ]
         config = airflow_home() / "supervisord.conf"
         config.write_text("\n".join(lines) + "\n")
         return config
@@ -253,7 +261,7 @@ class Airflow(Service):
     def healthy(self) -> bool:
         """Every supervised component RUNNING, and metadata DB, scheduler, DAG processor and triggerer healthy."""
         components = self.components()
-        if set(components) != set(COMPONENTS) or any(c["statename"] != "RUNNING" for c in components.values()):
+        if set(components) != set(SUPERVISED) or any(c["statename"] != "RUNNING" for c in components.values()):
             return False
         try:
             health = self.health()
