@@ -36,7 +36,12 @@ def _legacy_dict() -> dict[str, object]:
         "kafka_offsets": {"iot.telemetry": {"0": [10, 500], "2": [0, 703]}},
         "snapshots": {"repository": "eventpipe-snapshots", "elasticsearch": "eventpipe-2026.03.01", "volumes": []},
         "files": [
-            {"rows": 1202, "bytes": 40960, "sha256": "01" * 32, "key": "events/date=2026-03-01/part-00000-r0002.parquet"},
+            {
+                "rows": 1202,
+                "bytes": 40960,
+                "sha256": "01" * 32,
+                "key": "events/date=2026-03-01/part-00000-r0002.parquet",
+            },
             {"rows": 1, "bytes": 2048, "sha256": "02" * 32, "key": "events/date=2026-03-01/late-00000-r0002.parquet"},
         ],
         "encryption": "AES256",
