@@ -14,6 +14,7 @@ from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_bounds, day_index, late_index, snapshot_name
 from eventpipe.archive.late import sweep_late
 from eventpipe.archive.layout import committed_days, manifest_key, partition_prefix
+from eventpipe.archive.manifest import ArchiveManifest
 from eventpipe.archive.quiesce import DayNotClosed, quiesce_day
 from eventpipe.archive.restore import restore_archive, restore_snapshot
 from eventpipe.archive.retention import apply_retention
@@ -21,6 +22,7 @@ from eventpipe.archive.snapshot import LIVE_INDICES, ensure_repository, post_hoo
 from eventpipe.archive.verify import VerificationFailed, is_verified, verify_day
 from eventpipe.archive.volumes import snapshot_objects
 from eventpipe.archive.writer import archive_day
+from eventpipe.errors import ChecksumMismatch
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
 from eventpipe.events.schema import Event
@@ -128,6 +130,19 @@ def test_nightly_archive_is_consistent_verified_and_restorable(
     from_archive = restore_archive(services, es, day)
     assert from_snapshot.matches and from_snapshot.documents == produced.valid
     assert from_archive.matches and from_archive.documents == produced.valid
+
+    # the model reads the writer's manifest and writes back exactly its bytes
+    s3 = s3_client(services)
+    raw = s3.get_object(Bucket=services.archive_bucket, Key=manifest_key(day))["Body"].read()
+    assert ArchiveManifest.from_bytes(raw).to_bytes() == raw
+
+    # a corrupted object is a permanent failure of verify and restore (no retry can fix it)
+    first = manifest["files"][0]["key"]
+    s3.put_object(Bucket=services.archive_bucket, Key=first, Body=b"not the archived parquet")
+    with pytest.raises(ChecksumMismatch, match="sha256 differs from the manifest"):
+        verify_day(services, es, cfg, day)
+    with pytest.raises(ChecksumMismatch):
+        restore_archive(services, es, day)
 
 
 def test_quiesce_waits_for_every_interval_of_the_day(

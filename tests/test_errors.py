@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
 from eventpipe.archive.verify import VerificationFailed, failure
-from eventpipe.cli import app
+from eventpipe.cli import ContractApp, app
 from eventpipe.errors import (
     PERMANENT_EXIT_CODE,
     ChecksumMismatch,
@@ -77,6 +78,23 @@ def test_cli_keeps_success_and_other_failures_apart() -> None:
     with pytest.raises(SystemExit) as caught:
         app(["--help"], prog_name="eventpipe")
     assert caught.value.code == 0
+
+    probe = ContractApp()
+
+    @probe.command()
+    def fail(kind: str) -> None:
+        if kind == "corrupt":
+            raise ChecksumMismatch("part-00000: sha256 differs from the manifest")
+        if kind == "exit":
+            raise typer.Exit(1)
+        raise ConnectionError("Elasticsearch is restarting")
+
+    for argv, code in ((["corrupt"], PERMANENT_EXIT_CODE), (["exit"], 1)):
+        with pytest.raises(SystemExit) as caught:
+            probe(argv, prog_name="probe")
+        assert caught.value.code == code, argv
+    with pytest.raises(ConnectionError):  # unchanged: the interpreter exits 1 and the task is retried
+        probe(["blip"], prog_name="probe")
 
 
 def test_real_cli_process_exits_3_on_an_invalid_argument() -> None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from elasticsearch import Elasticsearch
 
@@ -62,7 +63,11 @@ def read_archived_ids(s3, bucket: str, manifest: ArchiveManifest, problems: list
         encrypted += bool(obj.get("ServerSideEncryption"))
         if hashlib.sha256(content).hexdigest() != entry.sha256:
             problems.append(f"{entry.key}: {CHECKSUM_PROBLEM}")
-        table = pq.read_table(io.BytesIO(content), columns=["event_id"])
+        try:
+            table = pq.read_table(io.BytesIO(content), columns=["event_id"])
+        except pa.ArrowInvalid as exc:  # a corrupt object: report it with the others, do not crash on it
+            problems.append(f"{entry.key}: not readable as Parquet ({exc})")
+            continue
         if table.num_rows != entry.rows:
             problems.append(f"{entry.key}: {table.num_rows} rows, manifest says {entry.rows}")
         ids += table.column("event_id").to_pylist()
