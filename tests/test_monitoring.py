@@ -29,11 +29,13 @@ import pytest
 import yaml
 
 from eventpipe.archive.indices import day_bounds
+from eventpipe.archive.snapshot import post_hook
 from eventpipe.devstack.monitoring import ALERTMANAGER_PORT, PROMETHEUS_PORT, pushgateway_url
 from eventpipe.devstack.runtime import REPO_ROOT
-from eventpipe.devstack.stack import GROUPS, local_env, up
+from eventpipe.devstack.stack import GROUPS, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
+from eventpipe.ingest.elastic import client
 from eventpipe.settings import Settings
 
 pytestmark = [pytest.mark.services, pytest.mark.monitoring]
@@ -49,9 +51,9 @@ def monitoring() -> None:
 
 
 @pytest.fixture(scope="module")
-def pipeline_env(monitoring: None) -> dict[str, str]:
-    """What a task pod gets: the devstack settings plus the Pushgateway."""
-    return {**os.environ, **local_env(), "EVENTPIPE_PUSHGATEWAY_URL": pushgateway_url()}
+def pipeline_env(monitoring: None, stack_env: dict[str, str]) -> dict[str, str]:
+    """What a task pod gets: the devstack settings plus the Pushgateway (in-process helpers read os.environ)."""
+    return {**os.environ, **stack_env, "EVENTPIPE_PUSHGATEWAY_URL": pushgateway_url()}
 
 
 def _settings(env: dict[str, str]) -> Settings:
@@ -159,6 +161,7 @@ def drained_day(pipeline_env: dict[str, str]) -> Iterator[tuple[date, dict[str, 
     yield day, topics
     for topic in topics.values():
         _delete_group(task="drain", topic=topic)
+    post_hook(client(settings))  # idempotent: no write hold outlives a test whose snapshot-post failed
     _forget_day(settings, day)  # indices, manifests, snapshot and archive of the day
 
 
