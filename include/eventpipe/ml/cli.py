@@ -51,6 +51,9 @@ def score(
     start: Annotated[str, typer.Option("--start", help="Interval start, ISO-8601 (UTC if naive)")],
     end: Annotated[str, typer.Option("--end", help="Interval end (exclusive), ISO-8601")],
     source: Annotated[str, typer.Option(help="Where the events come from: elasticsearch or archive")] = "elasticsearch",
+    engine: Annotated[
+        str, typer.Option(help="python (the champion's scorer.json, no JVM), spark (bulk rescoring), or auto")
+    ] = "auto",
 ) -> None:
     """Score the interval's events with the champion and write anomalies to Elasticsearch."""
     from eventpipe.events.generator import utc
@@ -59,4 +62,26 @@ def score(
     lo, hi = utc(start), utc(end)
     if hi <= lo:
         raise typer.BadParameter(f"--end {end} must be after --start {start}")
-    emit("ml score", run(Settings.from_env(), lo, hi, source=source))
+    emit("ml score", run(Settings.from_env(), lo, hi, source=source, engine=engine))
+
+
+@ml_app.command("export-scorer")
+def export_scorer(
+    version: Annotated[int, typer.Option("--version", help="Model version; default: the champion")] = 0,
+) -> None:
+    """Write scorer.json (baseline + coefficients + threshold) for a version trained before it existed."""
+    from eventpipe.ml.registry import Registry
+    from eventpipe.sparkjobs.session import build_session
+
+    settings = Settings.from_env()
+    registry = Registry(settings)
+    if not version:
+        champion = registry.champion()
+        if champion is None:
+            raise typer.BadParameter("no champion registered; give --version")
+        version = champion.version
+    artifact = registry.export_scorer(build_session(settings, "eventpipe-ml-export"), version)
+    emit(
+        "ml export-scorer",
+        {"version": version, "threshold": artifact.threshold, "baseline_rows": len(artifact.baseline.hour)},
+    )

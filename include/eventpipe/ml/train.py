@@ -22,6 +22,7 @@ from eventpipe.archive.layout import committed_days, manifest_key
 from eventpipe.events.produce import TRUTH_PREFIX
 from eventpipe.ml.features import FEATURES, add_features, explode_metrics, fit_baseline, read_archive, with_labels
 from eventpipe.ml.registry import Registry, code_version, promotion_margin
+from eventpipe.ml.scorer import export_scorer
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import build_session, s3a_uri
 from eventpipe.storage.s3 import s3_client
@@ -268,6 +269,7 @@ def train(
             "train_rows": n_train,
             "created_at": datetime.now(timezone.utc).isoformat(),
         },
+        scorer=export_scorer(model, baseline, threshold, spark.version),
     )
     timings["register"] = round(time.perf_counter() - tick, 2)
 
