@@ -79,7 +79,9 @@ def _read_slice(es: Elasticsearch, pit: str, slice_id: int, slices: int, page: i
     """One slice of the point in time, page by page (search_after on ``_shard_doc``), as Arrow structs.
 
     Arrow converts each page's ``_source`` dicts in C++ (maps from dicts included), so the Python
-    work per document is one list-comprehension step; ``filter_path`` trims what is decoded.
+    work per document is one list-comprehension step; ``filter_path`` trims what is decoded. No
+    ``_source`` filtering: Elasticsearch would parse and re-serialize every source (measured: twice
+    the search time), while Arrow simply ignores the fields the archive does not keep.
     """
     pages: list[pa.StructArray] = []
     after: list[object] | None = None
@@ -90,7 +92,6 @@ def _read_slice(es: Elasticsearch, pit: str, slice_id: int, slices: int, page: i
             size=page,
             sort=["_shard_doc"],
             search_after=after,
-            source_includes=[*_SOURCE_FIELDS, "metrics", "attributes"],
             track_total_hits=False,
             filter_path=["hits.hits._source", "hits.hits.sort"],
         )
