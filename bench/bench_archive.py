@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import Run
 from eventpipe.archive.config import ArchiveConfig
-from eventpipe.archive.indices import READ_SLICES, day_bounds, day_index, read_index
+from eventpipe.archive.indices import day_bounds, day_index, read_index, read_slices
 from eventpipe.archive.layout import ARCHIVE_SCHEMA
 from eventpipe.archive.writer import archive_day
 from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
@@ -131,7 +131,8 @@ def main() -> None:
     scan_s = min(scans)
     read_by_slices = {n: min(v) for n, v in reads.items()}
     best_slices = min(read_by_slices, key=read_by_slices.get)
-    read_s = read_by_slices[READ_SLICES] if READ_SLICES in read_by_slices else read_by_slices[best_slices]
+    default = read_slices()
+    read_s = read_by_slices[default] if default in read_by_slices else read_by_slices[best_slices]
     legacy_s = min(legacy)
     assert table is not None and table.equals(legacy_table), "sliced read differs from the scroll read"
 
@@ -143,7 +144,7 @@ def main() -> None:
     out.add_row("before: scroll + per-document Python", f"{legacy_s:.2f}", f"{rows / legacy_s:,.0f}",
                 f"{scan_s / legacy_s:.2f}")  # fmt: skip
     for n, seconds in read_by_slices.items():
-        mark = " (default)" if n == READ_SLICES else ""
+        mark = " (default)" if n == default else ""
         out.add_row(f"after: read_index, PIT with {n} slice(s){mark}", f"{seconds:.2f}", f"{rows / seconds:,.0f}",
                     f"{scan_s / seconds:.2f}")  # fmt: skip
     console.print(out)
@@ -154,7 +155,7 @@ def main() -> None:
             "ceiling_raw_scroll_s": round(scan_s, 3),
             "before_scroll_python_s": round(legacy_s, 3),
             "after_sliced_pit_s": {str(n): round(v, 3) for n, v in read_by_slices.items()},
-            "default_slices": READ_SLICES,
+            "default_slices": default,
             "ratio_before": round(scan_s / legacy_s, 3),
             "ratio_after": round(scan_s / read_s, 3),
             "all_timings_s": {"scroll": scans, "legacy": legacy, **{f"slices_{n}": v for n, v in reads.items()}},

@@ -9,6 +9,7 @@ see late events; the archive re-commits the day when late events appear.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +71,7 @@ _SOURCE_TYPE = pa.struct(
         pa.field("attributes", ARCHIVE_SCHEMA.field("attributes").type),
     ]
 )
-READ_SLICES = 2
+READ_SLICES = 4  # Elasticsearch's search pool on 2 cores has 4 threads; EVENTPIPE_ARCHIVE_READ_SLICES overrides
 READ_PAGE = 5000
 PIT_KEEP_ALIVE = "5m"
 
@@ -111,7 +112,11 @@ def _empty_maps(column: pa.Array) -> pa.Array:
     return pa.array([value if value is not None else [] for value in column.to_pylist()], type=column.type)
 
 
-def read_index(es: Elasticsearch, index: str, *, slices: int = READ_SLICES, page: int = READ_PAGE) -> pa.Table:
+def read_slices() -> int:
+    return int(os.environ.get("EVENTPIPE_ARCHIVE_READ_SLICES") or READ_SLICES)
+
+
+def read_index(es: Elasticsearch, index: str, *, slices: int | None = None, page: int = READ_PAGE) -> pa.Table:
     """Every document of ``index`` as an Arrow table in the archive schema, sorted by event id.
 
     A point in time read in ``slices`` parallel slices: while one thread decodes a page,
@@ -119,6 +124,7 @@ def read_index(es: Elasticsearch, index: str, *, slices: int = READ_SLICES, page
     rows are sorted by event id (the document id, unique in an index), so the Parquet bytes are
     the same as from any other read of the same documents.
     """
+    slices = slices or read_slices()
     try:
         pit = es.open_point_in_time(index=index, keep_alive=PIT_KEEP_ALIVE)["id"]
     except NotFoundError:
