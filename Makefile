@@ -49,8 +49,11 @@ lint: setup
 	$(BIN)/ruff check include dags plugins tests bench
 	$(BIN)/ruff format --check include dags plugins tests bench
 
-bench: services  ## benchmarks (ratios against ceilings measured in the same run)
+bench: services  ## benchmarks: ratios against ceilings measured in the same run; JSON + PNG in bench/results/
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_archive.py
+	$(BIN)/python bench/bench_score.py
+	$(BIN)/python bench/bench_train.py
 
 status:
 	$(EP) devstack status

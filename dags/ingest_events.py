@@ -43,9 +43,10 @@ backfills never duplicate. Invalid records and Elasticsearch rejections go to th
 are committed only after Elasticsearch acknowledged every write.
 
 `rollup` recomputes hourly per-device aggregates for every hour the drain touched
-(late events included). `score` runs the champion Spark ML anomaly model (trained by
-`eventpipe_train_anomaly_model` on the archive) over the interval's events and writes
-anomalies to `eventpipe-anomalies`; without a champion it reports `no_champion`.
+(late events included). `score` scores the interval's events with the champion anomaly
+model (trained by `eventpipe_train_anomaly_model` on the archive; its exported `scorer.json`,
+no Spark start-up) and writes anomalies to `eventpipe-anomalies`; without a champion it
+reports `no_champion`.
 
 `ledger` is the offset ledger: it drains Kafka offsets that no complete drain manifest covers
 (left between intervals by a gap in the runs, e.g. a paused DAG or `catchup=False` after

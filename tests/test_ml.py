@@ -6,18 +6,22 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
+import pyarrow.compute as pc
 import pytest
 from elasticsearch import Elasticsearch
 
+from eventpipe.archive.indices import day_bounds
 from eventpipe.archive.layout import manifest_key
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.schema import daily_index
 from eventpipe.ingest.elastic import ANOMALY_INDEX, EVENTS_PREFIX, IndexAction, bulk_index
+from eventpipe.ml.features import add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import PREFIX, Registry
-from eventpipe.ml.score import anomaly_id, score
-from eventpipe.ml.train import train
+from eventpipe.ml.score import anomaly_id, read_archive_interval, score
+from eventpipe.ml.scorer import score_readings
+from eventpipe.ml.train import predict, train
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import build_session
 from eventpipe.storage.s3 import ensure_bucket, s3_client
@@ -85,6 +89,47 @@ def test_training_beats_trivial_baseline_and_registers_lineage(
     assert any("/model/metadata/" in k for k in keys) and any("/model/stages/" in k for k in keys)
 
 
+def test_python_scorer_predicts_exactly_like_spark_on_the_holdout(
+    ml_settings: Settings, archive: GeneratedArchive, first_training, spark
+) -> None:
+    """scorer.json + numpy gives the same readings, the same flags and the same probabilities as the PipelineModel."""
+    registry = Registry(ml_settings)
+    artifact = registry.scorer(first_training.version)
+    assert artifact is not None and artifact.threshold == registry.threshold(first_training.version)
+    holdout = date.fromisoformat(first_training.test_day)
+
+    model, baseline = registry.load(spark, first_training.version)
+    events = read_archive(spark, s3_client(ml_settings), ml_settings.archive_bucket, [holdout])
+    by_spark = {
+        (r["event_id"], r["metric"]): (r["p_anomaly"], r["flagged"])
+        for r in predict(model, add_features(explode_metrics(events), baseline), artifact.threshold)
+        .select("event_id", "metric", "p_anomaly", "flagged")
+        .collect()
+    }
+
+    table = read_archive_interval(ml_settings, *day_bounds(holdout))
+    assert table.num_rows == len(archive.events[holdout])
+    scored = score_readings(artifact, table)
+    ids = pc.take(table.column("event_id"), scored.column("row")).to_pylist()
+    by_python = {
+        (event_id, metric): (p, flagged)
+        for event_id, metric, p, flagged in zip(
+            ids,
+            scored.column("metric").to_pylist(),
+            scored.column("p_anomaly").to_pylist(),
+            scored.column("flagged").to_pylist(),
+            strict=True,
+        )
+    }
+    assert len(by_python) == scored.num_rows  # one reading per (event, metric)
+    assert by_python.keys() == by_spark.keys()
+    flagged = {key for key, (_, hit) in by_spark.items() if hit}
+    assert flagged and {key for key, (_, hit) in by_python.items() if hit} == flagged
+    assert {event_id for event_id, _ in flagged} == {event_id for (event_id, _), (_, hit) in by_python.items() if hit}
+    worst = max(abs(by_python[key][0] - by_spark[key][0]) for key in by_spark)
+    assert worst <= 1e-9, worst
+
+
 def test_retraining_promotes_only_past_the_margin(ml_settings: Settings, first_training, spark) -> None:
     same = train(ml_settings, days=3, truth_prefix=TRUTH, spark=spark, margin=0.01)
     assert (same.version, same.promoted, same.champion) == (2, False, 1)
@@ -140,7 +185,7 @@ def test_scoring_writes_anomalies_idempotently(
     champion = Registry(ml_settings).champion().version
 
     first = score(ml_settings, lo, hi, spark=spark, es=es)
-    assert (first.status, first.model_version, first.events) == ("scored", champion, indexed)
+    assert (first.status, first.model_version, first.events, first.engine) == ("scored", champion, indexed, "python")
     truth = {a["event_id"] for a in archive.anomalies if lo <= a["event_time"] < hi}
     assert first.anomalies > 0.6 * len(truth) and first.rejected == 0
     assert _anomaly_count(es, champion, lo, hi) == first.anomalies
@@ -154,6 +199,17 @@ def test_scoring_writes_anomalies_idempotently(
 
     from_archive = score(ml_settings, lo, hi, source="archive", spark=spark, es=es)
     assert (from_archive.events, from_archive.anomalies, from_archive.created) == (indexed, first.anomalies, 0)
+
+    # Spark (bulk rescoring) flags the same events: same count, and every id it writes already exists
+    by_spark = score(ml_settings, lo, hi, engine="spark", spark=spark, es=es)
+    assert (by_spark.engine, by_spark.events, by_spark.readings) == ("spark", indexed, first.readings)
+    assert (by_spark.anomalies, by_spark.created) == (first.anomalies, 0)
+    by_spark_archive = score(ml_settings, lo, hi, source="archive", engine="spark", spark=spark, es=es)
+    assert (by_spark_archive.events, by_spark_archive.anomalies, by_spark_archive.created) == (
+        indexed,
+        first.anomalies,
+        0,
+    )
 
 
 def _flagged_ids(es: Elasticsearch, version: int, lo: datetime, hi: datetime) -> set[str]:

@@ -22,6 +22,14 @@ class ScoreSource(str, Enum):
     archive = "archive"
 
 
+class ScoreEngine(str, Enum):
+    """How hourly scoring runs (``eventpipe.ml.score.ENGINES``)."""
+
+    auto = "auto"
+    python = "python"
+    spark = "spark"
+
+
 @ml_app.command()
 def train(
     days: Annotated[int, typer.Option("--days", help="Use the last N committed archive days (last = hold-out)")] = 0,
@@ -53,9 +61,34 @@ def score(
     start: Annotated[str, typer.Option("--start", help="Interval start, ISO-8601 (UTC if naive)")],
     end: Annotated[str, typer.Option("--end", help="Interval end (exclusive), ISO-8601")],
     source: Annotated[ScoreSource, typer.Option(help="Where the events come from")] = ScoreSource.elasticsearch,
+    engine: Annotated[
+        ScoreEngine, typer.Option(help="python (the champion's scorer.json, no JVM), spark (bulk rescoring), or auto")
+    ] = ScoreEngine.auto,
 ) -> None:
     """Score the interval's events with the champion and write anomalies to Elasticsearch."""
     from eventpipe.ml.score import score as run
 
     lo, hi = parse_interval(start, end)
-    emit("ml score", run(Settings.from_env(), lo, hi, source=source.value))
+    emit("ml score", run(Settings.from_env(), lo, hi, source=source.value, engine=engine.value))
+
+
+@ml_app.command("export-scorer")
+def export_scorer(
+    version: Annotated[int, typer.Option("--version", help="Model version; default: the champion")] = 0,
+) -> None:
+    """Write scorer.json (baseline + coefficients + threshold) for a version trained before it existed."""
+    from eventpipe.ml.registry import Registry
+    from eventpipe.sparkjobs.session import build_session
+
+    settings = Settings.from_env()
+    registry = Registry(settings)
+    if not version:
+        champion = registry.champion()
+        if champion is None:
+            raise InvalidArgument("no champion registered; give --version")
+        version = champion.version
+    artifact = registry.export_scorer(build_session(settings, "eventpipe-ml-export"), version)
+    emit(
+        "ml export-scorer",
+        {"version": version, "threshold": artifact.threshold, "baseline_rows": len(artifact.baseline.hour)},
+    )

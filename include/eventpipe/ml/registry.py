@@ -4,12 +4,13 @@ Layout under ``s3://<bucket>/models/anomaly/``::
 
     v=0001/model/          Spark PipelineModel (written by Spark through s3a)
     v=0001/baseline/       robust baseline the features need at scoring time (Parquet)
+    v=0001/scorer.json     baseline + coefficients + threshold: scores without Spark (eventpipe.ml.scorer)
     v=0001/metrics.json    hold-out precision/recall/F1
     v=0001/lineage.json    archive days + manifest sha256, code and Spark versions, params
     champion.json          {"version": 1, ...}: which version scoring uses
 
-A version is complete once ``lineage.json`` exists (it is written after the model, baseline and
-metrics); ``champion.json`` is written last of all, so scoring never sees a half-written model.
+A version is complete once ``lineage.json`` exists (it is written after the model, baseline,
+scorer and metrics); ``champion.json`` is written last of all, so scoring never sees a half-written model.
 JSON goes through boto3; Spark artifacts through s3a.
 """
 
@@ -24,6 +25,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from eventpipe import __version__
+from eventpipe.ml.scorer import SCORER_NAME, ScoringArtifact, export_scorer
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import s3a_uri
 from eventpipe.storage.s3 import ensure_bucket, s3_client
@@ -139,11 +141,14 @@ class Registry:
         baseline: DataFrame,
         metrics: dict[str, Any],
         lineage: dict[str, Any],
+        scorer: ScoringArtifact | None = None,
     ) -> None:
         """Write a version; lineage.json last, which marks it complete."""
         ensure_bucket(self.settings, self.bucket)
         model.write().overwrite().save(self.model_uri(version))
         baseline.coalesce(1).write.mode("overwrite").parquet(self.baseline_uri(version))
+        if scorer is not None:
+            self.write_scorer(version, scorer)
         self.write_json(version, "metrics.json", metrics)
         self.write_json(version, "lineage.json", lineage)
 
@@ -153,6 +158,22 @@ class Registry:
         model = PipelineModel.load(self.model_uri(version))
         baseline = spark.read.parquet(self.baseline_uri(version))
         return model, baseline
+
+    # -- the Spark-free scorer
+    def write_scorer(self, version: int, scorer: ScoringArtifact) -> None:
+        self._put_json(self.version_prefix(version) + SCORER_NAME, scorer.model_dump())
+
+    def scorer(self, version: int) -> ScoringArtifact | None:
+        """The version's scoring artifact, or None for versions trained before it existed."""
+        data = self.read_json(version, SCORER_NAME)
+        return ScoringArtifact.model_validate(data) if data else None
+
+    def export_scorer(self, spark: SparkSession, version: int) -> ScoringArtifact:
+        """Write scorer.json for an existing version from its Spark model, baseline and threshold."""
+        model, baseline = self.load(spark, version)
+        artifact = export_scorer(model, baseline, self.threshold(version), spark.version)
+        self.write_scorer(version, artifact)
+        return artifact
 
     # -- champion
     def champion(self) -> Champion | None:

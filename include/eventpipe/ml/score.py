@@ -2,8 +2,13 @@
 
 Events come from Elasticsearch (alias ``eventpipe-events``, ``event_time`` in [start, end), read
 with a point in time and ``search_after`` so concurrent indexing cannot shift pages) or from
-committed archive days. There is no Elasticsearch connector for Spark 4 yet, so Elasticsearch
-is read and written with the Python client and the events are handed to Spark as Arrow.
+committed archive days. Two engines compute the same predictions: ``python`` scores with the
+champion's ``scorer.json`` (baseline + coefficients, pyarrow/numpy; see ``eventpipe.ml.scorer``)
+and is what the hourly task uses, because starting Spark cost ~95% of an hour's scoring;
+``spark`` loads the PipelineModel, for bulk rescoring and for versions trained before the
+artifact existed (``auto`` picks ``python`` when the champion has one). There is no
+Elasticsearch connector for Spark 4 yet, so Elasticsearch is read and written with the Python
+client and the events are handed to Spark as Arrow.
 
 Each anomalous event becomes one document with id ``<event_id>|v<model version>``: rerunning an
 interval overwrites the same documents, and a new champion adds its own. Without a champion
@@ -13,18 +18,24 @@ not happened yet.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from elasticsearch import Elasticsearch, NotFoundError
 
 from eventpipe.archive.layout import ARCHIVE_SCHEMA, committed_days
+from eventpipe.archive.manifest import committed_files
 from eventpipe.errors import InvalidArgument
 from eventpipe.ingest.elastic import ANOMALY_INDEX, EVENTS_ALIAS, IndexAction, bulk_index, client, ensure_indices
+from eventpipe.ml import scorer
 from eventpipe.ml.features import add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import Registry
 from eventpipe.settings import Settings
@@ -36,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SOURCES = ("elasticsearch", "archive")
+ENGINES = ("auto", "python", "spark")
 _FIELDS = ["event_id", "schema_version", "source", "device_id", "event_type", "event_time", "metrics", "attributes"]
 
 
@@ -53,6 +65,7 @@ class ScoreResult:
     created: int = 0
     rejected: int = 0
     seconds: float = 0.0
+    engine: str = ""
 
 
 def anomaly_id(event_id: str, version: int) -> str:
@@ -102,13 +115,39 @@ def read_elasticsearch(es: Elasticsearch, start: datetime, end: datetime, *, pag
     return pa.Table.from_pydict(columns, schema=ARCHIVE_SCHEMA)
 
 
+def _interval_days(settings: Settings, s3, start: datetime, end: datetime) -> list[date]:
+    last: date = (end - timedelta(milliseconds=1)).astimezone(timezone.utc).date()
+    first = start.astimezone(timezone.utc).date()
+    return [d for d in committed_days(s3, settings.archive_bucket) if first <= d <= last]
+
+
+def read_archive_interval(settings: Settings, start: datetime, end: datetime) -> pa.Table:
+    """Events of [start, end) from the committed archive files (manifest-listed), without Spark."""
+    s3 = s3_client(settings)
+    keys = [
+        k for day in _interval_days(settings, s3, start, end) for k in committed_files(s3, settings.archive_bucket, day)
+    ]
+
+    def read(key: str) -> pa.Table:
+        body = s3.get_object(Bucket=settings.archive_bucket, Key=key)["Body"].read()
+        return pq.read_table(io.BytesIO(body)).select(ARCHIVE_SCHEMA.names).cast(ARCHIVE_SCHEMA)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        tables = list(pool.map(read, keys))
+    if not tables:
+        return ARCHIVE_SCHEMA.empty_table()
+    ts = ARCHIVE_SCHEMA.field("event_time").type
+    table = pa.concat_tables(tables)
+    return table.filter(
+        (pc.field("event_time") >= pa.scalar(start, ts)) & (pc.field("event_time") < pa.scalar(end, ts))
+    )
+
+
 def _archive_events(spark: SparkSession, settings: Settings, start: datetime, end: datetime) -> DataFrame | None:
     from pyspark.sql import functions as F
 
     s3 = s3_client(settings)
-    last: date = (end - timedelta(milliseconds=1)).astimezone(timezone.utc).date()
-    first = start.astimezone(timezone.utc).date()
-    days = [d for d in committed_days(s3, settings.archive_bucket) if first <= d <= last]
+    days = _interval_days(settings, s3, start, end)
     if not days:
         return None
     events = read_archive(spark, s3, settings.archive_bucket, days)
@@ -128,12 +167,58 @@ def flagged_events(spark: SparkSession, events: DataFrame, model, baseline: Data
     return top.join(events.select("event_id", "event_time", "metrics"), ["event_id", "event_time"])
 
 
+def _spark_rows(
+    settings: Settings,
+    registry: Registry,
+    version: int,
+    result: ScoreResult,
+    spark: SparkSession | None,
+    es: Elasticsearch,
+    start: datetime,
+    end: datetime,
+) -> list[Any]:
+    """Flagged rows scored by the Spark PipelineModel (bulk rescoring, versions without scorer.json)."""
+    spark = spark or build_session(settings, "eventpipe-ml-score")
+    if result.source == "elasticsearch":
+        table = read_elasticsearch(es, start, end)
+        events = spark.createDataFrame(table) if table.num_rows else None
+    else:
+        events = _archive_events(spark, settings, start, end)
+    if events is None:
+        return []
+    events = events.cache()
+    result.events = events.count()
+    if not result.events:
+        return []
+    model, baseline = registry.load(spark, version)
+    result.readings = explode_metrics(events).count()
+    rows = flagged_events(spark, events, model, baseline, registry.threshold(version)).collect()
+    events.unpersist()
+    return rows
+
+
+def _python_rows(
+    settings: Settings, artifact: scorer.ScoringArtifact, result: ScoreResult, es: Elasticsearch, start, end
+) -> list[dict[str, Any]]:
+    """Flagged rows scored by the exported artifact: no JVM, the hourly path."""
+    if result.source == "elasticsearch":
+        table = read_elasticsearch(es, start, end)
+    else:
+        table = read_archive_interval(settings, start, end)
+    result.events = table.num_rows
+    if not table.num_rows:
+        return []
+    result.readings = scorer.reading_count(table)
+    return scorer.flagged_events(artifact, table)
+
+
 def score(
     settings: Settings,
     start: datetime,
     end: datetime,
     *,
     source: str = "elasticsearch",
+    engine: str = "auto",
     spark: SparkSession | None = None,
     es: Elasticsearch | None = None,
     chunk: int = 2000,
@@ -141,6 +226,8 @@ def score(
     """Score [start, end) with the champion; write its anomalies to ``eventpipe-anomalies``."""
     if source not in SOURCES:
         raise InvalidArgument(f"source must be one of {SOURCES}, not {source!r}")
+    if engine not in ENGINES:
+        raise InvalidArgument(f"engine must be one of {ENGINES}, not {engine!r}")
     started = time.perf_counter()
     result = ScoreResult("scored", "", None, source, start.isoformat(), end.isoformat())
     registry = Registry(settings)
@@ -150,27 +237,20 @@ def score(
         return result
     result.model_version = champion.version
     es = es or client(settings)
-    spark = spark or build_session(settings, "eventpipe-ml-score")
 
-    if source == "elasticsearch":
-        table = read_elasticsearch(es, start, end)
-        events = spark.createDataFrame(table) if table.num_rows else None
+    artifact = None if engine == "spark" else registry.scorer(champion.version)
+    if engine == "python" and artifact is None:
+        raise ValueError(f"champion v{champion.version} has no {scorer.SCORER_NAME}: run `eventpipe ml export-scorer`")
+    if artifact is not None:
+        result.engine = "python"
+        rows = _python_rows(settings, artifact, result, es, start, end)
     else:
-        events = _archive_events(spark, settings, start, end)
-    if events is not None:
-        events = events.cache()
-        result.events = events.count()
+        result.engine = "spark"
+        rows = _spark_rows(settings, registry, champion.version, result, spark, es, start, end)
     if not result.events:
         result.status, result.message = "no_events", f"no events in [{start.isoformat()}, {end.isoformat()})"
         result.seconds = round(time.perf_counter() - started, 3)
         return result
-    assert events is not None
-
-    model, baseline = registry.load(spark, champion.version)
-    threshold = registry.threshold(champion.version)
-    result.readings = explode_metrics(events).count()
-    rows = flagged_events(spark, events, model, baseline, threshold).collect()
-    events.unpersist()
 
     if not es.indices.exists(index=ANOMALY_INDEX):
         ensure_indices(es)
@@ -203,6 +283,8 @@ def score(
         for action, reason in outcome.rejected[:5]:
             log.error("anomaly %s rejected: %s", action.doc_id, reason)
     result.anomalies = len(actions) - result.rejected
-    result.message = f"{result.anomalies} anomalies among {result.events} events (model v{champion.version})"
+    result.message = (
+        f"{result.anomalies} anomalies among {result.events} events (model v{champion.version}, {result.engine})"
+    )
     result.seconds = round(time.perf_counter() - started, 3)
     return result

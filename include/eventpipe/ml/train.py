@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from eventpipe.errors import InvalidArgument
 from eventpipe.events.produce import TRUTH_PREFIX
 from eventpipe.ml.features import FEATURES, add_features, explode_metrics, fit_baseline, read_archive, with_labels
 from eventpipe.ml.registry import Registry, code_version, promotion_margin
+from eventpipe.ml.scorer import export_scorer
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import build_session, s3a_uri
 from eventpipe.storage.s3 import s3_client
@@ -192,6 +194,25 @@ def _manifests(s3, bucket: str, days: Sequence[date]) -> list[dict[str, Any]]:
     return out
 
 
+class _Phases:
+    """Times named phases and labels their Spark jobs ("train: <phase>"), so the UI and its REST API
+    attribute every stage, shuffle and task to a phase (bench/bench_train.py reads them)."""
+
+    def __init__(self, spark: SparkSession, timings: dict[str, float]) -> None:
+        self.spark = spark
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.spark.sparkContext.setJobDescription(f"train: {name}")
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - tick, 2)
+            self.spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
+
+
 def train(
     settings: Settings,
     *,
@@ -216,6 +237,7 @@ def train(
     train_days, test_day = select_days(committed_days(s3, bucket), days=days, since=since, until=until)
     lineage_days = _manifests(s3, bucket, [*train_days, test_day])
 
+    phase = _Phases(spark, timings)
     rows = explode_metrics(read_archive(spark, s3, bucket, [*train_days, test_day]))
     lo = datetime.combine(train_days[0], datetime.min.time(), tzinfo=timezone.utc)
     hi = datetime.combine(test_day, datetime.max.time(), tzinfo=timezone.utc)
@@ -224,53 +246,51 @@ def train(
     train_rows = labelled.where(F.col("day") < F.lit(test_day))
     test_rows = labelled.where(F.col("day") == F.lit(test_day)).cache()
 
-    tick = time.perf_counter()
-    baseline = fit_baseline(train_rows).cache()
-    baseline.count()
-    timings["baseline"] = round(time.perf_counter() - tick, 2)
-
-    tick = time.perf_counter()
-    train_set = add_features(train_rows, baseline).cache()
-    n_train = train_set.count()
-    model = pipeline(params).fit(train_set)
-    threshold = tune_threshold(predict(model, train_set), params.thresholds)
-    timings["fit"] = round(time.perf_counter() - tick, 2)
-
-    tick = time.perf_counter()
-    evaluation = evaluate(predict(model, add_features(test_rows, baseline), threshold))
-    timings["evaluate"] = round(time.perf_counter() - tick, 2)
+    with phase("baseline"):
+        baseline = fit_baseline(train_rows).cache()
+        baseline.count()
+    with phase("features"):
+        train_set = add_features(train_rows, baseline).cache()
+        n_train = train_set.count()
+    with phase("fit"):
+        model = pipeline(params).fit(train_set)
+    with phase("threshold"):
+        threshold = tune_threshold(predict(model, train_set), params.thresholds)
+    with phase("evaluate"):
+        evaluation = evaluate(predict(model, add_features(test_rows, baseline), threshold))
     log.info("hold-out %s: %s", test_day, evaluation)
 
     registry = Registry(settings, s3=s3)
     champion = registry.champion()
     champion_f1: float | None = None
     if champion is not None:
-        champ_model, champ_baseline = registry.load(spark, champion.version)
-        champ_threshold = registry.threshold(champion.version)
-        champion_f1 = evaluate(predict(champ_model, add_features(test_rows, champ_baseline), champ_threshold)).f1
+        with phase("champion"):
+            champ_model, champ_baseline = registry.load(spark, champion.version)
+            champ_threshold = registry.threshold(champion.version)
+            champion_f1 = evaluate(predict(champ_model, add_features(test_rows, champ_baseline), champ_threshold)).f1
 
     version = registry.next_version()
-    tick = time.perf_counter()
-    registry.save(
-        version,
-        model,
-        baseline,
-        metrics={"hold_out_day": test_day.isoformat(), "threshold": threshold, **asdict(evaluation)},
-        lineage={
-            "archive": lineage_days,
-            "train_days": [d.isoformat() for d in train_days],
-            "test_day": test_day.isoformat(),
-            "truth_prefix": f"s3://{bucket}/{truth_prefix}",
-            "code": code_version(),
-            "spark_version": spark.version,
-            "params": asdict(params),
-            "threshold": threshold,
-            "features": list(FEATURES),
-            "train_rows": n_train,
-            "created_at": datetime.now(timezone.utc).isoformat(),
-        },
-    )
-    timings["register"] = round(time.perf_counter() - tick, 2)
+    with phase("register"):
+        registry.save(
+            version,
+            model,
+            baseline,
+            metrics={"hold_out_day": test_day.isoformat(), "threshold": threshold, **asdict(evaluation)},
+            lineage={
+                "archive": lineage_days,
+                "train_days": [d.isoformat() for d in train_days],
+                "test_day": test_day.isoformat(),
+                "truth_prefix": f"s3://{bucket}/{truth_prefix}",
+                "code": code_version(),
+                "spark_version": spark.version,
+                "params": asdict(params),
+                "threshold": threshold,
+                "features": list(FEATURES),
+                "train_rows": n_train,
+                "created_at": datetime.now(timezone.utc).isoformat(),
+            },
+            scorer=export_scorer(model, baseline, threshold, spark.version),
+        )
 
     if champion is None:
         promoted, reason = True, "no champion yet"

@@ -1,0 +1,209 @@
+"""The champion as a small artifact that scores in Python (pyarrow + numpy), without starting Spark.
+
+Hourly scoring of a few thousand events spent ~95% of its time starting a JVM and a Spark
+session. The trained pipeline is tiny: a robust baseline table and one logistic regression over
+three deviation features plus a one-hot of the metric. ``export_scorer`` writes exactly that
+(``scorer.json`` next to the Spark PipelineModel, at training time) and ``score_table`` recomputes
+the features and the probability with the same formulas as ``eventpipe.ml.features`` and Spark's
+``LogisticRegressionModel``, so predictions equal Spark's (tests compare them on the hold-out).
+Spark stays the engine for training and for bulk rescoring.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from eventpipe.ml.features import FEATURES, MAD_TO_SIGMA, MIN_POINTS
+
+if TYPE_CHECKING:
+    from pyspark.ml import PipelineModel
+    from pyspark.sql import DataFrame
+
+SCORER_NAME = "scorer.json"
+FORMAT = 1
+
+
+class Baseline(BaseModel):
+    """Columnar copy of the Spark baseline: one entry per (kind, metric, hour); hour -1 is the whole day."""
+
+    kind: list[str]
+    metric: list[str]
+    hour: list[int]
+    median: list[float]
+    mad: list[float]
+    n: list[int]
+
+
+class ScoringArtifact(BaseModel):
+    format: int = FORMAT
+    features: list[str] = Field(description="continuous features, in the order of the coefficients")
+    feature_coefficients: list[float]
+    metric_labels: list[str] = Field(description="StringIndexer labels; any other metric is 'unknown'")
+    metric_coefficients: list[float] = Field(description="one per label, then one for an unknown metric")
+    intercept: float
+    threshold: float
+    min_points: int = MIN_POINTS
+    mad_to_sigma: float = MAD_TO_SIGMA
+    baseline: Baseline
+    spark_version: str | None = None
+
+
+def export_scorer(
+    model: PipelineModel, baseline: DataFrame, threshold: float, spark_version: str | None = None
+) -> ScoringArtifact:
+    """Read the coefficients and one-hot layout out of the fitted pipeline; collect the (small) baseline.
+
+    Layout of the assembled vector: ``FEATURES`` then the metric one-hot. With ``handleInvalid=keep``
+    the indexer maps unseen metrics to index ``len(labels)``; the encoder's vector has
+    ``categorySizes[0]`` slots minus one if ``dropLast``, and an index past the end is all zeros.
+    """
+    indexer, encoder, _assembler, lr = model.stages
+    labels = list(indexer.labelsArray[0])
+    if lr.numClasses != 2:
+        raise ValueError(f"expected a binary logistic regression, got {lr.numClasses} classes")
+    coefficients = [float(c) for c in lr.coefficients.toArray()]
+    slots = int(encoder.categorySizes[0]) - (1 if encoder.getDropLast() else 0)
+    if len(coefficients) != len(FEATURES) + slots:
+        raise ValueError(f"{len(coefficients)} coefficients, expected {len(FEATURES)} features + {slots} one-hot")
+    one_hot = coefficients[len(FEATURES) :]
+    metric_coefficients = [one_hot[i] if i < slots else 0.0 for i in range(len(labels) + 1)]
+    rows = baseline.orderBy("kind", "metric", "hour").collect()
+    return ScoringArtifact(
+        features=list(FEATURES),
+        feature_coefficients=coefficients[: len(FEATURES)],
+        metric_labels=labels,
+        metric_coefficients=metric_coefficients,
+        intercept=float(lr.intercept),
+        threshold=threshold,
+        baseline=Baseline(
+            kind=[r["kind"] for r in rows],
+            metric=[r["metric"] for r in rows],
+            hour=[int(r["hour"]) for r in rows],
+            median=[float(r["median"]) for r in rows],
+            mad=[float(r["mad"]) for r in rows],
+            n=[int(r["n"]) for r in rows],
+        ),
+        spark_version=spark_version,
+    )
+
+
+def _entries(maps: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A map column as list<struct<key, value>>, which the list kernels accept (slices respected)."""
+    entry = maps.type.key_field.with_name("key"), maps.type.item_field.with_name("value")
+    array = maps.combine_chunks() if isinstance(maps, pa.ChunkedArray) else maps
+    return array.cast(pa.list_(pa.struct(entry)))
+
+
+def reading_count(events: pa.Table) -> int:
+    """How many (event, metric) readings the events hold, i.e. rows of ``explode_readings`` before the baseline."""
+    return int(pc.sum(pc.list_value_length(_entries(events.column("metrics")))).as_py() or 0)
+
+
+def explode_readings(events: pa.Table) -> pa.Table:
+    """One row per (event, metric), like ``features.explode_metrics``: ``row`` points back at the event."""
+    metrics = _entries(events.column("metrics"))
+    lengths = pc.fill_null(pc.list_value_length(metrics), 0).to_numpy(zero_copy_only=False)
+    parent = np.repeat(np.arange(len(metrics), dtype=np.int64), lengths)
+    pairs = pc.list_flatten(metrics)
+    device_type = pc.map_lookup(events.column("attributes"), pa.scalar("device_type"), "first")
+    kind = pc.coalesce(device_type, events.column("event_type"))
+    rows = pa.array(parent)
+    return pa.table(
+        {
+            "row": rows,
+            "kind": pc.take(kind, rows),
+            "metric": pairs.field("key"),
+            "value": pairs.field("value"),
+            "hour": pc.take(pc.hour(events.column("event_time")), rows).cast(pa.int32()),
+        }
+    )
+
+
+def _greatest_floor(median: np.ndarray, mad: np.ndarray, sigma: float) -> np.ndarray:
+    """features._scale: robust sigma, floored at 1e-3 of max(|median|, 1)."""
+    return np.maximum(mad * sigma, np.maximum(np.abs(median), 1.0) * 1e-3)
+
+
+def featurize(artifact: ScoringArtifact, readings: pa.Table) -> pa.Table:
+    """``features.add_features`` in Arrow: readings whose (kind, metric) the baseline lacks are dropped."""
+    b = artifact.baseline
+    table = pa.table(
+        {
+            "kind": b.kind,
+            "metric": b.metric,
+            "hour": pa.array(b.hour, pa.int32()),
+            "median": pa.array(b.median, pa.float64()),
+            "mad": pa.array(b.mad, pa.float64()),
+            "n": pa.array(b.n, pa.int64()),
+        }
+    )
+    day_mask = pc.equal(table.column("hour"), -1)
+    daily = table.filter(day_mask).select(["kind", "metric", "median", "mad"])
+    daily = daily.rename_columns(["kind", "metric", "median_d", "mad_d"])
+    hourly = table.filter(pc.invert(day_mask)).rename_columns(["kind", "metric", "hour", "median_h", "mad_h", "n_h"])
+    joined = readings.join(daily, ["kind", "metric"], join_type="inner")
+    joined = joined.join(hourly, ["kind", "metric", "hour"], join_type="left outer").sort_by("row")
+
+    def col(name: str) -> np.ndarray:
+        return joined.column(name).to_numpy()
+
+    n_h = pc.fill_null(joined.column("n_h"), 0).to_numpy()
+    use_hour = n_h >= artifact.min_points
+    median_d, mad_d = col("median_d"), col("mad_d")
+    median_h = pc.fill_null(joined.column("median_h"), 0.0).to_numpy()
+    mad_h = pc.fill_null(joined.column("mad_h"), 0.0).to_numpy()
+    median = np.where(use_hour, median_h, median_d)
+    mad = np.where(use_hour, mad_h, mad_d)
+    value = col("value")
+    z = (value - median) / _greatest_floor(median, mad, artifact.mad_to_sigma)
+    z_day = (value - median_d) / _greatest_floor(median_d, mad_d, artifact.mad_to_sigma)
+    rel_dev = np.abs(value - median) / np.maximum(np.abs(median), 1.0)
+    features = {
+        "baseline_median": median,
+        "z": z,
+        "log_abs_z": np.log1p(np.abs(z)),
+        "log_abs_z_day": np.log1p(np.abs(z_day)),
+        "log_rel_dev": np.log1p(rel_dev),
+    }
+    keep = joined.select(["row", "kind", "metric", "value", "hour"])
+    for name, values in features.items():
+        keep = keep.append_column(name, pa.array(values, pa.float64()))
+    return keep
+
+
+def probabilities(artifact: ScoringArtifact, features: pa.Table) -> np.ndarray:
+    """P(anomaly) as Spark's binary LogisticRegressionModel computes it: p0 = 1/(1+e^m), p1 = 1 - p0."""
+    margin = np.zeros(features.num_rows)
+    for name, coefficient in zip(artifact.features, artifact.feature_coefficients, strict=True):
+        margin += features.column(name).to_numpy() * coefficient
+    index = pc.fill_null(pc.index_in(features.column("metric"), pa.array(artifact.metric_labels)), -1).to_numpy()
+    index = np.where(index < 0, len(artifact.metric_labels), index)
+    margin += np.asarray(artifact.metric_coefficients)[index]
+    margin += artifact.intercept
+    return 1.0 - 1.0 / (1.0 + np.exp(margin))
+
+
+def score_readings(artifact: ScoringArtifact, events: pa.Table) -> pa.Table:
+    """Every scored reading: the features, ``p_anomaly`` and ``flagged`` (p >= the tuned threshold)."""
+    features = featurize(artifact, explode_readings(events))
+    p = probabilities(artifact, features)
+    features = features.append_column("p_anomaly", pa.array(p, pa.float64()))
+    return features.append_column("flagged", pa.array(p >= artifact.threshold))
+
+
+def flagged_events(artifact: ScoringArtifact, events: pa.Table) -> list[dict[str, Any]]:
+    """One dict per flagged event: its most anomalous reading (ties: metric name), with the event's fields."""
+    readings = score_readings(artifact, events).filter(pc.field("flagged"))
+    best: dict[tuple[str, Any], dict[str, Any]] = {}
+    for reading in readings.to_pylist():
+        event = events.slice(reading["row"], 1).to_pylist()[0]
+        key = (event["event_id"], event["event_time"])
+        current = best.get(key)
+        if current is None or (-reading["p_anomaly"], reading["metric"]) < (-current["p_anomaly"], current["metric"]):
+            best[key] = {**event, **reading}
+    return list(best.values())
