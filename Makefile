@@ -39,8 +39,8 @@ test: services browser  ## everything up, then the whole test suite against the 
 .PHONY: browser
 browser:  ## headless Chromium + chromedriver from Debian packages, for the Airflow UI test (idempotent)
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium present"; \
-	else apt-get install -y -q chromium chromium-driver || \
-	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; fi
+	else apt-get install -y -q --no-install-recommends chromium chromium-driver || \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }; fi
 
 test-fast: setup  ## tests that need no services
 	$(BIN)/python -m pytest -ra -m "not services and not airflow"
