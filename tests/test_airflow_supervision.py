@@ -126,7 +126,7 @@ def test_devstack_up_restarts_a_component_supervisord_gave_up_on(airflow: Airflo
 def test_down_leaves_no_component_behind(airflow: Airflow) -> None:
     """Each component runs in its own process group: stopping supervisord alone would orphan them."""
     pids = [int(info["pid"]) for info in airflow.components().values()]
-    assert len(pids) == len(COMPONENTS) and all(pids)
+    assert len(pids) == len(SUPERVISED) and all(pids)
     assert airflow.stop()
     for pid in pids:
         with pytest.raises(ProcessLookupError):

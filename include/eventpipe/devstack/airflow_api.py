@@ -48,7 +48,7 @@ class AirflowClient:
         base_url: str = "http://127.0.0.1:8080",
         username: str = ADMIN_USER,
         password: str = ADMIN_PASSWORD,
-        timeout: float = 30.0,
+        timeout: float = 120.0,  # a loaded 2-core devstack can take tens of seconds per call
     ) -> None:
         self._http = httpx.Client(base_url=base_url, timeout=timeout)
         self._credentials = {"username": username, "password": password}
