@@ -164,19 +164,49 @@ def _services(value: str, default: tuple[str, ...]) -> list[str]:
 @devstack.command("install")
 def devstack_install(services: Services = "") -> None:
     """Download and build every service (cached under .devstack/)."""
-    from eventpipe.devstack.stack import SERVICES, install
+    from eventpipe.devstack.stack import DEFAULT_SERVICES, install
 
-    emit("devstack install (seconds)", install(_services(services, (*SERVICES, "spark"))))
+    emit("devstack install (seconds)", install(_services(services, (*DEFAULT_SERVICES, "spark"))))
 
 
 @devstack.command("up")
 def devstack_up(services: Services = "") -> None:
-    """Start services (idempotent: healthy ones are left alone)."""
+    """Start services (idempotent: healthy ones are left alone); kubernetes only when named."""
     from eventpipe.devstack.runtime import DevstackError
-    from eventpipe.devstack.stack import SERVICES, up
+    from eventpipe.devstack.stack import DEFAULT_SERVICES, up
 
     try:
-        emit("devstack up (seconds)", up(n for n in _services(services, tuple(SERVICES)) if n != "spark"))
+        emit("devstack up (seconds)", up(n for n in _services(services, DEFAULT_SERVICES) if n != "spark"))
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+@devstack.command("k8s")
+def devstack_k8s(
+    build: Annotated[bool, typer.Option(help="Build and import the eventpipe image (cached by input hash)")] = True,
+) -> None:
+    """The kubernetes service plus what eventpipe pods need: host services on the pod bridge, the image
+    (Debian base, no registry), CRDs, deploy/ and the Secrets. Idempotent; prints each step's time."""
+    from eventpipe.devstack.k8s_deploy import prepare
+    from eventpipe.devstack.runtime import DevstackError
+    from eventpipe.devstack.stack import up
+
+    try:
+        emit("devstack k8s (seconds)", {**up(["kubernetes"]), **prepare(build=build)})
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+@devstack.command("image")
+def devstack_image() -> None:
+    """Build the eventpipe image from the Debian base (skipped when its inputs are unchanged)."""
+    from eventpipe.devstack.image import build_image
+    from eventpipe.devstack.runtime import DevstackError
+
+    try:
+        emit("devstack image", build_image())
     except DevstackError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from exc
@@ -196,9 +226,9 @@ def devstack_status(services: Services = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from eventpipe.devstack.stack import SERVICES, status
+    from eventpipe.devstack.stack import DEFAULT_SERVICES, status
 
-    rows = status(n for n in _services(services, tuple(SERVICES)) if n != "spark")
+    rows = status(n for n in _services(services, DEFAULT_SERVICES) if n != "spark")
     table = Table("service", "port", "pid", "healthy", "version", title="devstack")
     for row in rows:
         table.add_row(*(str(row[k]) for k in ("service", "port", "pid", "healthy", "version")))

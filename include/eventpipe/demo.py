@@ -20,7 +20,7 @@ from rich.table import Table
 from eventpipe.archive.indices import day_bounds, day_index, late_index, snapshot_name
 from eventpipe.archive.layout import manifest_key
 from eventpipe.archive.verify import is_verified
-from eventpipe.devstack.stack import SERVICES, local_env, up
+from eventpipe.devstack.stack import DEFAULT_SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, generate
 from eventpipe.events.produce import ProduceResult, produce
 from eventpipe.ingest.elastic import ANOMALY_INDEX, DLQ_INDEX, ROLLUP_INDEX, client, ensure_indices
@@ -83,7 +83,7 @@ def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3)
     for key, value in local_env().items():
         os.environ.setdefault(key, value)
     console.rule("starting the embedded services")
-    timings = up(SERVICES)
+    timings = up(DEFAULT_SERVICES)
     settings = Settings.from_env()
     es = client(settings)
     ensure_indices(es)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from eventpipe.devstack import podnet
 from eventpipe.devstack.runtime import DevstackError, Service, port_open, start_process, subdir
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import ensure_bucket, s3_client
@@ -111,8 +112,9 @@ class S3Server(Service):
             "-log_max_files=2",
             "mini",
             f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            # with the pod bridge: serve on NODE_IP and (weed's companion listener when -ip.bind is unset) on
+            # loopback; without it: loopback only
+            *([f"-ip={podnet.NODE_IP}"] if podnet.present() else ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]),
             f"-s3.port={self.port}",
             f"-s3.config={self._identities()}",
             "-s3.iam=false",
@@ -137,6 +139,9 @@ class S3Server(Service):
 
     def start_timeout(self) -> float:
         return 90.0
+
+    def serves_pods(self) -> bool:
+        return port_open(self.port, podnet.NODE_IP)
 
     def start(self) -> None:
         """Start (idempotent), then make sure the archive and snapshot buckets exist and encrypt by default."""

@@ -15,8 +15,11 @@ SERVICES: dict[str, str] = {
     "elasticsearch": "eventpipe.devstack.elasticsearch:ElasticsearchNode",
     "s3": "eventpipe.devstack.s3:S3Server",
     "airflow": "eventpipe.devstack.airflow:Airflow",
+    # opt-in (root, a long first build): the production path, task pods and Spark executors on a real cluster
+    "kubernetes": "eventpipe.devstack.kubernetes:KubernetesCluster",
 }
 DATA_SERVICES = ("kafka", "elasticsearch", "s3")
+DEFAULT_SERVICES = ("kafka", "elasticsearch", "s3", "airflow")
 
 DEVSTACK_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "eventpipe", "AWS_SECRET_ACCESS_KEY": "eventpipe-secret"}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eventpipe.settings import SECRET_ENV, Settings
@@ -135,10 +136,11 @@ def build_session(settings: Settings, app_name: str, *, master: str | None = Non
         env["EVENTPIPE_POD_IP"] = socket.gethostbyname(socket.gethostname())
     conf = spark_conf(settings, master, env)
     if master.startswith("local"):
-        from eventpipe.devstack.spark import spark_jars
-
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # the JVM inherits it: no hostname lookup
-        conf["spark.jars"] = ",".join(str(path) for path in spark_jars())
+        if not _jars_in_image():
+            from eventpipe.devstack.spark import spark_jars
+
+            conf["spark.jars"] = ",".join(str(path) for path in spark_jars())
     builder = SparkSession.builder.appName(app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -149,6 +151,13 @@ def build_session(settings: Settings, app_name: str, *, master: str | None = Non
         hadoop.set("fs.s3a.access.key", settings.s3_access_key.get_secret_value())
         hadoop.set("fs.s3a.secret.key", settings.s3_secret_key.get_secret_value())
     return spark
+
+
+def _jars_in_image() -> bool:
+    """The image copies the extra jars into pyspark's own jars dir (no Maven, read-only root there)."""
+    import pyspark
+
+    return any((Path(pyspark.__file__).parent / "jars").glob("hadoop-aws-*.jar"))
 
 
 def s3a_uri(bucket: str, key: str) -> str:
