@@ -63,26 +63,32 @@ ENV JAVA_HOME=/opt/java \
     TMPDIR=/tmp \
     SPARK_LOCAL_DIRS=/tmp/spark-local
 
-COPY docker/entrypoint.sh /opt/eventpipe/entrypoint.sh
-RUN chmod 0755 /opt/eventpipe/entrypoint.sh
-
 # Python dependencies first (cached layer), as the airflow user like the official image expects.
 USER airflow
 COPY --chown=airflow:root requirements.txt /opt/eventpipe/requirements.txt
-RUN pip install --no-cache-dir -r /opt/eventpipe/requirements.txt
-COPY --from=spark-jars --chown=airflow:root /jars/ /opt/eventpipe/spark-jars/
-RUN cp /opt/eventpipe/spark-jars/*.jar "$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')/jars/" \
- && rm -rf /opt/eventpipe/spark-jars
+# The optional build secret `build-ca` is a CA bundle for pip (e.g. behind a TLS-inspecting proxy); it is
+# mounted for the one command only, so it never lands in a layer.
+RUN --mount=type=secret,id=build-ca,uid=50000 \
+    if [ -s /run/secrets/build-ca ]; then export PIP_CERT=/run/secrets/build-ca; fi \
+ && pip install --no-cache-dir -r /opt/eventpipe/requirements.txt
+RUN --mount=type=bind,from=spark-jars,source=/jars,target=/mnt/spark-jars \
+    cp /mnt/spark-jars/*.jar "$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')/jars/"
 
 # The package itself (non-editable; its dependencies are already pinned above).
 COPY --chown=airflow:root pyproject.toml /opt/eventpipe/src/pyproject.toml
 COPY --chown=airflow:root include/ /opt/eventpipe/src/include/
-RUN pip install --no-cache-dir --no-deps /opt/eventpipe/src \
+RUN --mount=type=secret,id=build-ca,uid=50000 \
+    if [ -s /run/secrets/build-ca ]; then export PIP_CERT=/run/secrets/build-ca; fi \
+ && pip install --no-cache-dir --no-deps /opt/eventpipe/src \
  && eventpipe --help > /dev/null
 
 # DAGs and the plugin baked in (the default dags folder); git-sync may mount over /opt/airflow/dags instead.
 COPY --chown=airflow:root dags/ /opt/airflow/dags/
 COPY --chown=airflow:root plugins/ /opt/airflow/plugins/
+
+USER root
+COPY docker/entrypoint.sh /opt/eventpipe/entrypoint.sh
+RUN chmod 0755 /opt/eventpipe/entrypoint.sh
 
 # Numeric non-root user (UID 50000, GID 0 as in the official image) so runAsNonRoot can be verified.
 USER 50000:0

@@ -253,3 +253,53 @@ def test_rbac_is_least_privilege(
     cluster: Any, account: str, verb: str, resource: str, namespace: str, allowed: bool
 ) -> None:
     assert _can(verb, resource, namespace or "default", account) is allowed
+
+
+def test_spark_on_kubernetes_runs_executor_pods_on_the_same_image(cluster: Any, services: Settings) -> None:
+    """Client mode: the task pod is the driver (service account eventpipe-spark) and asks for 2 executor pods."""
+    key = f"k8s-test/{uuid.uuid4().hex[:8]}"
+    code = "\n".join(
+        [
+            "import socket, time",
+            "from eventpipe.results import emit",
+            "from eventpipe.settings import Settings",
+            "from eventpipe.sparkjobs.session import build_session, s3a_uri",
+            "s = Settings.from_env()",
+            "spark = build_session(s, 'k8s-executors')",
+            "sc = spark.sparkContext",
+            "deadline = time.time() + 240",
+            "while sc._jsc.sc().getExecutorMemoryStatus().size() - 1 < 2 and time.time() < deadline:",
+            "    time.sleep(1)",
+            "hosts = sc.parallelize(range(64), 8).map(lambda _: socket.gethostname()).distinct().collect()",
+            f"uri = s3a_uri(s.archive_bucket, '{key}')",
+            "spark.range(100000).repartition(4).write.mode('overwrite').parquet(uri)",
+            "rows = spark.read.parquet(uri).count()",
+            "emit('spark', {'executors': sc._jsc.sc().getExecutorMemoryStatus().size() - 1,",
+            "               'hosts': sorted(hosts), 'driver': socket.gethostname(), 'rows': rows})",
+            "spark.stop()",
+        ]
+    )
+    pod = _pod("train", ["--help"], profile="spark-driver")
+    container = pod.spec.containers[0]
+    container.command, container.args = ["python", "-c", code], []
+    container.env += [
+        _env("EVENTPIPE_SPARK_MASTER", "k8s://https://kubernetes.default.svc"),
+        _env("EVENTPIPE_SPARK_EXECUTORS", "2"),
+        _env("EVENTPIPE_SPARK_EXECUTOR_MEMORY", "768m"),
+        _env("EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES", "250m"),
+    ]
+    # the node has 2 CPUs: the driver reserves less than the production profile so both executors fit
+    container.resources.requests["cpu"] = "250m"
+    run = _run(cluster, pod, timeout=600)
+    assert run.exit_code == 0, run.logs[-4000:]
+    assert run.xcom is not None
+    assert run.xcom["executors"] >= 2
+    assert run.xcom["rows"] == 100000
+    executor_hosts = [h for h in run.xcom["hosts"] if h != run.xcom["driver"]]
+    assert len(executor_hosts) >= 2, run.xcom  # the work ran in at least two executor pods
+
+
+def _env(name: str, value: str) -> Any:
+    from kubernetes.client import models as k8s
+
+    return k8s.V1EnvVar(name=name, value=value)

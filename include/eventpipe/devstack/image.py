@@ -246,15 +246,27 @@ def build_image(ref: str = IMAGE) -> dict[str, object]:
     if _image_label(ref, "io.eventpipe.inputs") == key:
         _say(f"{ref} is current (inputs {key})")
         return {"built": False, "seconds": round(time.monotonic() - began, 1), "inputs": key, **_size(ref)}
+    secret = []
+    if ca_bundle := _ca_bundle():
+        secret = ["--secret", f"id=build-ca,src={ca_bundle}"]
     _run(
         [
             DOCKER, "build", "--network=host", "--build-arg", "BASE=debian", "--build-arg", f"DEBIAN_ROOTFS={base}",
-            "--label", f"io.eventpipe.inputs={key}", "--tag", ref, str(context),
+            *secret, "--label", f"io.eventpipe.inputs={key}", "--tag", ref, str(context),
         ],
         f"docker build {ref} (BASE=debian)",
         env={"DOCKER_BUILDKIT": "1"},
     )  # fmt: skip
     return {"built": True, "seconds": round(time.monotonic() - began, 1), "inputs": key, **_size(ref)}
+
+
+def _ca_bundle() -> str | None:
+    """The CA bundle this host's pip trusts (PIP_CERT, SSL_CERT_FILE or Debian's), for pip inside the build."""
+    debian = "/etc/ssl/certs/ca-certificates.crt"
+    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), debian):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
 
 
 def _size(ref: str) -> dict[str, object]:

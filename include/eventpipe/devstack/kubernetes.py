@@ -169,6 +169,13 @@ def check_prerequisites() -> None:
         raise DevstackError("no cgroup filesystem at /sys/fs/cgroup; the kubelet cannot run containers here")
 
 
+def _probe(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except Exception:  # noqa: BLE001 - a probe that fails is just "not ready"
+        return False
+
+
 def _path() -> str:
     return os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 
@@ -215,9 +222,11 @@ class KubernetesCluster(Service):
 
     # -- start -------------------------------------------------------------------------------------------
     def start(self) -> None:
+        if not self.healthy():
+            self.launch()
+
+    def launch(self) -> None:
         """Bring up whatever part is not running, in dependency order, timing each step."""
-        if self.healthy():
-            return
         total = time.monotonic()
         self._step("install", self.install)
         self._step("network", self._network)
@@ -260,7 +269,8 @@ class KubernetesCluster(Service):
         if NODE_IP not in _run(["ip", "-4", "addr", "show", "dev", BRIDGE]).stdout:
             _run(["ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE])
         _run(["ip", "link", "set", BRIDGE, "up"])
-        _run(["modprobe", "br_netfilter"], check=False)  # built in on some kernels; the sysctl below tells
+        if shutil.which("modprobe", path=_path()):  # built in on some kernels; the sysctl check below tells
+            _run(["modprobe", "br_netfilter"], check=False)
         for key in ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables"):
             path = Path("/proc/sys") / key
             if not path.exists():
@@ -288,7 +298,7 @@ class KubernetesCluster(Service):
         (state_dir() / "resolv.conf").write_text("nameserver 127.0.0.1\noptions ndots:1\n")
 
     def _start(self, component: str, argv: list[str], ready: Callable[[], bool], timeout: float = 60) -> None:
-        if pid_of(_proc(component)) is None and not ready():
+        if pid_of(_proc(component)) is None and not _probe(ready):
             start_process(_proc(component), argv, env={"PATH": _path()})
         self._wait(ready, component, f"{component} ready", timeout)
 

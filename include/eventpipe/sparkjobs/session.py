@@ -85,7 +85,10 @@ def _k8s_conf(env: Mapping[str, str]) -> dict[str, str]:
         "spark.executor.instances": env.get("EVENTPIPE_SPARK_EXECUTORS") or "2",
         "spark.executor.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_CORES") or "1",
         "spark.executor.memory": env.get("EVENTPIPE_SPARK_EXECUTOR_MEMORY") or "2g",
-        "spark.kubernetes.executor.request.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_CORES") or "1",
+        # the scheduler's reservation may be below the cores Spark uses (e.g. "500m" on a small node)
+        "spark.kubernetes.executor.request.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES")
+        or env.get("EVENTPIPE_SPARK_EXECUTOR_CORES")
+        or "1",
         "spark.kubernetes.executor.limit.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_CORES") or "1",
         "spark.kubernetes.executor.deleteOnTermination": "true",
         "spark.kubernetes.executor.label.app.kubernetes.io/name": "eventpipe",
@@ -171,6 +174,7 @@ SPARK_TASK_ENV = (
     "EVENTPIPE_NAMESPACE",
     "EVENTPIPE_SPARK_EXECUTORS",
     "EVENTPIPE_SPARK_EXECUTOR_CORES",
+    "EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES",
     "EVENTPIPE_SPARK_EXECUTOR_MEMORY",
     "EVENTPIPE_SPARK_EXECUTOR_TEMPLATE",
     "EVENTPIPE_SPARK_DRIVER_MEMORY",
