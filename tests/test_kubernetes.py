@@ -219,8 +219,12 @@ def test_a_pod_whose_secret_is_missing_fails_with_a_clear_error(cluster: Any) ->
 
 
 def _can(verb: str, resource: str, namespace: str, account: str) -> bool:
-    out = kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as=system:serviceaccount:{account}",
-                  check=False).strip()  # fmt: skip
+    """``kubectl auth can-i`` as the service account, with the groups its token carries."""
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{account.split(':')[0]}", "system:authenticated"]
+    out = kubectl(
+        "auth", "can-i", verb, resource, "-n", namespace, f"--as=system:serviceaccount:{account}",
+        *(f"--as-group={g}" for g in groups), check=False,
+    ).strip()  # fmt: skip
     assert out in {"yes", "no"}, out
     return out == "yes"
 

@@ -211,8 +211,16 @@ class KubernetesCluster(Service):
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
     def _dns_ready(self) -> bool:
-        out = kubectl("-n", "kube-system", "get", "deployment", "coredns", "-o", "json", check=False, timeout=15)
-        return bool(out) and json.loads(out).get("status", {}).get("readyReplicas", 0) >= 1
+        """A live CoreDNS pod reports Ready (pod-level: a deployment's status can be stale after a restart)."""
+        out = kubectl(
+            "-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns", "-o", "json", check=False, timeout=15
+        )
+        pods = json.loads(out).get("items", []) if out else []
+        return any(
+            not pod["metadata"].get("deletionTimestamp")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+            for pod in pods
+        )
 
     def healthy(self) -> bool:
         try:
