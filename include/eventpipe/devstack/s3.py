@@ -112,9 +112,9 @@ class S3Server(Service):
             "-log_max_files=2",
             "mini",
             f"-dir={data}",
-            # with the pod bridge: serve on NODE_IP and (weed's companion listener when -ip.bind is unset) on
-            # loopback; without it: loopback only
-            *([f"-ip={podnet.NODE_IP}"] if podnet.present() else ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]),
+            # with the pod bridge: serve on NODE_IP plus weed's loopback companion listener (opened when -ip.bind
+            # is empty, never 0.0.0.0); without it: loopback only
+            *([f"-ip={podnet.NODE_IP}", "-ip.bind="] if podnet.present() else ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]),
             f"-s3.port={self.port}",
             f"-s3.config={self._identities()}",
             "-s3.iam=false",
