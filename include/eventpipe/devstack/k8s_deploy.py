@@ -29,6 +29,7 @@ CRDS: dict[tuple[str, str, str, str, bool, bool], str] = {
     ("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors", True, False): "servicemonitor.v1.json",
 }
 HOST_SERVICES = ("kafka", "elasticsearch", "s3")
+APPROVAL = "api-approved.kubernetes.io"
 
 
 def _say(message: str) -> None:
@@ -44,7 +45,16 @@ def crd(group: str, version: str, kind: str, plural: str, namespaced: bool, stat
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}", "labels": {"app.kubernetes.io/managed-by": "eventpipe-devstack"}},
+        "metadata": {
+            "name": f"{plural}.{group}",
+            "labels": {"app.kubernetes.io/managed-by": "eventpipe-devstack"},
+            # *.k8s.io groups are protected; this copy is not the approved upstream object, and says so
+            **(
+                {"annotations": {APPROVAL: "unapproved, eventpipe devstack copy of the stored schema"}}
+                if group.endswith(".k8s.io")
+                else {}
+            ),
+        },
         "spec": {
             "group": group,
             "scope": "Namespaced" if namespaced else "Cluster",
