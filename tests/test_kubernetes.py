@@ -30,7 +30,8 @@ from eventpipe.settings import PLAIN_ENV, Settings
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services]
 
-XCOM_CMD = ["sh", "-c", "cat /airflow/xcom/return.json 2>/dev/null || true"]
+# the leading "x" keeps the client's exec stream from turning JSON output into a Python repr
+XCOM_CMD = ["sh", "-c", "printf x; cat /airflow/xcom/return.json 2>/dev/null || true"]
 
 
 @dataclass
@@ -129,7 +130,8 @@ def _run(api: Any, pod: Any, *, timeout: float = 300, expect_start: bool = True)
         if exit_code == 0:
             out = stream(api.connect_get_namespaced_pod_exec, name, namespace, container="airflow-xcom-sidecar",
                          command=XCOM_CMD, stderr=False, stdin=False, stdout=True, tty=False)  # fmt: skip
-            xcom = json.loads(out) if out.strip() else None  # no return.json: the command emitted nothing
+            text = out.removeprefix("x").strip()
+            xcom = json.loads(text) if text else None  # no return.json: the command emitted nothing
         return PodRun(name, exit_code, reason, message, logs, xcom, started or -1.0, time.monotonic() - began)
     finally:
         api.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
