@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EP := $(BIN)/eventpipe
 
-.PHONY: help setup install services monitoring demo test test-fast lint bench down status clean
+.PHONY: help setup install services monitoring demo test test-fast lint bench down status clean k8s test-k8s
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,7 +34,7 @@ demo: install  ## everything up (incl. Airflow), produce events, run the pipelin
 
 test: services browser  ## everything up, then the whole test suite against the real services
 	$(BIN)/ruff check include dags plugins tests bench
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra -m "not k8s"  # k8s: make test-k8s (opt-in, see docs)
 
 .PHONY: browser
 browser:  ## headless Chromium + chromedriver from Debian packages, for the Airflow UI test (idempotent)
@@ -43,7 +43,7 @@ browser:  ## headless Chromium + chromedriver from Debian packages, for the Airf
 	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }; fi
 
 test-fast: setup  ## tests that need no services
-	$(BIN)/python -m pytest -ra -m "not services and not airflow"
+	$(BIN)/python -m pytest -ra -m "not services and not airflow and not k8s"
 
 lint: setup
 	$(BIN)/ruff check include dags plugins tests bench
@@ -54,6 +54,13 @@ bench: services  ## benchmarks: ratios against ceilings measured in the same run
 	$(BIN)/python bench/bench_archive.py
 	$(BIN)/python bench/bench_score.py
 	$(BIN)/python bench/bench_train.py
+
+k8s: install  ## opt-in: local Kubernetes (built from the Go proxy on first use), the image, deploy/ and Secrets
+	$(EP) devstack up --services kafka,elasticsearch,s3
+	$(EP) devstack k8s
+
+test-k8s: k8s  ## the k8s-marked tests against the local cluster
+	$(BIN)/python -m pytest -ra -m k8s
 
 status:
 	$(EP) devstack status

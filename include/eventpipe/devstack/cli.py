@@ -56,6 +56,34 @@ def up(services: Services = "") -> None:
         raise typer.Exit(1) from exc
 
 
+@app.command("k8s")
+def k8s(
+    build: Annotated[bool, typer.Option(help="Build and import the eventpipe image (cached by input hash)")] = True,
+) -> None:
+    """The kubernetes service plus what eventpipe pods need: host services on the pod bridge, the image
+    (Debian base, no registry), CRDs, deploy/ and the Secrets. Idempotent; prints each step's time."""
+    from eventpipe.devstack.k8s_deploy import prepare
+    from eventpipe.devstack.stack import up
+
+    try:
+        emit("devstack k8s (seconds)", {**up(["kubernetes"]), **prepare(build=build)})
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("image")
+def image() -> None:
+    """Build the eventpipe image from the Debian base (skipped when its inputs are unchanged)."""
+    from eventpipe.devstack.image import build_image
+
+    try:
+        emit("devstack image", build_image())
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
 @app.command("down")
 def down(services: Services = "") -> None:
     """Stop services started by `devstack up`."""

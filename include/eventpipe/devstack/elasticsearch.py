@@ -16,6 +16,7 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch as EsClient
 
+from eventpipe.devstack import podnet
 from eventpipe.devstack.runtime import (
     REPO_ROOT,
     DevstackError,
@@ -140,6 +141,8 @@ class ElasticsearchNode(Service):
                     f"path.logs: {subdir('elasticsearch', 'logs')}",
                     f"path.repo: [{snapshot_root()}]",
                     "network.host: 127.0.0.1",
+                    # HTTP also on the pod bridge when it exists (transport stays on loopback)
+                    f"http.host: [127.0.0.1{', ' + podnet.NODE_IP if podnet.present() else ''}]",
                     f"http.port: {self.port}",
                     f"transport.port: {self.transport_port}",
                     "discovery.type: single-node",
@@ -186,3 +189,6 @@ class ElasticsearchNode(Service):
 
     def start_timeout(self) -> float:
         return 240.0
+
+    def serves_pods(self) -> bool:
+        return port_open(self.port, podnet.NODE_IP)

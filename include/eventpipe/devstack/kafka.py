@@ -7,6 +7,7 @@ import subprocess
 
 from kafka import KafkaAdminClient
 
+from eventpipe.devstack import podnet
 from eventpipe.devstack.runtime import (
     REPO_ROOT,
     DevstackError,
@@ -37,19 +38,34 @@ class Kafka(Service):
     def install(self) -> None:
         self._jars()
 
+    def _listeners(self) -> tuple[str, str, str]:
+        """listeners, advertised.listeners and the protocol map; a PODS listener when the pod bridge exists."""
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}", f"CONTROLLER://127.0.0.1:{self.controller_port}"]
+        advertised = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+        if podnet.present():
+            listeners.append(f"PODS://{podnet.NODE_IP}:{podnet.KAFKA_POD_PORT}")
+            advertised.append(f"PODS://{podnet.NODE_IP}:{podnet.KAFKA_POD_PORT}")
+            protocols.append("PODS:PLAINTEXT")
+        return ",".join(listeners), ",".join(advertised), ",".join(protocols)
+
+    def serves_pods(self) -> bool:
+        return port_open(podnet.KAFKA_POD_PORT, podnet.NODE_IP)
+
     def _config(self) -> str:
         data = subdir("kafka", "data")
         config = subdir("kafka") / "server.properties"
+        listeners, advertised, protocols = self._listeners()
         config.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"listeners={listeners}",
+                    f"advertised.listeners={advertised}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"listener.security.protocol.map={protocols}",
                     "inter.broker.listener.name=PLAINTEXT",
                     f"log.dirs={data}",
                     "num.partitions=3",

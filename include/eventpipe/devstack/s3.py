@@ -13,6 +13,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from eventpipe.devstack import podnet
 from eventpipe.devstack.runtime import DevstackError, Service, port_open, run_step, start_process, subdir
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import ensure_bucket, s3_client
@@ -110,8 +111,9 @@ class S3Server(Service):
             "-log_max_files=2",
             "mini",
             f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            # with the pod bridge: serve on NODE_IP plus weed's loopback companion listener (opened when -ip.bind
+            # is empty, never 0.0.0.0); without it: loopback only
+            *([f"-ip={podnet.NODE_IP}", "-ip.bind="] if podnet.present() else ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]),
             f"-s3.port={self.port}",
             f"-s3.config={self._identities()}",
             "-s3.iam=false",
@@ -136,6 +138,9 @@ class S3Server(Service):
 
     def start_timeout(self) -> float:
         return 90.0
+
+    def serves_pods(self) -> bool:
+        return port_open(self.port, podnet.NODE_IP)
 
     def start(self) -> None:
         """Start (idempotent), then make sure the archive and snapshot buckets exist and encrypt by default."""

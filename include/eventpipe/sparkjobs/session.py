@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eventpipe.settings import SECRET_ENV, Settings
@@ -84,7 +85,10 @@ def _k8s_conf(env: Mapping[str, str]) -> dict[str, str]:
         "spark.executor.instances": env.get("EVENTPIPE_SPARK_EXECUTORS") or "2",
         "spark.executor.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_CORES") or "1",
         "spark.executor.memory": env.get("EVENTPIPE_SPARK_EXECUTOR_MEMORY") or "2g",
-        "spark.kubernetes.executor.request.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_CORES") or "1",
+        # the scheduler's reservation may be below the cores Spark uses (e.g. "500m" on a small node)
+        "spark.kubernetes.executor.request.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES")
+        or env.get("EVENTPIPE_SPARK_EXECUTOR_CORES")
+        or "1",
         "spark.kubernetes.executor.limit.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_CORES") or "1",
         "spark.kubernetes.executor.deleteOnTermination": "true",
         "spark.kubernetes.executor.label.app.kubernetes.io/name": "eventpipe",
@@ -135,10 +139,11 @@ def build_session(settings: Settings, app_name: str, *, master: str | None = Non
         env["EVENTPIPE_POD_IP"] = socket.gethostbyname(socket.gethostname())
     conf = spark_conf(settings, master, env)
     if master.startswith("local"):
-        from eventpipe.devstack.spark import spark_jars
-
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # the JVM inherits it: no hostname lookup
-        conf["spark.jars"] = ",".join(str(path) for path in spark_jars())
+        if not _jars_in_image():
+            from eventpipe.devstack.spark import spark_jars
+
+            conf["spark.jars"] = ",".join(str(path) for path in spark_jars())
     builder = SparkSession.builder.appName(app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -149,6 +154,13 @@ def build_session(settings: Settings, app_name: str, *, master: str | None = Non
         hadoop.set("fs.s3a.access.key", settings.s3_access_key.get_secret_value())
         hadoop.set("fs.s3a.secret.key", settings.s3_secret_key.get_secret_value())
     return spark
+
+
+def _jars_in_image() -> bool:
+    """The image copies the extra jars into pyspark's own jars dir (no Maven, read-only root there)."""
+    import pyspark
+
+    return any((Path(pyspark.__file__).parent / "jars").glob("hadoop-aws-*.jar"))
 
 
 def s3a_uri(bucket: str, key: str) -> str:
@@ -162,6 +174,7 @@ SPARK_TASK_ENV = (
     "EVENTPIPE_NAMESPACE",
     "EVENTPIPE_SPARK_EXECUTORS",
     "EVENTPIPE_SPARK_EXECUTOR_CORES",
+    "EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES",
     "EVENTPIPE_SPARK_EXECUTOR_MEMORY",
     "EVENTPIPE_SPARK_EXECUTOR_TEMPLATE",
     "EVENTPIPE_SPARK_DRIVER_MEMORY",

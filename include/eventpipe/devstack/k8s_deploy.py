@@ -1,0 +1,147 @@
+"""Make the devstack cluster ready for eventpipe pods: image, CRDs, ``deploy/``, Secrets, host services.
+
+Idempotent; each step prints its time. The CRDs ``deploy/`` needs (VolumeSnapshot*, PrometheusRule,
+ServiceMonitor) are made from the schemas the project already stores (``eventpipe/k8s/schemas``), so no
+operator or snapshot controller is installed: the objects are accepted and validated, nothing acts on them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from eventpipe.devstack import image, podnet
+from eventpipe.devstack.kubernetes import CONTAINERD_SOCKET, kubectl
+from eventpipe.devstack.runtime import REPO_ROOT, DevstackError
+from eventpipe.devstack.stack import DEVSTACK_CREDENTIALS, local_env, service
+
+NAMESPACE = "eventpipe"
+# (group, version, kind, plural, namespaced, status subresource) -> stored schema file
+CRDS: dict[tuple[str, str, str, str, bool, bool], str] = {
+    ("snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass", "volumesnapshotclasses", False, False): (
+        "volumesnapshotclass.v1.json"
+    ),
+    ("snapshot.storage.k8s.io", "v1", "VolumeSnapshot", "volumesnapshots", True, True): "volumesnapshot.v1.json",
+    ("monitoring.coreos.com", "v1", "PrometheusRule", "prometheusrules", True, False): "prometheusrule.v1.json",
+    ("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors", True, False): "servicemonitor.v1.json",
+}
+HOST_SERVICES = ("kafka", "elasticsearch", "s3")
+APPROVAL = "api-approved.kubernetes.io"
+
+
+def _say(message: str) -> None:
+    print(f"[k8s] {message}", flush=True)
+
+
+def crd(group: str, version: str, kind: str, plural: str, namespaced: bool, status: bool, schema_file: str) -> dict:
+    schema = json.loads(resources.files("eventpipe.k8s").joinpath("schemas", schema_file).read_text())
+    schema = {k: v for k, v in schema.items() if k not in {"$schema", "$comment"}}
+    entry: dict[str, Any] = {"name": version, "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}
+    if status:
+        entry["subresources"] = {"status": {}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{group}",
+            "labels": {"app.kubernetes.io/managed-by": "eventpipe-devstack"},
+            # *.k8s.io groups are protected; this copy is not the approved upstream object, and says so
+            **(
+                {"annotations": {APPROVAL: "unapproved, eventpipe devstack copy of the stored schema"}}
+                if group.endswith(".k8s.io")
+                else {}
+            ),
+        },
+        "spec": {
+            "group": group,
+            "scope": "Namespaced" if namespaced else "Cluster",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower()},
+            "versions": [entry],
+        },
+    }
+
+
+def install_crds() -> None:
+    items = [crd(*key, schema) for key, schema in CRDS.items()]
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps({"apiVersion": "v1",
+            "kind": "List", "items": items}))  # fmt: skip
+    names = [f"crd/{item['metadata']['name']}" for item in items]
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+def apply_deploy() -> None:
+    kubectl("apply", "-k", str(REPO_ROOT / "deploy"), timeout=180)
+
+
+def secrets(namespace: str = NAMESPACE) -> None:
+    """The two Secrets task pods mount by name, from the devstack credentials (sent on stdin, not argv)."""
+    data = {
+        "eventpipe-s3": {
+            "access-key": DEVSTACK_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "secret-key": DEVSTACK_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        },
+        # the devstack Elasticsearch has no authentication; empty values mean "no auth" to the client
+        "eventpipe-elasticsearch": {"username": "", "password": ""},
+    }
+    items = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "eventpipe"}},
+            "type": "Opaque",
+            "stringData": values,
+        }
+        for name, values in data.items()
+    ]
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+
+def host_services_for_pods() -> list[str]:
+    """Start the data services, restarting (once) those that do not listen on the pod bridge yet."""
+    if not podnet.present():
+        raise DevstackError(f"{podnet.NODE_IP} is not on this host; start the kubernetes service first")
+    restarted = []
+    for name in HOST_SERVICES:
+        svc = service(name)
+        if svc.healthy() and not svc.serves_pods():  # type: ignore[attr-defined]
+            _say(f"restarting {name} so it also listens on {podnet.NODE_IP} (one time)")
+            svc.stop()
+            restarted.append(name)
+        svc.start()
+        if not svc.serves_pods():  # type: ignore[attr-defined]
+            raise DevstackError(f"{name} does not listen on {podnet.NODE_IP}; pods cannot reach it")
+    return restarted
+
+
+def task_env() -> dict[str, str]:
+    """Environment of an Airflow worker or test that launches eventpipe pods on the devstack cluster."""
+    return {
+        **{k: v for k, v in local_env().items() if k not in DEVSTACK_CREDENTIALS},
+        **podnet.pod_env(),
+        "EVENTPIPE_EXECUTION": "kubernetes",
+        "EVENTPIPE_NAMESPACE": NAMESPACE,
+        "EVENTPIPE_IMAGE": image.IMAGE,
+    }
+
+
+def prepare(*, build: bool = True) -> dict[str, float]:
+    """Everything after the cluster is up; returns seconds per step."""
+    timings: dict[str, float] = {}
+
+    def step(name: str, action: Callable[[], object]) -> None:
+        began = time.monotonic()
+        action()
+        timings[name] = round(time.monotonic() - began, 1)
+        _say(f"{name}: {timings[name]}s")
+
+    step("host services on the pod bridge", host_services_for_pods)
+    if build:
+        step("image build", image.build_image)
+        step("image import", lambda: image.import_image(CONTAINERD_SOCKET))
+    step("crds", install_crds)
+    step("apply -k deploy", apply_deploy)
+    step("secrets", secrets)
+    return timings

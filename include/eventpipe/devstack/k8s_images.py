@@ -1,0 +1,74 @@
+"""Single-binary container images (pause, CoreDNS) written as ``docker save`` archives, with no Docker at all.
+
+No image registry is reachable here, so the cluster's own images are assembled from locally built binaries:
+one layer holding the static binary, a config naming the entrypoint and a numeric non-root user, and the
+archive layout ``ctr images import`` understands. Byte-identical inputs give byte-identical archives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+from eventpipe.devstack.runtime import DevstackError
+
+EPOCH = 0  # fixed mtimes: the digest depends on the binary only
+
+
+def _layer(binary: Path, path_in_image: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        data = binary.read_bytes()
+        info = tarfile.TarInfo(path_in_image.lstrip("/"))
+        info.size, info.mode, info.mtime = len(data), 0o755, EPOCH
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def single_binary_archive(binary: Path, ref: str, entrypoint: list[str], dest: Path, user: str = "65532") -> Path:
+    """Write a ``docker save``-format archive of an image holding only ``binary`` (as ``entrypoint[0]``)."""
+    layer = _layer(binary, entrypoint[0])
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": entrypoint, "User": user, "Env": ["PATH=/"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": f"eventpipe devstack: {binary.name}"}],
+    }
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    layer_name = diff_id.removeprefix("sha256:") + "/layer.tar"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [ref], "Layers": [layer_name]}]).encode()
+    with tarfile.open(dest, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in ((config_name, config_bytes), (layer_name, layer), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, EPOCH
+            tar.addfile(info, io.BytesIO(data))
+    return dest
+
+
+def ctr(socket: str, *args: str, stdin: bytes | None = None, timeout: float = 600) -> str:
+    """``ctr`` against the cluster's containerd, in the CRI namespace ``k8s.io``."""
+    result = subprocess.run(
+        ["ctr", "--address", socket, "--namespace", "k8s.io", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise DevstackError(f"ctr {' '.join(args)} failed: {result.stderr.decode(errors='replace')[-2000:]}")
+    return result.stdout.decode()
+
+
+def image_refs(socket: str) -> set[str]:
+    return set(ctr(socket, "images", "list", "--quiet").split())
+
+
+def import_archive(socket: str, archive: Path) -> None:
+    ctr(socket, "images", "import", str(archive))

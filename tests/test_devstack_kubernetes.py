@@ -1,0 +1,92 @@
+"""The kubernetes devstack service's pure parts, without a cluster: images, CRDs, configs, listeners."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eventpipe.devstack import k8s_deploy, kubernetes, podnet
+from eventpipe.devstack.k8s_build import _ldflags
+from eventpipe.devstack.k8s_images import single_binary_archive
+from eventpipe.devstack.kafka import Kafka
+from eventpipe.k8s.schemas import CRD_SCHEMAS
+
+
+def test_single_binary_archive_is_a_loadable_docker_archive(tmp_path: Path) -> None:
+    binary = tmp_path / "tool"
+    binary.write_bytes(b"\x7fELF not really")
+    archive = single_binary_archive(binary, "docker.io/eventpipe/tool:1", ["/tool"], tmp_path / "a.tar")
+    with tarfile.open(archive) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        [entry] = manifest
+        config = json.loads(tar.extractfile(entry["Config"]).read())  # type: ignore[union-attr]
+        layer = tar.extractfile(entry["Layers"][0]).read()  # type: ignore[union-attr]
+    assert entry["RepoTags"] == ["docker.io/eventpipe/tool:1"]
+    assert config["config"]["Entrypoint"] == ["/tool"] and config["config"]["User"] == "65532"
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()]
+    again = single_binary_archive(binary, "docker.io/eventpipe/tool:1", ["/tool"], tmp_path / "b.tar")
+    assert archive.read_bytes() == again.read_bytes()  # reproducible: same binary, same image digest
+
+
+@pytest.mark.parametrize("key", list(k8s_deploy.CRDS))
+def test_crds_carry_the_stored_schemas(key: tuple[str, str, str, str, bool, bool]) -> None:
+    group, version, kind, plural, namespaced, _status = key
+    crd = k8s_deploy.crd(*key, k8s_deploy.CRDS[key])
+    assert crd["metadata"]["name"] == f"{plural}.{group}"
+    assert crd["spec"]["scope"] == ("Namespaced" if namespaced else "Cluster")
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert "$schema" not in schema and schema["type"] == "object" and "metadata" in schema["properties"]
+    assert (f"{group}/{version}", kind) in CRD_SCHEMAS  # the same resources the offline validator knows
+
+
+def test_deploy_needs_only_the_crds_the_devstack_installs() -> None:
+    kinds = {(c[0], c[2]) for c in k8s_deploy.CRDS}
+    for path in (Path(kubernetes.REPO_ROOT) / "deploy").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if (
+                doc
+                and "." in doc["apiVersion"].split("/")[0]
+                and not doc["apiVersion"].startswith(
+                    ("rbac.authorization.k8s.io", "networking.k8s.io", "storage.k8s.io", "kustomize.config.k8s.io")
+                )
+            ):
+                assert (doc["apiVersion"].split("/")[0], doc["kind"]) in kinds, (path.name, doc["kind"])
+
+
+def test_templates_render_completely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTPIPE_DEVSTACK_HOME", str(tmp_path))
+    monkeypatch.setattr(kubernetes, "_cni_dir", lambda: Path("/usr/lib/cni"))
+    for template in ("containerd.toml", "cni.conflist", "kubelet.yaml", "kube-proxy.yaml", "coredns.yaml"):
+        text = kubernetes._render(template, tmp_path / template).read_text()
+        assert "${" not in text, template
+    kubelet = yaml.safe_load((tmp_path / "kubelet.yaml").read_text())
+    assert kubelet["address"] == podnet.NODE_IP and kubelet["authentication"]["anonymous"]["enabled"] is False
+    assert "restrict_oom_score_adj = true" in (tmp_path / "containerd.toml").read_text()
+    assert json.loads((tmp_path / "cni.conflist").read_text())["plugins"][0]["ipMasq"] is False
+
+
+def test_version_ldflags_stamp_both_version_packages() -> None:
+    flags = _ldflags()
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        assert f"-X {pkg}.gitVersion=v1.34.4" in flags and f"-X {pkg}.gitMinor=34" in flags
+
+
+@pytest.mark.parametrize("bridge", [True, False])
+def test_kafka_adds_a_pod_listener_only_with_the_bridge(monkeypatch: pytest.MonkeyPatch, bridge: bool) -> None:
+    monkeypatch.setattr(podnet, "present", lambda: bridge)
+    listeners, advertised, protocols = Kafka()._listeners()
+    assert "PLAINTEXT://127.0.0.1:9092" in listeners and "PLAINTEXT://127.0.0.1:9092" in advertised
+    assert (f"PODS://{podnet.NODE_IP}:{podnet.KAFKA_POD_PORT}" in advertised) is bridge
+    assert ("PODS:PLAINTEXT" in protocols) is bridge
+
+
+def test_pod_env_points_pods_at_the_node_ip_and_carries_no_credentials() -> None:
+    env = k8s_deploy.task_env()
+    assert env["EVENTPIPE_KAFKA_BOOTSTRAP"] == f"{podnet.NODE_IP}:{podnet.KAFKA_POD_PORT}"
+    assert env["EVENTPIPE_EXECUTION"] == "kubernetes"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)

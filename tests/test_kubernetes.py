@@ -1,0 +1,312 @@
+"""The production path on a real local cluster: the image, task pods built by the project's own factory,
+Secrets by name, XCom through the sidecar, and least-privilege RBAC.
+
+``make test-k8s`` (opt-in: root, and a 15-25 minute first build of Kubernetes). The fixture brings the
+cluster up idempotently; a missing prerequisite is an error here, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from eventpipe.devstack.k8s_deploy import NAMESPACE, prepare, task_env
+from eventpipe.devstack.kubernetes import KubernetesCluster, kubeconfig, kubectl
+from eventpipe.devstack.runtime import DevstackError
+from eventpipe.devstack.stack import DATA_SERVICES, DEVSTACK_CREDENTIALS, up
+from eventpipe.events.generator import GeneratorConfig, utc
+from eventpipe.events.produce import produce
+from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS
+from eventpipe.settings import PLAIN_ENV, Settings
+
+pytestmark = [pytest.mark.k8s, pytest.mark.services]
+
+# the leading "x" keeps the client's exec stream from turning JSON output into a Python repr
+XCOM_CMD = ["sh", "-c", "printf x; cat /airflow/xcom/return.json 2>/dev/null || true"]
+
+
+@dataclass
+class PodRun:
+    name: str
+    exit_code: int | None
+    waiting_reason: str
+    waiting_message: str
+    logs: str
+    xcom: dict[str, Any] | None
+    start_seconds: float  # creation -> task container running (pod start latency)
+    total_seconds: float
+
+
+@pytest.fixture(scope="session")
+def cluster(stack_env: dict[str, str]) -> Iterator[Any]:
+    """The local cluster with image, CRDs, deploy/ and Secrets; the API client for it."""
+    if os.geteuid() != 0:
+        pytest.fail("the k8s tests need root (bridge, iptables, containers): run them as root or deselect -m k8s")
+    began = time.monotonic()
+    try:
+        up(DATA_SERVICES)
+        KubernetesCluster().start()
+        prepare()
+    except DevstackError as err:
+        pytest.fail(f"the local Kubernetes cluster could not be prepared:\n{err}")
+    print(f"\ncluster ready in {time.monotonic() - began:.1f}s")
+    from kubernetes import client, config
+
+    # the xcom sidecar uses the task image (no registry: the provider's default alpine cannot be pulled)
+    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
+        {
+            "conn_type": "kubernetes",
+            "extra": {
+                "kube_config_path": str(kubeconfig()),
+                "xcom_sidecar_container_image": task_env()["EVENTPIPE_IMAGE"],
+            },
+        }
+    )
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig())))
+    yield api
+    api.api_client.close()
+
+
+def _pod(task_id: str, args: list[str], *, namespace: str = NAMESPACE, profile: str = "small") -> Any:
+    """The pod exactly as the DAG factory (eventpipe.orchestration.tasks) would launch it in kubernetes mode."""
+    from eventpipe.orchestration.command import TaskCommand
+    from eventpipe.orchestration.tasks import cli_task
+
+    env = task_env()
+    saved = {k: os.environ.get(k) for k in ("EVENTPIPE_NAMESPACE", "EVENTPIPE_IMAGE")}
+    os.environ.update(EVENTPIPE_NAMESPACE=namespace, EVENTPIPE_IMAGE=env["EVENTPIPE_IMAGE"])
+    try:
+        command = TaskCommand(args, env={k: env.get(k, "") for k in PLAIN_ENV if env.get(k)})
+        operator = cli_task(task_id, command, profile=profile, mode="kubernetes")
+        pod = operator.build_pod_request_obj(dry_run=True)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    pod.metadata.name = f"{pod.metadata.name[:40]}-{uuid.uuid4().hex[:6]}"
+    return pod
+
+
+def _run(api: Any, pod: Any, *, timeout: float = 300, expect_start: bool = True) -> PodRun:
+    """Create the pod, wait for the task container to finish (or fail to start), read logs and the XCom."""
+    from kubernetes.stream import stream
+
+    namespace, name = pod.metadata.namespace, pod.metadata.name
+    began = time.monotonic()
+    api.create_namespaced_pod(namespace, pod)
+    started: float | None = None
+    exit_code, reason, message = None, "", ""
+    try:
+        deadline = began + timeout
+        while time.monotonic() < deadline:
+            status = api.read_namespaced_pod(name, namespace).status
+            base = next((c for c in status.container_statuses or [] if c.name == "base"), None)
+            if base and base.state:
+                if (base.state.running or base.state.terminated) and started is None:
+                    started = time.monotonic() - began
+                if base.state.terminated:
+                    exit_code = base.state.terminated.exit_code
+                    break
+                if base.state.waiting and base.state.waiting.reason not in {None, "ContainerCreating"}:
+                    reason, message = base.state.waiting.reason, base.state.waiting.message or ""
+                    if not expect_start and reason == "CreateContainerConfigError":
+                        break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"pod {name} did not finish in {timeout}s: {reason} {message}")
+        logs = api.read_namespaced_pod_log(name, namespace, container="base") if exit_code is not None else ""
+        xcom = None
+        if exit_code == 0:
+            out = stream(api.connect_get_namespaced_pod_exec, name, namespace, container="airflow-xcom-sidecar",
+                         command=XCOM_CMD, stderr=False, stdin=False, stdout=True, tty=False)  # fmt: skip
+            text = out.removeprefix("x").strip()
+            xcom = json.loads(text) if text else None  # no return.json: the command emitted nothing
+        return PodRun(name, exit_code, reason, message, logs, xcom, started or -1.0, time.monotonic() - began)
+    finally:
+        api.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+
+def test_image_runs_the_cli_as_non_root_on_a_read_only_root(cluster: Any) -> None:
+    pod = _pod("cli_help", ["--help"])
+    spec = pod.spec.containers[0]
+    assert spec.security_context.read_only_root_filesystem and pod.spec.security_context.run_as_non_root
+    run = _run(cluster, pod)
+    print(f"\npod start latency {run.start_seconds:.1f}s, total {run.total_seconds:.1f}s")
+    assert run.exit_code == 0, run.logs
+    for command in ("drain", "rollup", "archive", "ml"):
+        assert command in run.logs
+
+
+def test_pod_runs_spark_local_mode_against_s3a(cluster: Any, services: Settings) -> None:
+    """Spark, Java and pyarrow temp files all land on the /tmp emptyDir (the root filesystem is read-only)."""
+    key = f"k8s-test/{uuid.uuid4().hex[:8]}"
+    code = (
+        "import json, os; from eventpipe.settings import Settings; from eventpipe.sparkjobs.session import "
+        "build_session, s3a_uri; s = Settings.from_env(); spark = build_session(s, 'k8s-smoke'); "
+        f"uri = s3a_uri(s.archive_bucket, '{key}'); spark.range(1000).write.mode('overwrite').parquet(uri); "
+        "n = spark.read.parquet(uri).count(); import pyarrow.parquet as pq; "
+        "from eventpipe.results import emit; emit('spark', {'rows': n, 'java': os.environ['JAVA_HOME']})"
+    )
+    pod = _pod("spark_smoke", ["--help"], profile="spark-driver")
+    pod.spec.containers[0].command, pod.spec.containers[0].args = ["python", "-c", code], []
+    pod.spec.service_account_name = "eventpipe-task"  # local mode: no executor pods, no API access needed
+    run = _run(cluster, pod, timeout=400)
+    assert run.exit_code == 0, run.logs[-3000:]
+    assert run.xcom == {"rows": 1000, "java": "/opt/java"}
+
+
+def test_one_ingest_hour_drained_by_a_pod_gives_exact_counts(
+    cluster: Any, services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    start = utc("2026-03-01T10:00:00") + timedelta(days=uuid.uuid4().int % 200)
+    end = start + timedelta(hours=1)
+    produced = produce(
+        services, GeneratorConfig(start, end, 0.5, seed=31, malformed_rate=0.02), topics=topics, truth=False
+    )
+    assert produced.malformed > 0
+    args = ["drain", "--start", start.isoformat(), "--end", end.isoformat(), "--topics", ",".join(topics.values())]
+    pod = _pod("drain", args, profile="drain")
+    env = {e.name: e for e in pod.spec.containers[0].env}
+    assert env["AWS_SECRET_ACCESS_KEY"].value is None
+    assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "eventpipe-s3"
+    assert DEVSTACK_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in json.dumps(
+        cluster.api_client.sanitize_for_serialization(pod)
+    )
+    run = _run(cluster, pod)
+    assert run.exit_code == 0, run.logs[-3000:]
+    assert run.xcom is not None
+    assert run.xcom["consumed"] == produced.produced
+    assert run.xcom["indexed"] == produced.valid
+    assert run.xcom["dead_lettered"] == produced.malformed
+    es.indices.refresh(index=EVENTS_ALIAS)
+    es.indices.refresh(index=DLQ_INDEX)
+    indexed = sum(es.count(index=EVENTS_ALIAS, query={"term": {"kafka.topic": t}})["count"] for t in topics.values())
+    dead = sum(es.count(index=DLQ_INDEX, query={"term": {"source_topic": t}})["count"] for t in topics.values())
+    assert (indexed, dead) == (produced.valid, produced.malformed)
+
+
+def test_a_pod_whose_secret_is_missing_fails_with_a_clear_error(cluster: Any) -> None:
+    namespace = f"eventpipe-nosecret-{uuid.uuid4().hex[:6]}"
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "eventpipe-task", "namespace": namespace},
+            },
+        ],
+    }
+    kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    try:
+        run = _run(cluster, _pod("drain", ["--help"], namespace=namespace), timeout=120, expect_start=False)
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=false")
+    assert run.exit_code is None
+    assert run.waiting_reason == "CreateContainerConfigError"
+    assert 'secret "eventpipe-' in run.waiting_message and "not found" in run.waiting_message
+
+
+def _can(verb: str, resource: str, namespace: str, account: str) -> bool:
+    """``kubectl auth can-i`` as the service account, with the groups its token carries."""
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{account.split(':')[0]}", "system:authenticated"]
+    kind, _, sub = resource.partition("/")  # "pods/exec" would read as the pod named "exec"
+    out = kubectl(
+        "auth", "can-i", verb, kind, *([f"--subresource={sub}"] if sub else []), "-n", namespace,
+        f"--as=system:serviceaccount:{account}", *(f"--as-group={g}" for g in groups), check=False,
+    ).strip()  # fmt: skip
+    assert out in {"yes", "no"}, out
+    return out == "yes"
+
+
+@pytest.mark.parametrize(
+    ("account", "verb", "resource", "namespace", "allowed"),
+    [
+        # task pods: only VolumeSnapshots and reading PVCs, in their own namespace
+        ("eventpipe:eventpipe-task", "create", "volumesnapshots.snapshot.storage.k8s.io", "eventpipe", True),
+        ("eventpipe:eventpipe-task", "list", "persistentvolumeclaims", "eventpipe", True),
+        ("eventpipe:eventpipe-task", "get", "secrets", "eventpipe", False),
+        ("eventpipe:eventpipe-task", "create", "pods", "eventpipe", False),
+        ("eventpipe:eventpipe-task", "create", "volumesnapshots.snapshot.storage.k8s.io", "default", False),
+        ("eventpipe:eventpipe-task", "delete", "persistentvolumeclaims", "eventpipe", False),
+        ("eventpipe:eventpipe-task", "list", "nodes", "", False),
+        # the Spark driver: executor pods in its namespace, nothing else
+        ("eventpipe:eventpipe-spark", "create", "pods", "eventpipe", True),
+        ("eventpipe:eventpipe-spark", "create", "pods", "default", False),
+        ("eventpipe:eventpipe-spark", "get", "secrets", "eventpipe", False),
+        ("eventpipe:eventpipe-spark", "create", "pods/exec", "eventpipe", False),
+        # the Airflow worker launches task pods and execs into the xcom sidecar, only in eventpipe
+        ("airflow:airflow-worker", "create", "pods", "eventpipe", True),
+        ("airflow:airflow-worker", "create", "pods/exec", "eventpipe", True),
+        ("airflow:airflow-worker", "get", "secrets", "eventpipe", False),
+        ("airflow:airflow-worker", "create", "pods", "kube-system", False),
+        ("airflow:airflow-worker", "delete", "namespaces", "", False),
+    ],
+)
+def test_rbac_is_least_privilege(
+    cluster: Any, account: str, verb: str, resource: str, namespace: str, allowed: bool
+) -> None:
+    assert _can(verb, resource, namespace or "default", account) is allowed
+
+
+def test_spark_on_kubernetes_runs_executor_pods_on_the_same_image(cluster: Any, services: Settings) -> None:
+    """Client mode: the task pod is the driver (service account eventpipe-spark) and asks for 2 executor pods."""
+    key = f"k8s-test/{uuid.uuid4().hex[:8]}"
+    code = "\n".join(
+        [
+            "import socket, time",
+            "from eventpipe.results import emit",
+            "from eventpipe.settings import Settings",
+            "from eventpipe.sparkjobs.session import build_session, s3a_uri",
+            "s = Settings.from_env()",
+            "spark = build_session(s, 'k8s-executors')",
+            "sc = spark.sparkContext",
+            "deadline = time.time() + 240",
+            "while sc._jsc.sc().getExecutorMemoryStatus().size() - 1 < 2 and time.time() < deadline:",
+            "    time.sleep(1)",
+            "hosts = sc.parallelize(range(64), 8).map(lambda _: socket.gethostname()).distinct().collect()",
+            f"uri = s3a_uri(s.archive_bucket, '{key}')",
+            "spark.range(100000).repartition(4).write.mode('overwrite').parquet(uri)",
+            "rows = spark.read.parquet(uri).count()",
+            "emit('spark', {'executors': sc._jsc.sc().getExecutorMemoryStatus().size() - 1,",
+            "               'hosts': sorted(hosts), 'driver': socket.gethostname(), 'rows': rows})",
+            "spark.stop()",
+        ]
+    )
+    pod = _pod("train", ["--help"], profile="spark-driver")
+    container = pod.spec.containers[0]
+    container.command, container.args = ["python", "-c", code], []
+    container.env += [
+        _env("EVENTPIPE_SPARK_MASTER", "k8s://https://kubernetes.default.svc"),
+        _env("EVENTPIPE_SPARK_EXECUTORS", "2"),
+        _env("EVENTPIPE_SPARK_EXECUTOR_MEMORY", "768m"),
+        _env("EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES", "250m"),
+    ]
+    # the node has 2 CPUs: the driver reserves less than the production profile so both executors fit
+    container.resources.requests["cpu"] = "250m"
+    run = _run(cluster, pod, timeout=600)
+    assert run.exit_code == 0, run.logs[-4000:]
+    assert run.xcom is not None
+    assert run.xcom["executors"] >= 2
+    assert run.xcom["rows"] == 100000
+    executor_hosts = [h for h in run.xcom["hosts"] if h != run.xcom["driver"]]
+    assert len(executor_hosts) >= 2, run.xcom  # the work ran in at least two executor pods
+
+
+def _env(name: str, value: str) -> Any:
+    from kubernetes.client import models as k8s
+
+    return k8s.V1EnvVar(name=name, value=value)
