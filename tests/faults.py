@@ -159,6 +159,7 @@ def spare_kafka(home: Path, shared_home: Path) -> SpareService:
     class SpareBroker(Kafka):
         port = 19092
         controller_port = 19093
+        pod_port = None  # the shared broker owns the pod listener
 
     return SpareService(home, SpareBroker(), shared_home, ("kafka/jars",))
 

@@ -27,6 +27,7 @@ class Kafka(Service):
     name = "kafka"
     port = 9092
     controller_port = 9093
+    pod_port: int | None = podnet.KAFKA_POD_PORT  # the listener pods use (None: loopback only)
 
     def _jars(self) -> list[str]:
         return [str(p) for p in maven_classpath(POM, subdir("kafka", "jars"))]
@@ -43,14 +44,14 @@ class Kafka(Service):
         listeners = [f"PLAINTEXT://127.0.0.1:{self.port}", f"CONTROLLER://127.0.0.1:{self.controller_port}"]
         advertised = [f"PLAINTEXT://127.0.0.1:{self.port}"]
         protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
-        if podnet.present():
-            listeners.append(f"PODS://{podnet.NODE_IP}:{podnet.KAFKA_POD_PORT}")
-            advertised.append(f"PODS://{podnet.NODE_IP}:{podnet.KAFKA_POD_PORT}")
+        if self.pod_port and podnet.present():
+            listeners.append(f"PODS://{podnet.NODE_IP}:{self.pod_port}")
+            advertised.append(f"PODS://{podnet.NODE_IP}:{self.pod_port}")
             protocols.append("PODS:PLAINTEXT")
         return ",".join(listeners), ",".join(advertised), ",".join(protocols)
 
     def serves_pods(self) -> bool:
-        return port_open(podnet.KAFKA_POD_PORT, podnet.NODE_IP)
+        return bool(self.pod_port) and port_open(self.pod_port, podnet.NODE_IP)
 
     def _config(self) -> str:
         data = subdir("kafka", "data")
