@@ -58,20 +58,27 @@ def export_scorer(
 ) -> ScoringArtifact:
     """Read the coefficients and one-hot layout out of the fitted pipeline; collect the (small) baseline.
 
-    Layout of the assembled vector: ``FEATURES`` then the metric one-hot. With ``handleInvalid=keep``
-    the indexer maps unseen metrics to index ``len(labels)``; the encoder's vector has
-    ``categorySizes[0]`` slots minus one if ``dropLast``, and an index past the end is all zeros.
+    Layout of the assembled vector: ``FEATURES`` then the metric one-hot. The indexer
+    (``handleInvalid=keep``) maps an unseen metric to ``len(labels)``; the encoder's vector size and
+    the slot of each index follow ``OneHotEncoderModel`` (an index at or past the size is all zeros).
     """
     indexer, encoder, _assembler, lr = model.stages
     labels = list(indexer.labelsArray[0])
     if lr.numClasses != 2:
         raise ValueError(f"expected a binary logistic regression, got {lr.numClasses} classes")
     coefficients = [float(c) for c in lr.coefficients.toArray()]
-    slots = int(encoder.categorySizes[0]) - (1 if encoder.getDropLast() else 0)
-    if len(coefficients) != len(FEATURES) + slots:
-        raise ValueError(f"{len(coefficients)} coefficients, expected {len(FEATURES)} features + {slots} one-hot")
+    categories = int(encoder.categorySizes[0])
+    keep, drop_last = encoder.getHandleInvalid() == "keep", encoder.getDropLast()
+    size = categories + (1 if keep and not drop_last else 0) - (1 if drop_last and not keep else 0)
+    if len(coefficients) != len(FEATURES) + size:
+        raise ValueError(f"{len(coefficients)} coefficients, expected {len(FEATURES)} features + {size} one-hot")
     one_hot = coefficients[len(FEATURES) :]
-    metric_coefficients = [one_hot[i] if i < slots else 0.0 for i in range(len(labels) + 1)]
+
+    def weight(index: int) -> float:
+        slot = index if index < categories else (categories if keep else None)
+        return one_hot[slot] if slot is not None and slot < size else 0.0
+
+    metric_coefficients = [weight(i) for i in range(len(labels) + 1)]
     rows = baseline.orderBy("kind", "metric", "hour").collect()
     return ScoringArtifact(
         features=list(FEATURES),
