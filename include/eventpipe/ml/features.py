@@ -79,7 +79,7 @@ def _robust(rows: DataFrame, keys: list[str]) -> DataFrame:
 
     medians = rows.groupBy(*keys).agg(F.percentile("value", F.lit(0.5)).alias("median"), F.count("*").alias("n"))
     spread = (
-        rows.join(medians, keys)
+        rows.join(F.broadcast(medians), keys)  # a few hundred groups: never shuffle the readings for this join
         .groupBy(*keys)
         .agg(F.percentile(F.abs(F.col("value") - F.col("median")), F.lit(0.5)).alias("mad"))
     )

@@ -58,25 +58,27 @@ def export_scorer(
 ) -> ScoringArtifact:
     """Read the coefficients and one-hot layout out of the fitted pipeline; collect the (small) baseline.
 
-    Layout of the assembled vector: ``FEATURES`` then the metric one-hot. With ``handleInvalid=keep``
-    the indexer maps unseen metrics to index ``len(labels)``; an index past the one-hot's end is all zeros.
+    Layout of the assembled vector: ``FEATURES`` then the metric one-hot. The indexer
+    (``handleInvalid=keep``) maps an unseen metric to ``len(labels)``; the encoder's vector size and
+    the slot of each index follow ``OneHotEncoderModel`` (an index at or past the size is all zeros).
     """
     indexer, encoder, _assembler, lr = model.stages
     labels = list(indexer.labelsArray[0])
     if lr.numClasses != 2:
         raise ValueError(f"expected a binary logistic regression, got {lr.numClasses} classes")
     coefficients = [float(c) for c in lr.coefficients.toArray()]
-    # The one-hot width is what the model was fitted on (the encoder's categorySizes may or may not count
-    # the indexer's "unseen" index, depending on the column metadata): slot i is label i, and the unseen
-    # index len(labels) has a slot only when the vector is that wide; past the end it is all zeros.
-    slots = lr.numFeatures - len(FEATURES)
-    if len(coefficients) != lr.numFeatures or slots not in (len(labels), len(labels) + 1):
-        raise ValueError(
-            f"{len(coefficients)} coefficients for {lr.numFeatures} features: expected {len(FEATURES)} features "
-            f"+ a one-hot of {len(labels)} metrics (+1 for unseen); encoder categorySizes {encoder.categorySizes}"
-        )
+    categories = int(encoder.categorySizes[0])
+    keep, drop_last = encoder.getHandleInvalid() == "keep", encoder.getDropLast()
+    size = categories + (1 if keep and not drop_last else 0) - (1 if drop_last and not keep else 0)
+    if len(coefficients) != len(FEATURES) + size:
+        raise ValueError(f"{len(coefficients)} coefficients, expected {len(FEATURES)} features + {size} one-hot")
     one_hot = coefficients[len(FEATURES) :]
-    metric_coefficients = [one_hot[i] if i < slots else 0.0 for i in range(len(labels) + 1)]
+
+    def weight(index: int) -> float:
+        slot = index if index < categories else (categories if keep else None)
+        return one_hot[slot] if slot is not None and slot < size else 0.0
+
+    metric_coefficients = [weight(i) for i in range(len(labels) + 1)]
     rows = baseline.orderBy("kind", "metric", "hour").collect()
     return ScoringArtifact(
         features=list(FEATURES),

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
+# what features, labels, the fit and the event-level evaluation need of an exploded reading
+TRAIN_COLUMNS = ("event_id", "event_time", "kind", "metric", "value", "hour", "day", "label")
 
 
 @dataclass(frozen=True)
@@ -238,13 +240,18 @@ def train(
     lineage_days = _manifests(s3, bucket, [*train_days, test_day])
 
     phase = _Phases(spark, timings)
-    rows = explode_metrics(read_archive(spark, s3, bucket, [*train_days, test_day]))
-    lo = datetime.combine(train_days[0], datetime.min.time(), tzinfo=timezone.utc)
-    hi = datetime.combine(test_day, datetime.max.time(), tzinfo=timezone.utc)
-    truth = read_truth(spark, s3, bucket, truth_prefix).where(F.col("event_time").between(lo, hi))
-    labelled = with_labels(rows, truth)
-    train_rows = labelled.where(F.col("day") < F.lit(test_day))
-    test_rows = labelled.where(F.col("day") == F.lit(test_day)).cache()
+    with phase("read"):
+        # One pass over S3: read, explode, label, keep only what training and evaluation use, cache.
+        # Every later pass (4 baseline aggregations, features, fit, threshold, evaluation) reads memory.
+        rows = explode_metrics(read_archive(spark, s3, bucket, [*train_days, test_day]))
+        lo = datetime.combine(train_days[0], datetime.min.time(), tzinfo=timezone.utc)
+        hi = datetime.combine(test_day, datetime.max.time(), tzinfo=timezone.utc)
+        truth = read_truth(spark, s3, bucket, truth_prefix).where(F.col("event_time").between(lo, hi))
+        labelled = with_labels(rows, truth).select(*TRAIN_COLUMNS).cache()
+        labelled.count()
+        train_rows = labelled.where(F.col("day") < F.lit(test_day))
+        test_rows = labelled.where(F.col("day") == F.lit(test_day)).cache()
+        test_rows.count()
 
     with phase("baseline"):
         baseline = fit_baseline(train_rows).cache()
@@ -252,6 +259,7 @@ def train(
     with phase("features"):
         train_set = add_features(train_rows, baseline).cache()
         n_train = train_set.count()
+        labelled.unpersist()  # train_set and test_rows hold all that is still needed
     with phase("fit"):
         model = pipeline(params).fit(train_set)
     with phase("threshold"):
