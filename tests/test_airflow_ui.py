@@ -161,8 +161,8 @@ def _trigger_through_the_ui(airflow: Airflow, api: AirflowClient, browser: WebDr
 
 SCREENSHOTS = {
     "dag-list": ("/dags", "eventpipe_ingest"),
-    "ingest-grid": (f"/dags/{INGEST_DAG}/grid", INGEST_DAG),
-    "archive-runs": ("/dags/eventpipe_archive_nightly/runs", "eventpipe_archive_nightly"),
+    "ingest-dag": (f"/dags/{INGEST_DAG}", INGEST_DAG),
+    "archive-dag": ("/dags/eventpipe_archive_nightly", "eventpipe_archive_nightly"),
 }
 
 
