@@ -199,7 +199,7 @@ def test_dashboard_queries_match_series_prometheus_receives(
     """
     day, topics = drained_day
     began = time.time()
-    for task in ("snapshot", "archive"):  # unlabelled groups: reset, so only this run's pushes count
+    for task in ("snapshot", "archive", "verify"):  # unlabelled groups: reset, so only this run's pushes count
         _delete_group(task=task)
     _cli(pipeline_env, "archive", "snapshot-pre", "--day", day.isoformat())
     try:
@@ -235,6 +235,7 @@ def test_dashboard_queries_match_series_prometheus_receives(
             *(({"task": "drain", "topic": t}, 0.0) for t in topics.values()),
             ({"task": "snapshot"}, began),
             ({"task": "archive"}, began),
+            ({"task": "verify"}, began),
             ({"task": "failure", "dag": dag, "failed_task": "drain"}, began),
             ({"task": "dagrun", "dag": dag}, began),
         ):
