@@ -199,7 +199,7 @@ def test_dashboard_queries_match_series_prometheus_receives(
     """
     day, topics = drained_day
     began = time.time()
-    for task in ("snapshot", "archive"):  # unlabelled groups: reset, so only this run's pushes count
+    for task in ("snapshot", "archive", "verify"):  # unlabelled groups: reset, so only this run's pushes count
         _delete_group(task=task)
     _cli(pipeline_env, "archive", "snapshot-pre", "--day", day.isoformat())
     try:
@@ -230,17 +230,19 @@ def test_dashboard_queries_match_series_prometheus_receives(
         sys.path.remove(str(REPO_ROOT / "plugins"))
 
     try:
-        # every group this test pushed has been scraped after the push
-        for grouping in (
-            *({"task": "drain", "topic": t} for t in topics.values()),
-            {"task": "snapshot"},
-            {"task": "archive"},
-            {"task": "failure", "dag": dag, "failed_task": "drain"},
-            {"task": "dagrun", "dag": dag},
+        # every group of this run has been scraped after its push (the drains' topics are this run's own)
+        for grouping, since in (
+            *(({"task": "drain", "topic": t}, 0.0) for t in topics.values()),
+            ({"task": "snapshot"}, began),
+            ({"task": "archive"}, began),
+            ({"task": "verify"}, began),
+            ({"task": "failure", "dag": dag, "failed_task": "drain"}, began),
+            ({"task": "dagrun", "dag": dag}, began),
         ):
             selector = ",".join(f'{k}="{v}"' for k, v in {"job": "eventpipe", **grouping}.items())
             _eventually(
-                lambda s=selector: _query(f"push_time_seconds{{{s}}} > {began}"), f"a scrape of the push {{{selector}}}"
+                lambda s=selector, t=since: _query(f"push_time_seconds{{{s}}} > {t}"),
+                f"a scrape of the push {{{selector}}}",
             )
         received = set(
             httpx.get(f"{PROMETHEUS}/api/v1/label/__name__/values", params={"start": began}, timeout=10.0).json()[
