@@ -111,14 +111,20 @@ def test_flood_stage_block_during_drain_is_waited_out_exactly(
     day_index = f"eventpipe-events-{h0.strftime('%Y.%m.%d')}"
     es.options(ignore_status=400).indices.create(index=day_index)
     es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": True})
-    release = threading.Timer(
-        4.0, lambda: es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": None})
-    )
+
+    def release_once_blocked() -> None:
+        # the drain saves its plan, then bulks: keep the block for 4 s of its item retries (which span ~31 s)
+        _wait_for(lambda: ManifestStore(es).get(iot, h0, h1) is not None, 120, "the drain's plan")
+        time.sleep(4.0)
+        es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": None})
+
+    release = threading.Thread(target=release_once_blocked, daemon=True)
     release.start()
     try:
         result = drain_interval(services, iot, h0, h1)
     finally:
-        release.join()
+        release.join(130)
+        es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": None})
     assert result.bulk_retried_items > 0  # the block really rejected writes, and they were retried
     assert result.dead_lettered == dead_letters_of(es, iot)  # blocked items are retried, never dead-lettered
     consumer = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap, group_id=CONSUMER_GROUP)
