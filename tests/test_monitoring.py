@@ -208,6 +208,7 @@ def test_dashboard_queries_match_series_prometheus_receives(
         _cli(pipeline_env, "archive", "snapshot-post", "--day", day.isoformat())
     _cli(pipeline_env, "archive", "write", "--day", day.isoformat())
     _cli(pipeline_env, "archive", "verify", "--day", day.isoformat())
+    _cli(pipeline_env, "ledger", "--topics", ",".join(topics.values()))  # the offset ledger's panel
 
     dag = f"eventpipe_dashboard_test_{uuid.uuid4().hex[:8]}"
     sys.path.insert(0, str(REPO_ROOT / "plugins"))
@@ -233,6 +234,7 @@ def test_dashboard_queries_match_series_prometheus_receives(
         # every group of this run has been scraped after its push (the drains' topics are this run's own)
         for grouping, since in (
             *(({"task": "drain", "topic": t}, 0.0) for t in topics.values()),
+            *(({"task": "ledger", "topic": t}, began) for t in topics.values()),
             ({"task": "snapshot"}, began),
             ({"task": "archive"}, began),
             ({"task": "verify"}, began),
