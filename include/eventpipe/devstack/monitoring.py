@@ -19,8 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, Service, pid_of, start_process, subdir
+from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, Service, pid_of, run_step, start_process, subdir
 
 CONFIG_DIR = REPO_ROOT / "devstack" / "monitoring"
 RULES_SOURCE = REPO_ROOT / "deploy" / "prometheusrule.yaml"
@@ -44,28 +42,6 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per health
 
 STATSD_EXPORTER_MODULE = "github.com/prometheus/statsd_exporter"
 STATSD_EXPORTER_VERSION = "v0.31.0"
-
-
-def _progress(message: str) -> None:
-    """A progress line on stderr, so stdout stays machine-readable."""
-    print(f"[devstack {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _run(cmd: Sequence[str], what: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a long install step, printing elapsed time every 10 s; output is shown only on failure."""
-    began = time.monotonic()
-    _progress(f"{what} …")
-    with subprocess.Popen(
-        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
-    ) as proc:
-        while True:
-            try:
-                out, err = proc.communicate(timeout=10)
-                break
-            except subprocess.TimeoutExpired:
-                _progress(f"{what} … {time.monotonic() - began:.0f}s")
-    _progress(f"{what}: {'done' if proc.returncode == 0 else 'FAILED'} in {time.monotonic() - began:.1f}s")
-    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
 
 
 @contextlib.contextmanager
@@ -97,10 +73,10 @@ def ensure_debian_packages(binaries: dict[str, str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
     with _no_service_starts():
-        result = _run(cmd, f"apt-get install {' '.join(missing)}", env)
+        result = run_step(cmd, f"apt-get install {' '.join(missing)}", env=env)
         if result.returncode != 0:  # stale package lists: refresh once and retry
-            _run(["apt-get", "update", "-q"], "apt-get update", env)
-            result = _run(cmd, f"apt-get install {' '.join(missing)} (after update)", env)
+            run_step(["apt-get", "update", "-q"], "apt-get update", env=env)
+            result = run_step(cmd, f"apt-get install {' '.join(missing)} (after update)", env=env)
     if result.returncode != 0:
         raise DevstackError(f"apt-get install {' '.join(missing)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
 
@@ -274,7 +250,7 @@ class StatsdExporter(Service):
         ldflags = f"-s -w -X github.com/prometheus/common/version.Version={version}"
         env = {**os.environ, "GOBIN": str(self.binary.parent)}
         module = f"{STATSD_EXPORTER_MODULE}@{STATSD_EXPORTER_VERSION}"
-        result = _run([go, "install", "-trimpath", "-ldflags", ldflags, module], f"building {module}", env)
+        result = run_step([go, "install", "-trimpath", "-ldflags", ldflags, module], f"building {module}", env=env)
         if result.returncode != 0:
             raise DevstackError(f"go install {module} failed:\n{(result.stdout + result.stderr)[-4000:]}")
         marker.write_text(STATSD_EXPORTER_VERSION)
