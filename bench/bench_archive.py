@@ -29,7 +29,6 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import Run
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_bounds, day_index, read_index, read_slices
 from eventpipe.archive.layout import ARCHIVE_SCHEMA
 from eventpipe.archive.writer import archive_day
@@ -108,7 +107,7 @@ def main() -> None:
     settings = Settings.from_env()
     es = client(settings)
     ensure_indices(es)
-    cfg = ArchiveConfig.from_env()
+    cfg = Settings.from_env().archive
     day = date(2024, 6, 1) + timedelta(days=args.events % 97)
     console = Console()
     console.print(f"loading {args.events} events into {day_index(day)} …")
@@ -167,7 +166,7 @@ def main() -> None:
     if not args.read_only:
         # ceiling: raw pyarrow write of the same rows + one put per file (same file split and SSE)
         s3 = s3_client(settings)
-        ensure_bucket(settings, settings.archive_bucket)
+        ensure_bucket(settings, settings.s3.bucket)
         began = time.perf_counter()
         ceiling_bytes = 0
         for number, offset in enumerate(range(0, table.num_rows, cfg.rows_per_file)):
@@ -176,12 +175,12 @@ def main() -> None:
             body = buffer.getvalue()
             ceiling_bytes += len(body)
             s3.put_object(
-                Bucket=settings.archive_bucket, Key=f"bench/ceiling/part-{number:05d}.parquet", Body=body,
+                Bucket=settings.s3.bucket, Key=f"bench/ceiling/part-{number:05d}.parquet", Body=body,
                 ServerSideEncryption=cfg.sse,
             )  # fmt: skip
         ceiling_s = time.perf_counter() - began
 
-        s3.delete_object(Bucket=settings.archive_bucket, Key=f"events/date={day.isoformat()}/_MANIFEST.json")
+        s3.delete_object(Bucket=settings.s3.bucket, Key=f"events/date={day.isoformat()}/_MANIFEST.json")
         began = time.perf_counter()
         result = archive_day(settings, es, cfg, day)
         archive_s = time.perf_counter() - began

@@ -32,7 +32,7 @@ DAY = utc("2024-01-01T00:00:00")
 
 def kafka_ceiling(settings: Settings, topic: str, expected: int) -> float:
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        bootstrap_servers=settings.kafka.bootstrap,
         enable_auto_commit=False,
         max_poll_records=5000,
         fetch_max_bytes=64 << 20,
@@ -61,7 +61,7 @@ def es_ceiling(settings: Settings, topic: str, expected: int, chunk: int = 5000)
         settings={"number_of_shards": 1, "number_of_replicas": 0},
     )
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, max_poll_records=chunk
+        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False, max_poll_records=chunk
     )
     consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))])
     consumer.seek_to_beginning()

@@ -80,9 +80,9 @@ def main() -> None:
     run = Run("score")
     up(DATA_SERVICES)
     console = Console(width=150)
-    settings = Settings.from_env(env).model_copy(update={"archive_bucket": f"bench-score-{uuid.uuid4().hex[:8]}"})
-    env["EVENTPIPE_ARCHIVE_BUCKET"] = settings.archive_bucket
-    ensure_bucket(settings, settings.archive_bucket)
+    settings = Settings.from_env(env).updated(s3={"bucket": f"bench-score-{uuid.uuid4().hex[:8]}"})
+    env["EVENTPIPE_ARCHIVE_BUCKET"] = settings.s3.bucket
+    ensure_bucket(settings, settings.s3.bucket)
     s3 = s3_client(settings)
     es = client(settings)
     events: list = []
@@ -166,7 +166,7 @@ def main() -> None:
             body = [{"delete": {"_index": ANOMALY_INDEX, "_id": doc_id}} for doc_id in ids[offset : offset + 5000]]
             es.bulk(operations=body)
         es.indices.delete(index=f"{EVENTS_PREFIX}-2029.04.0*", allow_no_indices=True)
-        delete_bucket(s3, settings.archive_bucket)
+        delete_bucket(s3, settings.s3.bucket)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,8 @@ def main() -> None:
     run = Run("train")
     up(["s3"])
     bucket = args.bucket or f"bench-ml-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env(local_env()).model_copy(update={"archive_bucket": bucket})
-    ensure_bucket(settings, settings.archive_bucket)
+    settings = Settings.from_env(local_env()).updated(s3={"bucket": bucket})
+    ensure_bucket(settings, settings.s3.bucket)
     s3 = s3_client(settings)
     os.environ["EVENTPIPE_SPARK_UI"] = "1"  # the per-phase profile comes from the UI's REST API
     start = utc("2024-06-01T00:00:00")
@@ -123,15 +123,15 @@ def main() -> None:
         else:
             _generated, gen_s = timed(lambda: write_generated_archive(settings, config))
         spark = build_session(settings, "eventpipe-bench-train")
-        days = committed_days(s3, settings.archive_bucket)
-        rows = read_archive(spark, s3, settings.archive_bucket, days).count()
-        read_archive(spark, s3, settings.archive_bucket, days).count()  # warm-up: JVM, s3a client, file footers
+        days = committed_days(s3, settings.s3.bucket)
+        rows = read_archive(spark, s3, settings.s3.bucket, days).count()
+        read_archive(spark, s3, settings.s3.bucket, days).count()  # warm-up: JVM, s3a client, file footers
 
-        n_scan, scan_s = timed(lambda: read_archive(spark, s3, settings.archive_bucket, days).count())
+        n_scan, scan_s = timed(lambda: read_archive(spark, s3, settings.s3.bucket, days).count())
         assert n_scan == rows, (n_scan, rows)
 
         def feature_pass() -> int:
-            readings = explode_metrics(read_archive(spark, s3, settings.archive_bucket, days))
+            readings = explode_metrics(read_archive(spark, s3, settings.s3.bucket, days))
             return add_features(readings, fit_baseline(readings)).count()
 
         n_readings, feat_s = timed(feature_pass)
@@ -196,9 +196,9 @@ def main() -> None:
         console.print(f"results: {', '.join(str(p) for p in paths)}")
     finally:
         if not args.keep and not args.bucket:
-            delete_bucket(s3, settings.archive_bucket)
+            delete_bucket(s3, settings.s3.bucket)
         elif not args.bucket:
-            print(f"kept the archive: --bucket {settings.archive_bucket}")
+            print(f"kept the archive: --bucket {settings.s3.bucket}")
 
 
 if __name__ == "__main__":

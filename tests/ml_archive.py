@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from elasticsearch import Elasticsearch
 
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_index, late_index
 from eventpipe.archive.layout import manifest_key
 from eventpipe.archive.writer import archive_day
@@ -45,11 +44,9 @@ def write_committed_day(settings: Settings, es: Elasticsearch, day: date, events
     for offset in range(0, len(actions), 5000):
         assert not bulk_index(es, actions[offset : offset + 5000]).rejected
     es.indices.refresh(index=day_index(day))
-    written = archive_day(settings, es, ArchiveConfig.from_env(), day)
+    written = archive_day(settings, es, Settings.from_env().archive, day)
     assert written.rows == len(events)
-    return json.loads(
-        s3_client(settings).get_object(Bucket=settings.archive_bucket, Key=manifest_key(day))["Body"].read()
-    )
+    return json.loads(s3_client(settings).get_object(Bucket=settings.s3.bucket, Key=manifest_key(day))["Body"].read())
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -74,7 +71,7 @@ def write_generated_archive(settings: Settings, config: GeneratorConfig) -> Gene
     key = truth_key(config)
     s3 = s3_client(settings)
     s3.put_object(
-        Bucket=settings.archive_bucket, Key=key, Body=_parquet(pa.Table.from_pylist(anomalies, schema=TRUTH_SCHEMA))
+        Bucket=settings.s3.bucket, Key=key, Body=_parquet(pa.Table.from_pylist(anomalies, schema=TRUTH_SCHEMA))
     )
     return GeneratedArchive(config, sorted(by_day), dict(by_day), anomalies, key)
 

@@ -10,7 +10,6 @@ import pytest
 from elasticsearch import Elasticsearch, NotFoundError, helpers
 from kafka import KafkaProducer
 
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_bounds, day_index, late_index, snapshot_name
 from eventpipe.archive.late import sweep_late
 from eventpipe.archive.layout import committed_days, manifest_key, partition_prefix
@@ -29,7 +28,7 @@ from eventpipe.events.schema import Event
 from eventpipe.ingest.drain import drain_interval
 from eventpipe.ingest.elastic import EVENTS_ALIAS, MANIFEST_INDEX, client
 from eventpipe.k8s.schemas import CrdValidationError
-from eventpipe.settings import Settings
+from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.s3 import s3_client
 
 from .faults import CuttableProxy
@@ -43,8 +42,8 @@ def _day(seed: int) -> date:
 
 
 @pytest.fixture()
-def cfg() -> ArchiveConfig:
-    return ArchiveConfig.from_env()
+def cfg() -> ArchiveSettings:
+    return Settings.from_env().archive
 
 
 def _forget_day(settings: Settings, day: date) -> None:
@@ -56,14 +55,14 @@ def _forget_day(settings: Settings, day: date) -> None:
         es, index=MANIFEST_INDEX, query={"query": {"range": {"interval_start": {"gte": start, "lt": end}}}}
     )
     helpers.bulk(es, ({"_op_type": "delete", "_index": MANIFEST_INDEX, "_id": hit["_id"]} for hit in old), refresh=True)
-    cfg = ArchiveConfig.from_env()
+    cfg = Settings.from_env().archive
     ensure_repository(es, cfg)
     with contextlib.suppress(NotFoundError):
         es.snapshot.delete(repository=cfg.repository, snapshot=snapshot_name(day))
     s3 = s3_client(settings)
-    listed = s3.list_objects_v2(Bucket=settings.archive_bucket, Prefix=partition_prefix(day)).get("Contents", [])
+    listed = s3.list_objects_v2(Bucket=settings.s3.bucket, Prefix=partition_prefix(day)).get("Contents", [])
     for obj in listed:
-        s3.delete_object(Bucket=settings.archive_bucket, Key=obj["Key"])
+        s3.delete_object(Bucket=settings.s3.bucket, Key=obj["Key"])
 
 
 def _closed_day(settings: Settings, topics: dict[str, str], seed: int, rate: float = 0.02):
@@ -78,7 +77,7 @@ def _closed_day(settings: Settings, topics: dict[str, str], seed: int, rate: flo
     return day, produced
 
 
-def _archive(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day: date, topics: dict[str, str]):
+def _archive(settings: Settings, es: Elasticsearch, cfg: ArchiveSettings, day: date, topics: dict[str, str]):
     quiesce_day(es, day, list(topics.values()))
     pre_hook(es, day)
     try:
@@ -90,11 +89,11 @@ def _archive(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day: dat
 
 def _manifest(settings: Settings, day: date) -> dict:
     s3 = s3_client(settings)
-    return json.loads(s3.get_object(Bucket=settings.archive_bucket, Key=manifest_key(day))["Body"].read())
+    return json.loads(s3.get_object(Bucket=settings.s3.bucket, Key=manifest_key(day))["Body"].read())
 
 
 def test_nightly_archive_is_consistent_verified_and_restorable(
-    services: Settings, es: Elasticsearch, cfg: ArchiveConfig, topics: dict[str, str]
+    services: Settings, es: Elasticsearch, cfg: ArchiveSettings, topics: dict[str, str]
 ) -> None:
     day, produced = _closed_day(services, topics, seed=11)
     snap, written = _archive(services, es, cfg, day, topics)
@@ -116,12 +115,12 @@ def test_nightly_archive_is_consistent_verified_and_restorable(
     drained = sum(end - start for parts in manifest["kafka_offsets"].values() for start, end in parts.values())
     assert drained == produced.produced  # offsets cover valid and dead-lettered records alike
     assert all(entry["key"].startswith(partition_prefix(day)) for entry in manifest["files"])
-    assert day in committed_days(s3_client(services), services.archive_bucket)
+    assert day in committed_days(s3_client(services), services.s3.bucket)
 
     verified = verify_day(services, es, cfg, day)
     assert verified.rows == verified.es_documents == produced.valid
     assert verified.encrypted_files == verified.files  # SSE requested and reported by the server
-    assert is_verified(s3_client(services), services.archive_bucket, day)
+    assert is_verified(s3_client(services), services.s3.bucket, day)
 
     again = archive_day(services, es, cfg, day)  # a rerun of the night is a no-op
     assert again.status == "unchanged" and again.revision == written.revision == 1
@@ -133,12 +132,12 @@ def test_nightly_archive_is_consistent_verified_and_restorable(
 
     # the model reads the writer's manifest and writes back exactly its bytes
     s3 = s3_client(services)
-    raw = s3.get_object(Bucket=services.archive_bucket, Key=manifest_key(day))["Body"].read()
+    raw = s3.get_object(Bucket=services.s3.bucket, Key=manifest_key(day))["Body"].read()
     assert ArchiveManifest.from_bytes(raw).to_bytes() == raw
 
     # a corrupted object is a permanent failure of verify and restore (no retry can fix it)
     first = manifest["files"][0]["key"]
-    s3.put_object(Bucket=services.archive_bucket, Key=first, Body=b"not the archived parquet")
+    s3.put_object(Bucket=services.s3.bucket, Key=first, Body=b"not the archived parquet")
     with pytest.raises(ChecksumMismatch, match="sha256 differs from the manifest"):
         verify_day(services, es, cfg, day)
     with pytest.raises(ChecksumMismatch):
@@ -163,7 +162,7 @@ def test_quiesce_waits_for_every_interval_of_the_day(
 
 
 def test_late_event_after_archive_gets_a_new_revision(
-    services: Settings, es: Elasticsearch, cfg: ArchiveConfig, topics: dict[str, str]
+    services: Settings, es: Elasticsearch, cfg: ArchiveSettings, topics: dict[str, str]
 ) -> None:
     day, produced = _closed_day(services, topics, seed=13, rate=0.005)
     _archive(services, es, cfg, day, topics)
@@ -179,7 +178,7 @@ def test_late_event_after_archive_gets_a_new_revision(
         metrics={"temperature": 21.5},
     )
     arrival = day_bounds(day)[1] + timedelta(minutes=30)
-    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap)
+    producer = KafkaProducer(bootstrap_servers=services.kafka.bootstrap)
     producer.send(
         topics["iot"], json.dumps(late.document()).encode(), timestamp_ms=int(arrival.timestamp() * 1000)
     ).get(timeout=30)
@@ -198,43 +197,43 @@ def test_late_event_after_archive_gets_a_new_revision(
     manifest = _manifest(services, day)
     assert manifest["revision"] == 2 and manifest["rows"] == produced.valid + 1
     assert manifest["sources"][late_index(day)]["rows"] == 1
-    assert is_verified(s3_client(services), services.archive_bucket, day)
+    assert is_verified(s3_client(services), services.s3.bucket, day)
     assert sweep_late(services, es, cfg).rearchived == {}  # nothing new: no further revision
 
 
 def test_s3_outage_mid_archive_leaves_no_visible_partition_and_retry_completes(
-    services: Settings, es: Elasticsearch, cfg: ArchiveConfig, topics: dict[str, str]
+    services: Settings, es: Elasticsearch, cfg: ArchiveSettings, topics: dict[str, str]
 ) -> None:
     day, produced = _closed_day(services, topics, seed=14, rate=0.05)
     quiesce_day(es, day, list(topics.values()))
     small_files = cfg.model_copy(update={"rows_per_file": 500})  # many files: the cut lands mid-partition
-    proxy = CuttableProxy(int(str(services.s3_endpoint).rsplit(":", 1)[1]), cut_after_bytes=60_000)
-    flaky = services.model_copy(update={"s3_endpoint": proxy.url})
+    proxy = CuttableProxy(int(str(services.s3.endpoint).rsplit(":", 1)[1]), cut_after_bytes=60_000)
+    flaky = services.updated(s3={"endpoint": proxy.url})
     s3 = s3_client(services)
     try:
         with pytest.raises(Exception):  # noqa: B017 - any S3 transport error fails the task
             archive_day(flaky, es, small_files, day)
         assert proxy.forwarded > 0
-        assert day not in committed_days(s3, services.archive_bucket)  # nothing a reader may trust
+        assert day not in committed_days(s3, services.s3.bucket)  # nothing a reader may trust
         proxy.heal()
         written = archive_day(flaky, es, small_files, day)
     finally:
         proxy.close()
     assert written.status == "written" and written.rows == produced.valid and written.files > 3
     assert verify_day(services, es, small_files, day).rows == produced.valid
-    leftovers = s3.list_objects_v2(Bucket=services.archive_bucket, Prefix=f"_staging/events/date={day.isoformat()}/")
+    leftovers = s3.list_objects_v2(Bucket=services.s3.bucket, Prefix=f"_staging/events/date={day.isoformat()}/")
     assert leftovers.get("KeyCount", 0) == 0
     listed = {entry["key"] for entry in _manifest(services, day)["files"]}
     in_partition = {
         obj["Key"]
-        for obj in s3.list_objects_v2(Bucket=services.archive_bucket, Prefix=partition_prefix(day))["Contents"]
+        for obj in s3.list_objects_v2(Bucket=services.s3.bucket, Prefix=partition_prefix(day))["Contents"]
         if obj["Key"].endswith(".parquet")
     }
     assert in_partition == listed  # partial files of the failed attempt are gone
 
 
 def test_retention_deletes_only_verified_days(
-    services: Settings, es: Elasticsearch, cfg: ArchiveConfig, topics: dict[str, str]
+    services: Settings, es: Elasticsearch, cfg: ArchiveSettings, topics: dict[str, str]
 ) -> None:
     verified_day, _ = _closed_day(services, topics, seed=15, rate=0.002)
     unverified_day, _ = _closed_day(services, topics, seed=16, rate=0.002)
@@ -242,7 +241,7 @@ def test_retention_deletes_only_verified_days(
         _archive(services, es, cfg, day, topics)
     verify_day(services, es, cfg, verified_day)
     s3 = s3_client(services)
-    s3.delete_object(Bucket=services.archive_bucket, Key=partition_prefix(unverified_day) + "_VERIFIED.json")
+    s3.delete_object(Bucket=services.s3.bucket, Key=partition_prefix(unverified_day) + "_VERIFIED.json")
 
     result = apply_retention(services, es, cfg, date(2099, 1, 1), only={verified_day, unverified_day})
     assert result.deleted_indices == [day_index(verified_day)]
@@ -254,9 +253,9 @@ def test_retention_deletes_only_verified_days(
         verify_day(services, es, cfg, verified_day)
 
 
-def test_volume_snapshots_are_valid_custom_resources(cfg: ArchiveConfig) -> None:
-    objects = snapshot_objects(cfg, date(2026, 3, 1), ["data-kafka-0", "data-elasticsearch-0"])
+def test_volume_snapshots_are_valid_custom_resources(cfg: ArchiveSettings) -> None:
+    objects = snapshot_objects(cfg, date(2026, 3, 1), ["data-kafka-0", "data-elasticsearch-0"], "eventpipe")
     assert [o["metadata"]["name"] for o in objects] == ["data-kafka-0-20260301", "data-elasticsearch-0-20260301"]
     assert all(o["spec"]["volumeSnapshotClassName"] == cfg.volume_snapshot_class for o in objects)
     with pytest.raises(CrdValidationError):
-        snapshot_objects(cfg.model_copy(update={"namespace": "Not_A_Namespace"}), date(2026, 3, 1), ["pvc"])
+        snapshot_objects(cfg, date(2026, 3, 1), ["pvc"], "Not_A_Namespace")

@@ -127,7 +127,7 @@ def test_archive_backfill_commits_each_day_with_the_elasticsearch_counts(
 
     s3 = s3_client(services)
     for day in days:
-        manifest = json.loads(s3.get_object(Bucket=services.archive_bucket, Key=manifest_key(day))["Body"].read())
+        manifest = json.loads(s3.get_object(Bucket=services.s3.bucket, Key=manifest_key(day))["Body"].read())
         indices = ",".join((day_index(day), late_index(day)))
         es.indices.refresh(index=indices, ignore_unavailable=True)
         in_es = es.count(index=indices, ignore_unavailable=True)["count"]

@@ -205,9 +205,9 @@ def test_storage_and_snapshot_classes() -> None:
     assert data["parameters"] == {"repl": "3", "io_profile": "db_remote", "priority_io": "high", "secure": "true"}
     assert data["reclaimPolicy"] == "Retain"
     assert scratch["parameters"]["repl"] == "2"
-    from eventpipe.archive.config import ArchiveConfig
+    from eventpipe.settings import ArchiveSettings
 
-    assert ArchiveConfig().volume_snapshot_class == k8s.SNAPSHOT_CLASS
+    assert ArchiveSettings().volume_snapshot_class == k8s.SNAPSHOT_CLASS
     vsc = _one("VolumeSnapshotClass", k8s.SNAPSHOT_CLASS)
     assert vsc["driver"] == "pxd.portworx.com" and vsc["deletionPolicy"] == "Retain"
     assert vsc["metadata"]["labels"][k8s.SNAPSHOT_CLASS_LABEL] == k8s.SNAPSHOT_CLASS_LABEL_VALUE

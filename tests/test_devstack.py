@@ -21,14 +21,14 @@ pytestmark = pytest.mark.services
 
 
 def test_elasticsearch_answers_get_root_like_elasticsearch(services: Settings) -> None:
-    banner = httpx.get(f"{services.es_url}/", timeout=10).raise_for_status().json()
+    banner = httpx.get(f"{services.elastic.url}/", timeout=10).raise_for_status().json()
     assert banner["name"] == "eventpipe-dev"
     assert banner["cluster_name"] == "eventpipe-dev"
     assert banner["cluster_uuid"] and banner["cluster_uuid"] != "_na_"
     assert banner["version"]["number"] == ElasticsearchNode().version()
     assert banner["version"]["lucene_version"].startswith("10.")
     assert banner["tagline"] == "You Know, for Search"
-    assert httpx.head(f"{services.es_url}/", timeout=10).status_code == 200
+    assert httpx.head(f"{services.elastic.url}/", timeout=10).status_code == 200
 
 
 def test_env_prints_exports_for_the_airflow_cli() -> None:

@@ -22,7 +22,6 @@ from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, TopicPartition
 
 from eventpipe.archive import snapshot
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.devstack.elasticsearch import snapshot_root
 from eventpipe.devstack.runtime import home as devstack_home
 from eventpipe.events.generator import GeneratorConfig
@@ -30,7 +29,7 @@ from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
 from eventpipe.ingest.elastic import EVENTS_ALIAS, client
 from eventpipe.ingest.manifest import ManifestStore
-from eventpipe.settings import Settings
+from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.s3 import delete_keys, s3_client
 
 from .es_support import dead_letters_of, events_of
@@ -41,7 +40,7 @@ pytestmark = pytest.mark.services
 
 
 def _committed(settings: Settings, topic: str) -> dict[int, int | None]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=CONSUMER_GROUP)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=CONSUMER_GROUP)
     try:
         return {p: consumer.committed(TopicPartition(topic, p)) for p in range(3)}
     finally:
@@ -49,7 +48,7 @@ def _committed(settings: Settings, topic: str) -> dict[int, int | None]:
 
 
 def _ends(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
     try:
         ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(3)])
         return {tp.partition: offset for tp, offset in ends.items()}
@@ -79,7 +78,7 @@ def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
     h0, _h1, h2, _ = _hours(120)
     iot = topics["iot"]
     monkeypatch.setenv("EVENTPIPE_ES_TIMEOUT", "3")
-    proxy = CuttableProxy(int(services.es_url.rsplit(":", 1)[1]), freeze_after_bytes=250_000)
+    proxy = CuttableProxy(int(services.elastic.url.rsplit(":", 1)[1]), freeze_after_bytes=250_000)
     frozen_for = 8.0
 
     def thaw_later() -> None:
@@ -91,7 +90,7 @@ def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
     thawer.start()
     try:
         started = time.monotonic()
-        result = drain_interval(services.model_copy(update={"es_url": proxy.url}), iot, h0, h2, batch_size=300)
+        result = drain_interval(services.updated(elastic={"url": proxy.url}), iot, h0, h2, batch_size=300)
         elapsed = time.monotonic() - started
     finally:
         proxy.thaw()
@@ -127,7 +126,7 @@ def test_flood_stage_block_during_drain_is_waited_out_exactly(
         es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": None})
     assert result.bulk_retried_items > 0  # the block really rejected writes, and they were retried
     assert result.dead_lettered == dead_letters_of(es, iot)  # blocked items are retried, never dead-lettered
-    consumer = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap, group_id=CONSUMER_GROUP)
+    consumer = KafkaConsumer(bootstrap_servers=services.kafka.bootstrap, group_id=CONSUMER_GROUP)
     in_interval = sum(int(p["end"]) - int(p["start"]) for p in result.partitions)
     assert result.consumed == in_interval and result.indexed + result.dead_lettered == in_interval
     assert all(consumer.committed(TopicPartition(iot, int(p["partition"]))) == p["end"] for p in result.partitions)
@@ -184,7 +183,7 @@ def private_kafka(tmp_path_factory: pytest.TempPathFactory, services: Settings) 
 def test_kafka_broker_killed_mid_drain_then_retry_is_exact(
     services: Settings, es: Elasticsearch, topics: dict[str, str], private_kafka: SpareService
 ) -> None:
-    private = services.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{private_kafka.port}"})
+    private = services.updated(kafka={"bootstrap": f"127.0.0.1:{private_kafka.port}"})
     h0, _h1, h2, _ = _hours(150)
     config = GeneratorConfig(h0, h2, rate_per_s=2.0, seed=150, malformed_rate=0.01)
     produced = produce(private, config, topics=topics, truth=False)
@@ -228,7 +227,7 @@ def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
     private_es: SpareService,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    private = services.model_copy(update={"es_url": f"http://127.0.0.1:{private_es.port}"})
+    private = services.updated(elastic={"url": f"http://127.0.0.1:{private_es.port}"})
     es = client(private)
     h0, _h1, h2, _ = _hours(160)
     iot = topics["iot"]
@@ -265,7 +264,7 @@ def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
 
     # mid-snapshot: a throttled repository keeps the snapshot running long enough to kill the node in it
     day = h0.date()
-    cfg = ArchiveConfig(
+    cfg = ArchiveSettings(
         repository="spare-snapshots",
         repository_type="fs",
         fs_location=str(private_es.home / "elasticsearch" / "snapshots" / "spare-snapshots"),
@@ -313,7 +312,7 @@ def test_s3_cut_mid_snapshot_mirror_then_retry_mirrors_exactly(services: Setting
     """The fs repository's mirror to the snapshot bucket loses S3 halfway; the rerun completes it."""
     tag = uuid.uuid4().hex[:8]
     index, location = f"hostile-mirror-{tag}", snapshot_root() / f"hostile-{tag}"
-    cfg = ArchiveConfig(repository=f"hostile-{tag}", repository_type="fs", fs_location=str(location))
+    cfg = ArchiveSettings(repository=f"hostile-{tag}", repository_type="fs", fs_location=str(location))
     docs = [
         {"index": {"_index": index, "_id": str(i)}} if j == 0 else {"n": i, "pad": "x" * 200}
         for i in range(3000)
@@ -333,8 +332,8 @@ def test_s3_cut_mid_snapshot_mirror_then_retry_mirrors_exactly(services: Setting
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=cfg.snapshot_bucket, Prefix=f"{cfg.repository}/")
         return {obj["Key"]: obj["Size"] for page in pages for obj in page.get("Contents", [])}
 
-    proxy = CuttableProxy(int(str(services.s3_endpoint).rsplit(":", 1)[1]), cut_after_bytes=sum(local.values()) // 2)
-    flaky = services.model_copy(update={"s3_endpoint": proxy.url})
+    proxy = CuttableProxy(int(str(services.s3.endpoint).rsplit(":", 1)[1]), cut_after_bytes=sum(local.values()) // 2)
+    flaky = services.updated(s3={"endpoint": proxy.url})
     try:
         with pytest.raises(Exception):  # noqa: B017 - any S3 transport error fails the task
             snapshot.mirror_fs_repository(flaky, cfg)

@@ -37,7 +37,7 @@ def _hour(seed: int) -> datetime:
 
 
 def _send(settings: Settings, topic: str, values: list[bytes], when: datetime) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     for i, value in enumerate(values):
         stamp = int(when.timestamp() * 1000) + 1000 * (i + 1)
         producer.send(topic, key=f"hostile-{i}".encode(), value=value, timestamp_ms=stamp).get(timeout=60)
@@ -54,7 +54,7 @@ def _dlq_end() -> int:
 
 def _dlq_records(settings: Settings, since: int, topic: str) -> dict[str, dict[str, object]]:
     """Dead letters of ``topic`` written to the DLQ topic at or after offset ``since``, by key."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
     tp = TopicPartition(DLQ_TOPIC, 0)
     consumer.assign([tp])
     consumer.seek(tp, since)
@@ -223,7 +223,7 @@ def test_ledger_drains_out_of_order_records_left_by_a_gap_in_runs(
     first = drain_interval(services, iot, h[0], h[1])
     # the DAG was paused; with catchup=False the next run is hour 4, located by timestamp
     latest = drain_interval(services, iot, h[4], h[5])
-    consumer = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=services.kafka.bootstrap)
     ends = consumer.end_offsets([TopicPartition(iot, p) for p in range(3)])
     consumer.close()
     total = sum(ends.values())

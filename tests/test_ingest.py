@@ -65,7 +65,7 @@ def test_adjacent_intervals_cover_every_record_exactly_once(
     second = _drain_all(services, topics, H1, H2)
     assert sum(r.consumed for r in first + second) == produced.produced
     assert all(r.consumed > 0 for r in first + second)
-    consumer = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=services.kafka.bootstrap)
     for a, b in zip(first, second, strict=True):
         ends = consumer.end_offsets([TopicPartition(a.topic, p["partition"]) for p in a.partitions])
         for pa, pb in zip(a.partitions, b.partitions, strict=True):
@@ -80,7 +80,7 @@ def test_offsets_committed_after_acknowledged_write(services: Settings, topics: 
     _produce(services, topics, seed=303)
     H0, _H1, H2, _H3 = _hours(303)
     results = _drain_all(services, topics, H0, H2)
-    consumer = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap, group_id=CONSUMER_GROUP)
+    consumer = KafkaConsumer(bootstrap_servers=services.kafka.bootstrap, group_id=CONSUMER_GROUP)
     for result in results:
         for p in result.partitions:
             assert consumer.committed(TopicPartition(result.topic, int(p["partition"]))) == p["end"]
@@ -97,7 +97,7 @@ def test_late_event_lands_in_next_interval_and_updates_its_hour(
     drain_interval(services, iot, H1, H2)
     rollup_hours(es, [H0])
     late = next(r for r in generate(GeneratorConfig(H0, H1, rate_per_s=0.02, seed=405)) if r.topic_kind == "iot")
-    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap)
+    producer = KafkaProducer(bootstrap_servers=services.kafka.bootstrap)
     # a fresh id per run, so a rerun against the same Elasticsearch still adds exactly one event
     value = json.dumps(late.event.model_copy(update={"event_id": f"late-{uuid.uuid4().hex}"}).document()).encode()
     producer.send(iot, key=late.key.encode(), value=value, timestamp_ms=late.timestamp_ms).get(timeout=30)
@@ -145,7 +145,7 @@ def test_elasticsearch_rejection_goes_to_dlq_and_rest_of_batch_lands(
     es.options(ignore_status=400).indices.create(index=day_index)
     es.indices.put_mapping(index=day_index, properties={"attributes": {"properties": {"colour": {"type": "long"}}}})
     value = bad.value.replace(b'"attributes":{', b'"attributes":{"colour":"red",', 1)
-    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap)
+    producer = KafkaProducer(bootstrap_servers=services.kafka.bootstrap)
     producer.send(iot, key=bad.key.encode(), value=value, timestamp_ms=bad.timestamp_ms).get(timeout=30)
     producer.close()
     result = drain_interval(services, iot, H0, H2)
@@ -165,14 +165,14 @@ def test_elasticsearch_outage_mid_drain_fails_then_retry_is_exact(
     H0, _H1, H2, _H3 = _hours(707)
     iot = topics["iot"]
     monkeypatch.setenv("EVENTPIPE_ES_RETRIES", "2")
-    proxy = CuttableProxy(int(services.es_url.rsplit(":", 1)[1]), cut_after_bytes=300_000)
-    flaky = services.model_copy(update={"es_url": proxy.url})
+    proxy = CuttableProxy(int(services.elastic.url.rsplit(":", 1)[1]), cut_after_bytes=300_000)
+    flaky = services.updated(elastic={"url": proxy.url})
     try:
         with pytest.raises(Exception):  # noqa: B017 - any transport error: the task fails
             drain_interval(flaky, iot, H0, H2, batch_size=300)
         indexed_before = events_of(es, iot)
         assert 0 < indexed_before < produced.by_topic[iot]  # the outage really hit mid-drain
-        consumer = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap, group_id=CONSUMER_GROUP)
+        consumer = KafkaConsumer(bootstrap_servers=services.kafka.bootstrap, group_id=CONSUMER_GROUP)
         assert all(consumer.committed(TopicPartition(iot, p)) is None for p in range(3))  # nothing committed
         proxy.heal()
         result = drain_interval(flaky, iot, H0, H2, batch_size=300)  # the retry

@@ -154,7 +154,7 @@ def test_pod_runs_spark_local_mode_against_s3a(cluster: Any, services: Settings)
     code = (
         "import json, os; from eventpipe.settings import Settings; from eventpipe.sparkjobs.session import "
         "build_session, s3a_uri; s = Settings.from_env(); spark = build_session(s, 'k8s-smoke'); "
-        f"uri = s3a_uri(s.archive_bucket, '{key}'); spark.range(1000).write.mode('overwrite').parquet(uri); "
+        f"uri = s3a_uri(s.s3.bucket, '{key}'); spark.range(1000).write.mode('overwrite').parquet(uri); "
         "n = spark.read.parquet(uri).count(); import pyarrow.parquet as pq; "
         "from eventpipe.results import emit; emit('spark', {'rows': n, 'java': os.environ['JAVA_HOME']})"
     )
@@ -283,7 +283,7 @@ def test_spark_on_kubernetes_runs_executor_pods_on_the_same_image(cluster: Any, 
             "while sc._jsc.sc().getExecutorMemoryStatus().size() - 1 < 2 and time.time() < deadline:",
             "    time.sleep(1)",
             "hosts = sc.parallelize(range(64), 8).map(lambda _: socket.gethostname()).distinct().collect()",
-            f"uri = s3a_uri(s.archive_bucket, '{key}')",
+            f"uri = s3a_uri(s.s3.bucket, '{key}')",
             "spark.range(100000).repartition(4).write.mode('overwrite').parquet(uri)",
             "rows = spark.read.parquet(uri).count()",
             "emit('spark', {'executors': sc._jsc.sc().getExecutorMemoryStatus().size() - 1,",

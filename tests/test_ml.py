@@ -38,10 +38,10 @@ TRUTH = f"ground-truth/seed={SEED}/"
 @pytest.fixture(scope="module")
 def ml_settings(services: Settings) -> Iterator[Settings]:
     """A bucket of its own, so other tests' archive days and models never mix in."""
-    settings = services.model_copy(update={"archive_bucket": f"ml-test-{uuid.uuid4().hex[:8]}"})
-    ensure_bucket(settings, settings.archive_bucket)
+    settings = services.updated(s3={"bucket": f"ml-test-{uuid.uuid4().hex[:8]}"})
+    ensure_bucket(settings, settings.s3.bucket)
     yield settings
-    delete_bucket(s3_client(settings), settings.archive_bucket)
+    delete_bucket(s3_client(settings), settings.s3.bucket)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_training_beats_trivial_baseline_and_registers_lineage(
     assert ev["f1"] > 0.6 and ev["f1"] > ev["f1_all_positive"] + 0.5, ev
     assert ev["precision"] > 0.6 and ev["recall"] > 0.6, ev
 
-    s3, bucket = s3_client(ml_settings), ml_settings.archive_bucket
+    s3, bucket = s3_client(ml_settings), ml_settings.s3.bucket
     registry = Registry(ml_settings)
     assert registry.versions() == [1]
     assert registry.read_json(1, "metrics.json")["f1"] == ev["f1"]
@@ -99,7 +99,7 @@ def test_python_scorer_predicts_exactly_like_spark_on_the_holdout(
     holdout = date.fromisoformat(first_training.test_day)
 
     model, baseline = registry.load(spark, first_training.version)
-    events = read_archive(spark, s3_client(ml_settings), ml_settings.archive_bucket, [holdout])
+    events = read_archive(spark, s3_client(ml_settings), ml_settings.s3.bucket, [holdout])
     by_spark = {
         (r["event_id"], r["metric"]): (r["p_anomaly"], r["flagged"])
         for r in predict(model, add_features(explode_metrics(events), baseline), artifact.threshold)
@@ -144,13 +144,13 @@ def test_retraining_promotes_only_past_the_margin(ml_settings: Settings, first_t
 
 
 def test_score_without_champion_says_so(services: Settings) -> None:
-    empty = services.model_copy(update={"archive_bucket": f"ml-empty-{uuid.uuid4().hex[:8]}"})
-    ensure_bucket(empty, empty.archive_bucket)
+    empty = services.updated(s3={"bucket": f"ml-empty-{uuid.uuid4().hex[:8]}"})
+    ensure_bucket(empty, empty.s3.bucket)
     try:
         result = score(empty, START, START + timedelta(hours=1))
         assert (result.status, result.model_version, result.anomalies) == ("no_champion", None, 0)
     finally:
-        delete_bucket(s3_client(empty), empty.archive_bucket)
+        delete_bucket(s3_client(empty), empty.s3.bucket)
 
 
 def _index_events(es: Elasticsearch, archive: GeneratedArchive, lo: datetime, hi: datetime) -> int:

@@ -45,8 +45,8 @@ def bucket(s3: Settings) -> Iterator[str]:
 def _client(s3: Settings, **kwargs: object):
     return boto3.client(
         "s3",
-        endpoint_url=s3.s3_endpoint,
-        region_name=s3.s3_region,
+        endpoint_url=s3.s3.endpoint,
+        region_name=s3.s3.region,
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         **kwargs,
     )
@@ -64,8 +64,8 @@ def test_unsigned_and_wrong_credentials_are_refused(s3: Settings, bucket: str) -
     s3_client(s3).put_object(Bucket=bucket, Key="secret.txt", Body=b"private")
     anonymous = boto3.client(
         "s3",
-        endpoint_url=s3.s3_endpoint,
-        region_name=s3.s3_region,
+        endpoint_url=s3.s3.endpoint,
+        region_name=s3.s3.region,
         config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
     wrong = _client(s3, aws_access_key_id="eventpipe", aws_secret_access_key="not-the-secret")

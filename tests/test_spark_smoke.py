@@ -21,10 +21,10 @@ from .ml_archive import delete_bucket
 @pytest.fixture(scope="module")
 def s3_settings(stack_env: dict[str, str]) -> Iterator[Settings]:
     up(["s3"])
-    settings = Settings.from_env(stack_env).model_copy(update={"archive_bucket": f"spark-smoke-{uuid.uuid4().hex[:8]}"})
-    ensure_bucket(settings, settings.archive_bucket)
+    settings = Settings.from_env(stack_env).updated(s3={"bucket": f"spark-smoke-{uuid.uuid4().hex[:8]}"})
+    ensure_bucket(settings, settings.s3.bucket)
     yield settings
-    delete_bucket(s3_client(settings), settings.archive_bucket)
+    delete_bucket(s3_client(settings), settings.s3.bucket)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def spark(stack_env: dict[str, str]):
 
 @pytest.mark.services
 def test_spark_reads_parquet_written_by_pyarrow(s3_settings: Settings, spark) -> None:
-    bucket = s3_settings.archive_bucket
+    bucket = s3_settings.s3.bucket
     table = pa.table(
         {
             "device_id": [f"dev-{i % 7}" for i in range(5000)],
@@ -59,7 +59,7 @@ def test_spark_reads_parquet_written_by_pyarrow(s3_settings: Settings, spark) ->
 
 @pytest.mark.services
 def test_spark_writes_parquet_read_by_pyarrow(s3_settings: Settings, spark) -> None:
-    bucket = s3_settings.archive_bucket
+    bucket = s3_settings.s3.bucket
     uri = s3a_uri(bucket, "smoke/out")
     spark.range(0, 20000, numPartitions=4).selectExpr("id", "id * 2 AS twice", "id % 10 AS bucket").write.mode(
         "overwrite"
@@ -101,9 +101,6 @@ def test_spark_reads_kafka(stack_env: dict[str, str], spark) -> None:
 
 
 def test_kubernetes_conf_has_expected_keys_and_no_secrets() -> None:
-    settings = Settings.from_env(
-        {**local_env(), "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-v"}
-    )
     env = {
         "EVENTPIPE_NAMESPACE": "data",
         "EVENTPIPE_IMAGE": "registry.example/eventpipe:1.2.3",
@@ -115,7 +112,7 @@ def test_kubernetes_conf_has_expected_keys_and_no_secrets() -> None:
         "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
         "AWS_SECRET_ACCESS_KEY": "s3cr3t-v",
     }
-    conf = spark_conf(settings, K8S_MASTER, env)
+    conf = spark_conf(Settings.from_env({**local_env(), **env}), K8S_MASTER)
     assert conf["spark.master"] == K8S_MASTER
     assert conf["spark.submit.deployMode"] == "client"
     assert conf["spark.kubernetes.namespace"] == "data"
@@ -139,20 +136,22 @@ def test_kubernetes_conf_has_expected_keys_and_no_secrets() -> None:
 
 
 def test_local_conf_and_task_env() -> None:
-    conf = spark_conf(Settings(), "local[2]", {"EVENTPIPE_S3_SSE": "none", "EVENTPIPE_SPARK_DRIVER_MEMORY": "3g"})
+    conf = spark_conf(
+        Settings.from_env({"EVENTPIPE_S3_SSE": "none", "EVENTPIPE_SPARK_DRIVER_MEMORY": "3g"}), "local[2]"
+    )
     assert conf["spark.driver.memory"] == "3g"
     assert "spark.hadoop.fs.s3a.encryption.algorithm" not in conf
     assert not any(k.startswith("spark.kubernetes.") for k in conf)
     # empty values (how plain_env passes unset names to pods) mean the defaults
     blank = spark_conf(
-        Settings(), K8S_MASTER, {"EVENTPIPE_S3_SSE": "", "EVENTPIPE_NAMESPACE": "", "EVENTPIPE_IMAGE": ""}
+        Settings.from_env({"EVENTPIPE_S3_SSE": "", "EVENTPIPE_NAMESPACE": "", "EVENTPIPE_IMAGE": ""}), K8S_MASTER
     )
     assert blank["spark.hadoop.fs.s3a.encryption.algorithm"] == "AES256"
     assert (blank["spark.kubernetes.namespace"], blank["spark.kubernetes.container.image"]) == (
         "eventpipe",
         "eventpipe:0.1.0",
     )
-    assert spark_conf(Settings(), "local[1]", {"EVENTPIPE_S3_SSE": "aws:kms"})[
+    assert spark_conf(Settings.from_env({"EVENTPIPE_S3_SSE": "aws:kms"}), "local[1]")[
         "spark.hadoop.fs.s3a.encryption.algorithm"
     ] == ("SSE-KMS")
     assert spark_task_env("kubernetes", {})["EVENTPIPE_SPARK_MASTER"] == K8S_MASTER

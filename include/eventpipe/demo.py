@@ -80,7 +80,7 @@ def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3)
 
     from eventpipe.devstack.airflow_api import AirflowClient
 
-    for key, value in local_env().items():
+    for key, value in local_env().items():  # plumbing: the demo sets the devstack's environment up
         os.environ.setdefault(key, value)
     console.rule("starting the embedded services")
     timings = up(SERVICES)
@@ -124,7 +124,7 @@ def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3)
     s3 = s3_client(settings)
     lo_ms, hi_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)  # kafka_timestamp is epoch_millis
     es.indices.refresh(index=[DLQ_INDEX, ROLLUP_INDEX, ANOMALY_INDEX, *map(day_index, demo_days)])
-    manifests = {day: load_manifest(s3, settings.archive_bucket, day) for day in demo_days}
+    manifests = {day: load_manifest(s3, settings.s3.bucket, day) for day in demo_days}
     last_lo, last_hi = (t.isoformat() for t in day_bounds(demo_days[-1]))
     champion = trained.get("champion")
     summary = {
@@ -145,7 +145,7 @@ def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3)
         "snapshots": [snapshot_name(d) for d in demo_days],
         "archive_rows": {d.isoformat(): m.rows for d, m in manifests.items()},
         "archive_revisions": {d.isoformat(): m.revision for d, m in manifests.items()},
-        "archive_verified": all(is_verified(s3, settings.archive_bucket, d) for d in demo_days),
+        "archive_verified": all(is_verified(s3, settings.s3.bucket, d) for d in demo_days),
         "model": {
             "version": trained.get("version"),
             "champion": champion,

@@ -40,20 +40,20 @@ def push(settings: Settings, task: str, values: dict[str, float], labels: dict[s
     unknown = sorted(set(values) - set(METRICS))
     if unknown:
         raise ValueError(f"undeclared metrics {unknown}: add them to eventpipe.metrics.METRICS")
-    if not settings.pushgateway_url:
+    if not settings.metrics.pushgateway_url:
         return False
     registry = CollectorRegistry()
     for name, value in values.items():
         Gauge(f"eventpipe_{name}", METRICS[name], registry=registry).set(value)
     try:
         push_to_gateway(
-            settings.pushgateway_url,
+            settings.metrics.pushgateway_url,
             job="eventpipe",
             grouping_key={"task": task, **(labels or {})},
             registry=registry,
             timeout=10,
         )
     except OSError as exc:  # metrics must never fail the data path
-        log.warning("pushgateway %s unreachable: %s", settings.pushgateway_url, exc)
+        log.warning("pushgateway %s unreachable: %s", settings.metrics.pushgateway_url, exc)
         return False
     return True

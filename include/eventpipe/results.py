@@ -7,12 +7,13 @@ EVENTPIPE_XCOM_PATH at a temp file instead, so both paths return the same value 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from eventpipe.settings import Settings
 
 POD_XCOM_PATH = Path("/airflow/xcom/return.json")
 
@@ -26,7 +27,7 @@ def emit(title: str, result: object) -> dict[str, object]:
     Console(stderr=True, width=160).print(table)
     text = json.dumps(data, default=str, sort_keys=True)
     print(text, flush=True)
-    target = os.environ.get("EVENTPIPE_XCOM_PATH") or (str(POD_XCOM_PATH) if POD_XCOM_PATH.parent.is_dir() else "")
+    target = Settings().kubernetes.xcom_path or (str(POD_XCOM_PATH) if POD_XCOM_PATH.parent.is_dir() else "")
     if target:
         Path(target).write_text(text)
     return data

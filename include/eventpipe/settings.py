@@ -1,80 +1,277 @@
-"""Runtime configuration, read from the environment so pods and local runs share one contract.
+"""Runtime configuration: one typed model, read from the environment so pods and local runs share one contract.
 
-Secrets (passwords, keys) come only from the environment, which on Kubernetes is filled
-from Secrets by name (see ``SECRET_ENV``); they never appear in argv.
+Every setting is a field of a section (``kafka``, ``elastic``, ``s3``, ``archive``, ``spark``,
+``kubernetes``, ``ml``, ``metrics``) whose validation alias is its documented environment variable
+(``EVENTPIPE_ES_URL``, ``AWS_ACCESS_KEY_ID``, ...). Field metadata says where a setting travels:
+``plain`` ones are passed to every task (``PLAIN_ENV``), ``spark`` ones to Spark tasks, ``secret``
+ones only by Kubernetes Secret reference (``SECRET_ENV``), never in argv. So adding a setting is
+adding one field here; the task environments follow from it.
+
+Secrets (passwords, keys) come only from the environment, which on Kubernetes is filled from
+Secrets by name. ``EVENTPIPE_<SECTION>__<FIELD>`` (e.g. ``EVENTPIPE_ELASTIC__TIMEOUT_S``) also
+works; the documented names win when both are set.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-# Kubernetes Secret name -> {secret key: env var}. The pod factory mounts exactly these.
-SECRET_ENV: dict[str, dict[str, str]] = {
-    "eventpipe-elasticsearch": {"username": "EVENTPIPE_ES_USERNAME", "password": "EVENTPIPE_ES_PASSWORD"},
-    "eventpipe-s3": {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY"},
+DEFAULT_NAMESPACE = "eventpipe"
+DEFAULT_IMAGE = "eventpipe:0.1.0"
+
+
+def env(
+    name: str,
+    default: Any = None,
+    *,
+    plain: bool = False,
+    spark: bool = False,
+    secret: tuple[str, str] | None = None,
+    empty_is_none: bool = False,
+    description: str | None = None,
+) -> Any:
+    """A field read from the environment variable ``name``.
+
+    ``plain``: passed to every task; ``spark``: passed to Spark tasks when set on the deployment;
+    ``secret``: (Kubernetes Secret, key) it is mounted from; ``empty_is_none``: "" means None
+    rather than the default (an empty S3 endpoint means AWS S3 itself).
+    """
+    extra = {"plain": plain, "spark": spark, "secret": list(secret) if secret else None, "empty_is_none": empty_is_none}
+    return Field(default, validation_alias=name, description=description, json_schema_extra=extra)
+
+
+class Section(BaseModel):
+    """Fields by name in code (``KafkaSettings(bootstrap=...)``), by env name from the environment."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+
+class KafkaSettings(Section):
+    bootstrap: str = env("EVENTPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:9092", plain=True)
+
+
+class ElasticSettings(Section):
+    url: str = env("EVENTPIPE_ES_URL", "http://127.0.0.1:9200", plain=True)
+    username: str | None = env("EVENTPIPE_ES_USERNAME", secret=("eventpipe-elasticsearch", "username"))
+    password: SecretStr | None = env("EVENTPIPE_ES_PASSWORD", secret=("eventpipe-elasticsearch", "password"))
+    replicas: int = env("EVENTPIPE_ES_REPLICAS", 0, plain=True, description="replicas of every eventpipe index")
+    retries: int = env("EVENTPIPE_ES_RETRIES", 6, plain=True, description="attempts of one bulk request")
+    timeout_s: float = env("EVENTPIPE_ES_TIMEOUT", 60.0, description="client request timeout")
+
+
+class S3Settings(Section):
+    endpoint: str | None = env(
+        "EVENTPIPE_S3_ENDPOINT", "http://127.0.0.1:9000", plain=True, empty_is_none=True, description="None: AWS S3"
+    )
+    region: str = env("EVENTPIPE_S3_REGION", "us-east-1", plain=True)
+    access_key: SecretStr | None = env("AWS_ACCESS_KEY_ID", secret=("eventpipe-s3", "access-key"))
+    secret_key: SecretStr | None = env("AWS_SECRET_ACCESS_KEY", secret=("eventpipe-s3", "secret-key"))
+    bucket: str = env(
+        "EVENTPIPE_ARCHIVE_BUCKET", "eventpipe-archive", plain=True, description="archive, models, claim checks"
+    )
+    s3a_connections: int = env("EVENTPIPE_S3A_CONNECTIONS", 64, description="Spark s3a connection pool")
+
+
+class ArchiveSettings(Section):
+    # Elasticsearch snapshot repository: "s3" in production (repository-s3 into the snapshot bucket);
+    # "fs" on the devstack, whose node is built from Maven Central jars where repository-s3 is not
+    # published. An fs repository is mirrored to the snapshot bucket after every snapshot.
+    repository: str = env("EVENTPIPE_SNAPSHOT_REPOSITORY", "eventpipe-snapshots", plain=True)
+    repository_type: Literal["s3", "fs"] = env("EVENTPIPE_SNAPSHOT_REPOSITORY_TYPE", "s3", plain=True)
+    snapshot_bucket: str = env("EVENTPIPE_SNAPSHOT_BUCKET", "eventpipe-snapshots", plain=True)
+    fs_location: str | None = env("EVENTPIPE_SNAPSHOT_FS_LOCATION", plain=True)
+    sse: str = env(
+        "EVENTPIPE_S3_SSE",
+        "AES256",
+        plain=True,
+        spark=True,
+        description="S3 ServerSideEncryption requested on every archive object (Spark's writes too)",
+    )
+    sse_kms_key: str | None = env("EVENTPIPE_S3_SSE_KMS_KEY", spark=True, description="a KMS key id, not a secret")
+    retention_days: int = env("EVENTPIPE_RETENTION_DAYS", 30, plain=True)
+    snapshot_retention_days: int = env("EVENTPIPE_SNAPSHOT_RETENTION_DAYS", 14, plain=True)
+    rows_per_file: int = env("EVENTPIPE_ARCHIVE_ROWS_PER_FILE", 250_000, plain=True)
+    read_slices: int = env("EVENTPIPE_ARCHIVE_READ_SLICES", 4, description="parallel slices of one index read")
+    volume_snapshots: bool = env("EVENTPIPE_VOLUME_SNAPSHOTS", False, plain=True)
+    volume_snapshot_class: str = env("EVENTPIPE_VOLUME_SNAPSHOT_CLASS", "eventpipe-archive", plain=True)
+    volume_snapshot_selector: str = env("EVENTPIPE_VOLUME_SNAPSHOT_SELECTOR", "eventpipe.io/snapshot=true", plain=True)
+    snapshot_ready_timeout_s: int = 900
+
+
+class SparkSettings(Section):
+    master: str | None = env("EVENTPIPE_SPARK_MASTER", spark=True, description="unset: local[2], or k8s in pods")
+    executors: int = env("EVENTPIPE_SPARK_EXECUTORS", 2, spark=True)
+    executor_cores: int = env("EVENTPIPE_SPARK_EXECUTOR_CORES", 1, spark=True)
+    executor_request_cores: str | None = env(
+        "EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES", spark=True, description='e.g. "500m"; unset: executor_cores'
+    )
+    executor_memory: str = env("EVENTPIPE_SPARK_EXECUTOR_MEMORY", "2g", spark=True)
+    executor_template: str | None = env("EVENTPIPE_SPARK_EXECUTOR_TEMPLATE", spark=True)
+    driver_memory: str = env("EVENTPIPE_SPARK_DRIVER_MEMORY", "2g", spark=True)
+    shuffle_partitions: int = env("EVENTPIPE_SPARK_SHUFFLE_PARTITIONS", 8)
+    ui: bool = env("EVENTPIPE_SPARK_UI", False)
+    log_level: str = env("EVENTPIPE_SPARK_LOG_LEVEL", "WARN")
+
+
+class KubernetesSettings(Section):
+    execution: Literal["kubernetes", "local"] = env("EVENTPIPE_EXECUTION", "kubernetes")
+    namespace: str = env("EVENTPIPE_NAMESPACE", DEFAULT_NAMESPACE, plain=True, spark=True)
+    image: str = env("EVENTPIPE_IMAGE", DEFAULT_IMAGE, spark=True)
+    service_account: str = env("EVENTPIPE_SERVICE_ACCOUNT", "eventpipe-task")
+    pod_name: str | None = env("HOSTNAME", description="this pod's name (Spark driver pod)")
+    pod_ip: str | None = env("EVENTPIPE_POD_IP", description="this pod's IP (Spark driver host)")
+    xcom_path: str | None = env("EVENTPIPE_XCOM_PATH", description="local runner's stand-in for the xcom sidecar")
+
+
+class MlSettings(Section):
+    promotion_margin: float = env(
+        "EVENTPIPE_PROMOTION_MARGIN", 0.01, spark=True, description="absolute F1 a challenger must gain"
+    )
+    git_sha: str | None = env("EVENTPIPE_GIT_SHA", spark=True, description="set in the image")
+
+
+class MetricsSettings(Section):
+    pushgateway_url: str | None = env("EVENTPIPE_PUSHGATEWAY_URL", plain=True)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "kafka": KafkaSettings,
+    "elastic": ElasticSettings,
+    "s3": S3Settings,
+    "archive": ArchiveSettings,
+    "spark": SparkSettings,
+    "kubernetes": KubernetesSettings,
+    "ml": MlSettings,
+    "metrics": MetricsSettings,
 }
 
-# Non-secret settings passed to every task, locally and in pods, by these names.
-PLAIN_ENV = (
-    "EVENTPIPE_KAFKA_BOOTSTRAP",
-    "EVENTPIPE_ES_URL",
-    "EVENTPIPE_S3_ENDPOINT",
-    "EVENTPIPE_S3_REGION",
-    "EVENTPIPE_ARCHIVE_BUCKET",
-    "EVENTPIPE_PUSHGATEWAY_URL",
-    "EVENTPIPE_ES_REPLICAS",
-    "EVENTPIPE_ES_RETRIES",
-    # archive (see eventpipe.archive.config)
-    "EVENTPIPE_SNAPSHOT_REPOSITORY",
-    "EVENTPIPE_SNAPSHOT_REPOSITORY_TYPE",
-    "EVENTPIPE_SNAPSHOT_BUCKET",
-    "EVENTPIPE_SNAPSHOT_FS_LOCATION",
-    "EVENTPIPE_S3_SSE",
-    "EVENTPIPE_RETENTION_DAYS",
-    "EVENTPIPE_SNAPSHOT_RETENTION_DAYS",
-    "EVENTPIPE_ARCHIVE_ROWS_PER_FILE",
-    "EVENTPIPE_VOLUME_SNAPSHOTS",
-    "EVENTPIPE_VOLUME_SNAPSHOT_CLASS",
-    "EVENTPIPE_VOLUME_SNAPSHOT_SELECTOR",
-    "EVENTPIPE_NAMESPACE",
-)
+
+def env_fields() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    """(section, field, env name, metadata) of every field read from the environment."""
+    for section, model in SECTIONS.items():
+        for name, info in model.model_fields.items():
+            if isinstance(info.validation_alias, str):
+                yield section, name, info.validation_alias, _meta(info)
 
 
-class Settings(BaseModel):
-    kafka_bootstrap: str = Field(default="127.0.0.1:9092")
-    es_url: str = Field(default="http://127.0.0.1:9200")
-    es_username: str | None = None
-    es_password: SecretStr | None = None
-    s3_endpoint: str | None = Field(default="http://127.0.0.1:9000", description="None means AWS S3 itself")
-    s3_region: str = "us-east-1"
-    s3_access_key: SecretStr | None = None
-    s3_secret_key: SecretStr | None = None
-    archive_bucket: str = "eventpipe-archive"
-    pushgateway_url: str | None = None
+def _meta(info: FieldInfo) -> dict[str, Any]:
+    return info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+
+
+class _NamedEnvSource(PydanticBaseSettingsSource):
+    """Each field from its own variable; "" means the default (how plain_env passes unset names)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(settings_cls)
+        self.environ = os.environ if environ is None else environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads by env name
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, dict[str, Any]] = {}
+        for section, _name, var, meta in env_fields():
+            raw = self.environ.get(var)
+            if raw is None or (raw == "" and not meta.get("empty_is_none")):
+                continue
+            values.setdefault(section, {})[var] = raw or None
+        return values
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVENTPIPE_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    elastic: ElasticSettings = Field(default_factory=ElasticSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    ml: MlSettings = Field(default_factory=MlSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, object] = {
-            "kafka_bootstrap": env.get("EVENTPIPE_KAFKA_BOOTSTRAP"),
-            "es_url": env.get("EVENTPIPE_ES_URL"),
-            "es_username": env.get("EVENTPIPE_ES_USERNAME"),
-            "es_password": env.get("EVENTPIPE_ES_PASSWORD"),
-            "s3_endpoint": env.get("EVENTPIPE_S3_ENDPOINT"),
-            "s3_region": env.get("EVENTPIPE_S3_REGION"),
-            "s3_access_key": env.get("AWS_ACCESS_KEY_ID"),
-            "s3_secret_key": env.get("AWS_SECRET_ACCESS_KEY"),
-            "archive_bucket": env.get("EVENTPIPE_ARCHIVE_BUCKET"),
-            "pushgateway_url": env.get("EVENTPIPE_PUSHGATEWAY_URL"),
-        }
-        if env.get("EVENTPIPE_S3_ENDPOINT") == "":
-            values["s3_endpoint"] = None
-        return cls(**{k: v for k, v in values.items() if v is not None})
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _NamedEnvSource(settings_cls), env_settings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """From ``environ`` only (the process environment when None): a pure read, for tests and tools."""
+        if environ is None:
+            return cls()
+        return cls.model_validate(_NamedEnvSource(cls, environ)())
+
+    def updated(self, **sections: dict[str, Any]) -> Settings:
+        """A copy with some fields replaced: ``s.updated(elastic={"url": proxy})``."""
+        unknown = set(sections) - set(SECTIONS)
+        if unknown:
+            raise TypeError(f"no settings sections {sorted(unknown)}")
+        return self.model_copy(
+            update={name: getattr(self, name).model_copy(update=changes) for name, changes in sections.items()}
+        )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        # An unknown key would be set silently and read by nobody (e.g. a pre-sections "es_url").
+        unknown = set(update or {}) - set(SECTIONS)
+        if unknown:
+            raise TypeError(f"Settings has sections {sorted(SECTIONS)}, not {sorted(unknown)}; use .updated()")
+        return super().model_copy(update=update, deep=deep)
+
+    def task_env(self, flag: Literal["plain", "spark"], *, only_set: bool = False) -> dict[str, str]:
+        """Env names and values of the fields flagged ``flag`` (``only_set``: those set explicitly)."""
+        out: dict[str, str] = {}
+        for section, name, var, meta in env_fields():
+            part = getattr(self, section)
+            if meta.get(flag) and (not only_set or name in part.model_fields_set):
+                out[var] = render(getattr(part, name))
+        return out
+
+
+def render(value: object) -> str:
+    """A setting as the environment carries it (None as "", booleans lower-case)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, SecretStr):
+        raise TypeError("secrets travel by Secret reference, never as plain env")
+    return str(value)
+
+
+# Non-secret settings passed to every task, locally and in pods, by these names.
+PLAIN_ENV: tuple[str, ...] = tuple(var for _, _, var, meta in env_fields() if meta.get("plain"))
+# Non-secret Spark settings a Spark task inherits from the Airflow deployment, by these names.
+SPARK_TASK_ENV: tuple[str, ...] = tuple(var for _, _, var, meta in env_fields() if meta.get("spark"))
+
+
+def _secret_env() -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for _, _, var, meta in env_fields():
+        if meta.get("secret"):
+            secret_name, key = meta["secret"]
+            out.setdefault(secret_name, {})[key] = var
+    return out
+
+
+# Kubernetes Secret name -> {secret key: env var}. The pod factory mounts exactly these.
+SECRET_ENV: dict[str, dict[str, str]] = _secret_env()
 
 
 @lru_cache(maxsize=1)
 def settings() -> Settings:
-    return Settings.from_env()
+    """The process's settings, read once (tasks are short-lived processes)."""
+    return Settings()

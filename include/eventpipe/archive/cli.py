@@ -18,13 +18,12 @@ Day = Annotated[str, typer.Option("--day", help="The closed day, YYYY-MM-DD (or 
 
 
 def _context(day: str | None = None):
-    from eventpipe.archive.config import ArchiveConfig
     from eventpipe.ingest.elastic import client, ensure_indices
 
     settings = Settings.from_env()
     es = client(settings)
     ensure_indices(es)
-    return settings, es, ArchiveConfig.from_env(), (parse_day(day) if day else date.today())
+    return settings, es, settings.archive, (parse_day(day) if day else date.today())
 
 
 @app.command()
@@ -146,7 +145,7 @@ def restore(
         from eventpipe.archive.layout import committed_days
         from eventpipe.storage.s3 import s3_client
 
-        days = committed_days(s3_client(settings), settings.archive_bucket)
+        days = committed_days(s3_client(settings), settings.s3.bucket)
         if not days:
             raise InvalidArgument("no committed archive day to restore yet")
         when = days[-1]

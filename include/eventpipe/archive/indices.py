@@ -9,7 +9,6 @@ see late events; the archive re-commits the day when late events appear.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from elasticsearch import Elasticsearch, NotFoundError, helpers
 
 from eventpipe.archive.layout import ARCHIVE_SCHEMA
 from eventpipe.ingest.elastic import EVENTS_PREFIX
+from eventpipe.settings import ArchiveSettings, Settings
 
 LATE_PREFIX = f"{EVENTS_PREFIX}-late"
 SNAPSHOT_PREFIX = "eventpipe"
@@ -66,7 +66,7 @@ _SOURCE_TYPE = pa.struct(
         pa.field("attributes", ARCHIVE_SCHEMA.field("attributes").type),
     ]
 )
-READ_SLICES = 4  # Elasticsearch's search pool on 2 cores has 4 threads; EVENTPIPE_ARCHIVE_READ_SLICES overrides
+READ_SLICES = ArchiveSettings().read_slices  # ES's search pool on 2 cores has 4 threads; EVENTPIPE_ARCHIVE_READ_SLICES
 READ_PAGE = 5000
 PIT_KEEP_ALIVE = "5m"
 
@@ -108,7 +108,7 @@ def _empty_maps(column: pa.Array) -> pa.Array:
 
 
 def read_slices() -> int:
-    return int(os.environ.get("EVENTPIPE_ARCHIVE_READ_SLICES") or READ_SLICES)
+    return Settings().archive.read_slices  # read per call, as before: benches and tests set it late
 
 
 def read_index(es: Elasticsearch, index: str, *, slices: int | None = None, page: int = READ_PAGE) -> pa.Table:

@@ -6,12 +6,11 @@ from dataclasses import dataclass, field
 
 from elasticsearch import Elasticsearch
 
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import LATE_PREFIX, id_digest, index_day, index_ids, late_index
 from eventpipe.archive.manifest import load_if_committed
 from eventpipe.archive.verify import verify_day
 from eventpipe.archive.writer import archive_day
-from eventpipe.settings import Settings
+from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.s3 import s3_client
 
 
@@ -21,13 +20,13 @@ class LateSweepResult:
     rearchived: dict[str, int] = field(default_factory=dict)  # day -> new revision
 
 
-def sweep_late(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig) -> LateSweepResult:
+def sweep_late(settings: Settings, es: Elasticsearch, cfg: ArchiveSettings) -> LateSweepResult:
     """Re-archive (and verify) every archived day whose late index gained events since its manifest."""
     s3 = s3_client(settings)
     result = LateSweepResult()
     for name in sorted(es.indices.get(index=f"{LATE_PREFIX}-*", allow_no_indices=True)):
         day = index_day(name)
-        manifest = load_if_committed(s3, settings.archive_bucket, day) if day else None
+        manifest = load_if_committed(s3, settings.s3.bucket, day) if day else None
         if day is None or manifest is None:
             continue  # the day is not archived yet: its nightly run will include the late index
         result.checked.append(day.isoformat())

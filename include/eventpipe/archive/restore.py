@@ -10,14 +10,13 @@ from datetime import date
 import pyarrow.parquet as pq
 from elasticsearch import Elasticsearch
 
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_index, id_digest, index_ids, snapshot_name
 from eventpipe.archive.manifest import SourceDigest, load
 from eventpipe.archive.snapshot import ensure_repository
 from eventpipe.archive.verify import VerificationFailed, failure, read_archived_ids
 from eventpipe.errors import ManifestMismatch
 from eventpipe.ingest.elastic import IndexAction, bulk_index
-from eventpipe.settings import Settings
+from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.s3 import s3_client
 
 SCRATCH_PREFIX = "restore-"
@@ -47,10 +46,10 @@ def _check(result: RestoreResult, es: Elasticsearch, expected: SourceDigest) -> 
     return result
 
 
-def restore_snapshot(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day: date) -> RestoreResult:
+def restore_snapshot(settings: Settings, es: Elasticsearch, cfg: ArchiveSettings, day: date) -> RestoreResult:
     """Restore the day's index from its snapshot as ``restore-<index>`` and compare with the manifest."""
     started = time.perf_counter()
-    manifest = load(s3_client(settings), settings.archive_bucket, day)
+    manifest = load(s3_client(settings), settings.s3.bucket, day)
     source, scratch = day_index(day), SCRATCH_PREFIX + day_index(day)
     ensure_repository(es, cfg)
     es.indices.delete(index=scratch, ignore_unavailable=True)
@@ -79,7 +78,7 @@ def restore_archive(settings: Settings, es: Elasticsearch, day: date, *, into: s
     Into ``eventpipe-events-YYYY.MM.DD`` of a new cluster this is also the migration replay.
     """
     started = time.perf_counter()
-    s3, bucket = s3_client(settings), settings.archive_bucket
+    s3, bucket = s3_client(settings), settings.s3.bucket
     manifest = load(s3, bucket, day)
     problems: list[str] = []
     read_archived_ids(s3, bucket, manifest, problems)  # checksums first: never load a corrupt file

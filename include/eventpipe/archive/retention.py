@@ -11,11 +11,10 @@ from datetime import date, timedelta
 
 from elasticsearch import Elasticsearch, NotFoundError
 
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import SNAPSHOT_PREFIX, id_digest, index_day, index_ids
 from eventpipe.archive.manifest import is_verified, load
 from eventpipe.ingest.elastic import EVENTS_PREFIX
-from eventpipe.settings import Settings
+from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.s3 import s3_client
 
 
@@ -30,14 +29,14 @@ class RetentionResult:
 def apply_retention(
     settings: Settings,
     es: Elasticsearch,
-    cfg: ArchiveConfig,
+    cfg: ArchiveSettings,
     today: date,
     *,
     dry_run: bool = False,
     only: set[date] | None = None,
 ) -> RetentionResult:
     """``only`` limits the run to some days (a targeted cleanup); by default every day is considered."""
-    s3, bucket = s3_client(settings), settings.archive_bucket
+    s3, bucket = s3_client(settings), settings.s3.bucket
     result = RetentionResult(today.isoformat())
     verified: dict[date, bool] = {}
 

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch, NotFoundError
 
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_index, existing, late_index, snapshot_name
 from eventpipe.errors import InvalidConfiguration
 from eventpipe.ingest.elastic import DLQ_INDEX, MANIFEST_INDEX, ROLLUP_INDEX
-from eventpipe.settings import Settings
+from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.s3 import delete_keys, ensure_bucket, s3_client
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ class SnapshotResult:
     volume_snapshots: list[str] = field(default_factory=list)
 
 
-def repository_body(cfg: ArchiveConfig) -> dict[str, object]:
+def repository_body(cfg: ArchiveSettings) -> dict[str, object]:
     if cfg.repository_type == "s3":
         return {
             "type": "s3",
@@ -53,7 +52,7 @@ def repository_body(cfg: ArchiveConfig) -> dict[str, object]:
     return {"type": "fs", "settings": {"location": cfg.fs_location, "compress": True}}
 
 
-def ensure_repository(es: Elasticsearch, cfg: ArchiveConfig) -> None:
+def ensure_repository(es: Elasticsearch, cfg: ArchiveSettings) -> None:
     body = repository_body(cfg)
     es.snapshot.create_repository(name=cfg.repository, repository=body)  # idempotent PUT
 
@@ -89,7 +88,7 @@ def post_hook(es: Elasticsearch) -> dict[str, object]:
     return {"released": released}
 
 
-def take_snapshot(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day: date) -> SnapshotResult:
+def take_snapshot(settings: Settings, es: Elasticsearch, cfg: ArchiveSettings, day: date) -> SnapshotResult:
     started = time.perf_counter()
     ensure_repository(es, cfg)
     name = snapshot_name(day)
@@ -115,7 +114,7 @@ def take_snapshot(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day
     if cfg.volume_snapshots:
         from eventpipe.archive.volumes import snapshot_volumes
 
-        result.volume_snapshots = snapshot_volumes(cfg, day)
+        result.volume_snapshots = snapshot_volumes(cfg, day, settings.kubernetes.namespace)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 
@@ -128,7 +127,7 @@ def _existing_state(es: Elasticsearch, repository: str, name: str) -> str | None
     return snapshots[0]["state"] if snapshots else None
 
 
-def mirror_fs_repository(settings: Settings, cfg: ArchiveConfig) -> int:
+def mirror_fs_repository(settings: Settings, cfg: ArchiveSettings) -> int:
     """Copy an fs repository to the snapshot bucket (blobs are immutable; index-N files are rewritten)."""
     root = Path(cfg.fs_location or "")
     s3 = s3_client(settings)

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from elasticsearch import Elasticsearch
 
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_index, id_digest, index_ids, late_index
 from eventpipe.archive.manifest import (
     VERIFIED_NAME,
@@ -29,7 +28,7 @@ from eventpipe.archive.manifest import (
     verified_key,
 )
 from eventpipe.errors import ChecksumMismatch, ManifestMismatch
-from eventpipe.settings import Settings
+from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.s3 import s3_client
 
 __all__ = ["VERIFIED_NAME", "VerificationFailed", "is_verified", "read_archived_ids", "verified_key", "verify_day"]
@@ -80,9 +79,9 @@ def failure(message: str, problems: list[str]) -> ManifestMismatch:
     return kind(message + "; ".join(problems))
 
 
-def verify_day(settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day: date) -> VerifyResult:
+def verify_day(settings: Settings, es: Elasticsearch, cfg: ArchiveSettings, day: date) -> VerifyResult:
     started = time.perf_counter()
-    s3, bucket = s3_client(settings), settings.archive_bucket
+    s3, bucket = s3_client(settings), settings.s3.bucket
     manifest = load(s3, bucket, day)
     problems: list[str] = []
     ids, total_bytes, encrypted = read_archived_ids(s3, bucket, manifest, problems)

@@ -6,18 +6,18 @@ import time
 from datetime import date
 from typing import Any
 
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.k8s.schemas import volume_snapshot
+from eventpipe.settings import ArchiveSettings
 
 GROUP, VERSION, PLURAL = "snapshot.storage.k8s.io", "v1", "volumesnapshots"
 
 
-def snapshot_objects(cfg: ArchiveConfig, day: date, pvcs: list[str]) -> list[dict[str, Any]]:
+def snapshot_objects(cfg: ArchiveSettings, day: date, pvcs: list[str], namespace: str) -> list[dict[str, Any]]:
     """The (schema-validated) VolumeSnapshot objects for ``pvcs``; names are deterministic per day."""
     return [
         volume_snapshot(
             f"{pvc}-{day:%Y%m%d}"[:253],
-            cfg.namespace,
+            namespace,
             pvc,
             snapshot_class=cfg.volume_snapshot_class,
             labels={"eventpipe.io/day": f"{day:%Y-%m-%d}", "eventpipe.io/pvc": pvc[:63]},
@@ -26,7 +26,7 @@ def snapshot_objects(cfg: ArchiveConfig, day: date, pvcs: list[str]) -> list[dic
     ]
 
 
-def snapshot_volumes(cfg: ArchiveConfig, day: date) -> list[str]:
+def snapshot_volumes(cfg: ArchiveSettings, day: date, namespace: str) -> list[str]:
     """Create (or reuse) one VolumeSnapshot per labelled PVC and wait until all are readyToUse."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
@@ -36,11 +36,11 @@ def snapshot_volumes(cfg: ArchiveConfig, day: date) -> list[str]:
     except config.ConfigException:
         config.load_kube_config()
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
-    claims = core.list_namespaced_persistent_volume_claim(cfg.namespace, label_selector=cfg.volume_snapshot_selector)
-    objects = snapshot_objects(cfg, day, sorted(pvc.metadata.name for pvc in claims.items))
+    claims = core.list_namespaced_persistent_volume_claim(namespace, label_selector=cfg.volume_snapshot_selector)
+    objects = snapshot_objects(cfg, day, sorted(pvc.metadata.name for pvc in claims.items), namespace)
     for obj in objects:
         try:
-            custom.create_namespaced_custom_object(GROUP, VERSION, cfg.namespace, PLURAL, obj)
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj)
         except ApiException as exc:
             if exc.status != 409:  # already exists: a retry of the same day
                 raise
@@ -49,7 +49,7 @@ def snapshot_volumes(cfg: ArchiveConfig, day: date) -> list[str]:
     pending = set(names)
     while pending:
         for name in sorted(pending):
-            status = custom.get_namespaced_custom_object(GROUP, VERSION, cfg.namespace, PLURAL, name).get("status", {})
+            status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status", {})
             if status.get("error"):
                 raise RuntimeError(f"VolumeSnapshot {name} failed: {status['error']}")
             if status.get("readyToUse"):

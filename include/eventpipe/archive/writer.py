@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 from elasticsearch import Elasticsearch, NotFoundError
 
 from eventpipe import __version__
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import (
     day_bounds,
     day_index,
@@ -44,7 +43,7 @@ from eventpipe.archive.manifest import (
 from eventpipe.events.schema import SCHEMA_VERSION
 from eventpipe.ingest.manifest import ManifestStore
 from eventpipe.ingest.offsets import PartitionRange
-from eventpipe.settings import Settings
+from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.s3 import delete_keys, ensure_bucket, s3_client
 
 log = logging.getLogger(__name__)
@@ -94,10 +93,10 @@ def kafka_ranges(es: Elasticsearch, day: date) -> dict[str, dict[str, list[int]]
 
 
 def archive_day(
-    settings: Settings, es: Elasticsearch, cfg: ArchiveConfig, day: date, *, volume_snapshots: tuple[str, ...] = ()
+    settings: Settings, es: Elasticsearch, cfg: ArchiveSettings, day: date, *, volume_snapshots: tuple[str, ...] = ()
 ) -> ArchiveResult:
     started = time.perf_counter()
-    bucket = settings.archive_bucket
+    bucket = settings.s3.bucket
     s3 = s3_client(settings)
     ensure_bucket(settings, bucket)
     tables = {name: read_index(es, name) for name in (day_index(day), late_index(day))}
@@ -171,7 +170,7 @@ def archive_day(
     )
 
 
-def _snapshots(es: Elasticsearch, cfg: ArchiveConfig, day: date, volumes: tuple[str, ...]) -> SnapshotRefs:
+def _snapshots(es: Elasticsearch, cfg: ArchiveSettings, day: date, volumes: tuple[str, ...]) -> SnapshotRefs:
     name = snapshot_name(day)
     try:
         found = es.snapshot.get(repository=cfg.repository, snapshot=name)["snapshots"]

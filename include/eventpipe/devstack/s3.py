@@ -85,15 +85,15 @@ class S3Server(Service):
     def _identities(self) -> Path:
         """Static S3 identities: only the devstack key may do anything, so unsigned requests are refused."""
         settings = _settings()
-        if not (settings.s3_access_key and settings.s3_secret_key):
+        if not (settings.s3.access_key and settings.s3.secret_key):
             raise DevstackError("the devstack S3 credentials are missing from local_env()")
         config = subdir("s3") / "s3.json"
         identity = {
             "name": "eventpipe",
             "credentials": [
                 {
-                    "accessKey": settings.s3_access_key.get_secret_value(),
-                    "secretKey": settings.s3_secret_key.get_secret_value(),
+                    "accessKey": settings.s3.access_key.get_secret_value(),
+                    "secretKey": settings.s3.secret_key.get_secret_value(),
                 }
             ],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],

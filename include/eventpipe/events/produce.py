@@ -40,7 +40,7 @@ def produce(
     """Produce the stream (timestamps = event time); ``realtime`` paces sends to the event clock."""
     ensure_topics(settings, topics.values())
     producer = KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        bootstrap_servers=settings.kafka.bootstrap,
         acks="all",
         linger_ms=20,
         batch_size=512 * 1024,
@@ -102,7 +102,7 @@ def _write_truth(settings: Settings, config: GeneratorConfig, anomalies: list[di
     table = pa.Table.from_pylist(anomalies, schema=TRUTH_SCHEMA)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    ensure_bucket(settings, settings.archive_bucket)
+    ensure_bucket(settings, settings.s3.bucket)
     key = truth_key(config)
-    s3_client(settings).put_object(Bucket=settings.archive_bucket, Key=key, Body=buffer.getvalue())
-    return f"s3://{settings.archive_bucket}/{key}"
+    s3_client(settings).put_object(Bucket=settings.s3.bucket, Key=key, Body=buffer.getvalue())
+    return f"s3://{settings.s3.bucket}/{key}"

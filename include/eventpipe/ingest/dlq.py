@@ -61,7 +61,7 @@ class DlqLimits:
 def read_limits(settings: Settings, producer: KafkaProducer) -> DlqLimits:
     """The DLQ topic's ``max.message.bytes`` (as the broker resolves it) and the producer's limit."""
     ensure_topics(settings, [])  # creates the DLQ topic if it is missing
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="eventpipe-dlq-limits")
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="eventpipe-dlq-limits")
     try:
         resource = ConfigResource(ConfigResourceType.TOPIC, DLQ_TOPIC, {"max.message.bytes": None})
         described = admin.describe_configs([resource], config_filter="all")
@@ -143,7 +143,7 @@ class ClaimCheck:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.bucket = settings.archive_bucket
+        self.bucket = settings.s3.bucket
         self._s3 = None
 
     def put(self, data: bytes) -> str:

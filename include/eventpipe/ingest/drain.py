@@ -110,7 +110,7 @@ def drain_interval(
 def group_consumer(settings: Settings, topic: str, batch_size: int) -> KafkaConsumer:
     """A consumer of the ingest group that never auto-commits: offsets advance only in ``commit_offsets``."""
     return KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        bootstrap_servers=settings.kafka.bootstrap,
         group_id=CONSUMER_GROUP,
         client_id=f"eventpipe-drain-{topic}",
         enable_auto_commit=False,
@@ -135,7 +135,7 @@ def execute_manifest(
     manifest.attempts += 1
     store.save(manifest)  # persist the plan first: a retry replays exactly these ranges
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
     touched: set[datetime] = set()
     try:
         sink = LetterSink(producer, read_limits(settings, producer), ClaimCheck(settings))

@@ -8,7 +8,6 @@ before any Kafka offset is committed.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -54,13 +53,14 @@ DLQ_PAYLOAD_FIELDS: dict[str, object] = {
 
 def client(settings: Settings) -> Elasticsearch:
     auth = None
-    if settings.es_username and settings.es_password:
-        auth = (settings.es_username, settings.es_password.get_secret_value())
+    if settings.elastic.username and settings.elastic.password:
+        auth = (settings.elastic.username, settings.elastic.password.get_secret_value())
     # orjson parses bulk responses and scroll pages ~20% faster than the stdlib (measured in bench/)
     return Elasticsearch(
-        settings.es_url,
+        settings.elastic.url,
         basic_auth=auth,
-        request_timeout=float(os.environ.get("EVENTPIPE_ES_TIMEOUT") or 60),
+        # read per client, not from ``settings``: fault tests lower it on a running process
+        request_timeout=Settings().elastic.timeout_s,
         retry_on_timeout=False,
         max_retries=0,
         serializer=OrjsonSerializer(),
@@ -68,7 +68,7 @@ def client(settings: Settings) -> Elasticsearch:
 
 
 def _replicas() -> int:
-    return int(os.environ.get("EVENTPIPE_ES_REPLICAS") or 0)
+    return Settings().elastic.replicas
 
 
 def ensure_indices(es: Elasticsearch) -> None:
@@ -204,7 +204,7 @@ def _send(es: Elasticsearch, body: str) -> dict[str, object]:
     """One bulk request, retried on connection errors, 429 and 5xx (EVENTPIPE_ES_RETRIES attempts)."""
     for attempt in Retrying(
         retry=retry_if_exception(_retryable),
-        stop=stop_after_attempt(int(os.environ.get("EVENTPIPE_ES_RETRIES") or 6)),
+        stop=stop_after_attempt(Settings().elastic.retries),
         wait=wait_exponential(multiplier=0.5, max=20),
         reraise=True,
     ):

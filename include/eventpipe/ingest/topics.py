@@ -19,7 +19,7 @@ def ensure_topics(
     settings: Settings, topics: Iterable[str] = SOURCE_TOPICS.values(), partitions: int = 3, replication: int = 1
 ) -> None:
     """Create source topics and the compacted DLQ topic (keyed by source coordinates, so reruns dedupe)."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="eventpipe-admin")
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="eventpipe-admin")
     try:
         existing = set(admin.list_topics())
         wanted = [

@@ -17,7 +17,6 @@ JSON goes through boto3; Spark artifacts through s3a.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -48,12 +47,12 @@ class Champion:
 
 def promotion_margin(env: dict[str, str] | None = None) -> float:
     """How much better (absolute F1) a challenger must be: EVENTPIPE_PROMOTION_MARGIN, default 0.01."""
-    return float((os.environ if env is None else env).get("EVENTPIPE_PROMOTION_MARGIN", "0.01"))
+    return Settings.from_env(env).ml.promotion_margin
 
 
 def code_version() -> dict[str, str | None]:
     """Package version plus the git commit: from EVENTPIPE_GIT_SHA (set in the image) or the checkout."""
-    sha = os.environ.get("EVENTPIPE_GIT_SHA")
+    sha = Settings().ml.git_sha
     if not sha:
         from eventpipe.devstack.runtime import REPO_ROOT
 
@@ -70,7 +69,7 @@ def code_version() -> dict[str, str | None]:
 class Registry:
     def __init__(self, settings: Settings, *, prefix: str = PREFIX, s3=None) -> None:
         self.settings = settings
-        self.bucket = settings.archive_bucket
+        self.bucket = settings.s3.bucket
         self.prefix = prefix
         self.s3 = s3 or s3_client(settings)
 

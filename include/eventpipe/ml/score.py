@@ -118,18 +118,16 @@ def read_elasticsearch(es: Elasticsearch, start: datetime, end: datetime, *, pag
 def _interval_days(settings: Settings, s3, start: datetime, end: datetime) -> list[date]:
     last: date = (end - timedelta(milliseconds=1)).astimezone(timezone.utc).date()
     first = start.astimezone(timezone.utc).date()
-    return [d for d in committed_days(s3, settings.archive_bucket) if first <= d <= last]
+    return [d for d in committed_days(s3, settings.s3.bucket) if first <= d <= last]
 
 
 def read_archive_interval(settings: Settings, start: datetime, end: datetime) -> pa.Table:
     """Events of [start, end) from the committed archive files (manifest-listed), without Spark."""
     s3 = s3_client(settings)
-    keys = [
-        k for day in _interval_days(settings, s3, start, end) for k in committed_files(s3, settings.archive_bucket, day)
-    ]
+    keys = [k for day in _interval_days(settings, s3, start, end) for k in committed_files(s3, settings.s3.bucket, day)]
 
     def read(key: str) -> pa.Table:
-        body = s3.get_object(Bucket=settings.archive_bucket, Key=key)["Body"].read()
+        body = s3.get_object(Bucket=settings.s3.bucket, Key=key)["Body"].read()
         return pq.read_table(io.BytesIO(body)).select(ARCHIVE_SCHEMA.names).cast(ARCHIVE_SCHEMA)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -150,7 +148,7 @@ def _archive_events(spark: SparkSession, settings: Settings, start: datetime, en
     days = _interval_days(settings, s3, start, end)
     if not days:
         return None
-    events = read_archive(spark, s3, settings.archive_bucket, days)
+    events = read_archive(spark, s3, settings.s3.bucket, days)
     return events.where((F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end)))
 
 

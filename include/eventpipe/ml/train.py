@@ -235,7 +235,7 @@ def train(
     timings: dict[str, float] = {}
     spark = spark or build_session(settings, "eventpipe-ml-train")
     s3 = s3_client(settings)
-    bucket = settings.archive_bucket
+    bucket = settings.s3.bucket
     train_days, test_day = select_days(committed_days(s3, bucket), days=days, since=since, until=until)
     lineage_days = _manifests(s3, bucket, [*train_days, test_day])
 

@@ -6,26 +6,19 @@ the local process receive the same arguments and environment.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-from eventpipe.settings import PLAIN_ENV, SECRET_ENV, Settings
+from eventpipe.settings import SECRET_ENV, Settings
 
 CLI = "eventpipe"
 
 
 def plain_env() -> dict[str, str]:
-    """Non-secret settings from the Airflow worker's environment, defaults filled in."""
-    defaults = Settings()
-    fallback = {
-        "EVENTPIPE_KAFKA_BOOTSTRAP": defaults.kafka_bootstrap,
-        "EVENTPIPE_ES_URL": defaults.es_url,
-        "EVENTPIPE_S3_ENDPOINT": defaults.s3_endpoint or "",
-        "EVENTPIPE_S3_REGION": defaults.s3_region,
-        "EVENTPIPE_ARCHIVE_BUCKET": defaults.archive_bucket,
-        "EVENTPIPE_PUSHGATEWAY_URL": "",
-    }
-    return {name: os.environ.get(name, fallback.get(name, "")) for name in PLAIN_ENV}
+    """Non-secret settings (``PLAIN_ENV``) from the Airflow worker's environment, defaults filled in.
+
+    Read fresh, not from the cached ``settings()``: DAG files are parsed in long-lived processes.
+    """
+    return Settings().task_env("plain")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ class LocalCliOperator(BaseOperator):
         self.secret_env_names = secret_env_names
 
     def process_env(self) -> dict[str, str]:
+        # Environment plumbing, not setting reads: the child gets the worker's secrets by name (as a
+        # pod gets them from Secrets) and the few OS variables a process needs; settings travel in env_vars.
         secrets = {name: os.environ[name] for name in self.secret_env_names if name in os.environ}
         base = {
             k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "JAVA_HOME", "TMPDIR", "PYTHONPATH"}

@@ -1,27 +1,23 @@
 """The one task factory: a KubernetesPodOperator in production, a local process otherwise.
 
-``EVENTPIPE_EXECUTION`` (set on the Airflow deployment) picks the mode: ``kubernetes``
-(default) or ``local`` (the embedded devstack). Image, namespace and service account come
-from ``EVENTPIPE_IMAGE``, ``EVENTPIPE_NAMESPACE`` and ``EVENTPIPE_SERVICE_ACCOUNT``.
+``Settings.kubernetes`` (set on the Airflow deployment) holds the mode, ``kubernetes`` (default)
+or ``local`` (the embedded devstack), and the pods' image, namespace and service account. Read
+fresh on every call: DAG files are parsed in long-lived processes whose environment tests change.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
 from eventpipe.orchestration.command import TaskCommand
 from eventpipe.orchestration.profiles import PROFILES
-from eventpipe.settings import SECRET_ENV
+from eventpipe.settings import SECRET_ENV, Settings
 
 
 def execution_mode() -> str:
-    mode = os.environ.get("EVENTPIPE_EXECUTION", "kubernetes")
-    if mode not in {"kubernetes", "local"}:
-        raise ValueError(f"EVENTPIPE_EXECUTION must be 'kubernetes' or 'local', not {mode!r}")
-    return mode
+    return Settings().kubernetes.execution  # a ValueError (pydantic's) for anything but kubernetes/local
 
 
 def cli_task(
@@ -49,11 +45,12 @@ def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: An
     from eventpipe.orchestration.pod import EventpipePodOperator
 
     resources = PROFILES[profile]
+    kube = Settings().kubernetes
     return EventpipePodOperator(
         task_id=task_id,
         name=f"eventpipe-{task_id}".replace("_", "-"),
-        namespace=os.environ.get("EVENTPIPE_NAMESPACE") or "eventpipe",
-        image=os.environ.get("EVENTPIPE_IMAGE") or "eventpipe:0.1.0",
+        namespace=kube.namespace,
+        image=kube.image,
         image_pull_policy="IfNotPresent",
         cmds=command.argv[:1],
         arguments=command.argv[1:],
@@ -63,7 +60,7 @@ def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: An
             for secret_name in command.secrets
             for key, env_name in SECRET_ENV[secret_name].items()
         ],
-        service_account_name=resources.service_account or os.environ.get("EVENTPIPE_SERVICE_ACCOUNT", "eventpipe-task"),
+        service_account_name=resources.service_account or kube.service_account,
         labels={"app.kubernetes.io/name": "eventpipe", "app.kubernetes.io/component": task_id.replace("_", "-")},
         container_resources=k8s.V1ResourceRequirements(
             requests={

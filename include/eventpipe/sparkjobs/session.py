@@ -41,55 +41,53 @@ DRIVER_PORT = "7078"
 BLOCK_MANAGER_PORT = "7079"
 
 
-def _s3a_conf(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
+def _s3a_conf(settings: Settings) -> dict[str, str]:
     conf = {
         "spark.hadoop.fs.s3a.aws.credentials.provider": ",".join(CREDENTIAL_PROVIDERS),
-        "spark.hadoop.fs.s3a.endpoint.region": settings.s3_region,
-        "spark.hadoop.fs.s3a.path.style.access": "true" if settings.s3_endpoint else "false",
-        "spark.hadoop.fs.s3a.connection.maximum": env.get("EVENTPIPE_S3A_CONNECTIONS") or "64",
+        "spark.hadoop.fs.s3a.endpoint.region": settings.s3.region,
+        "spark.hadoop.fs.s3a.path.style.access": "true" if settings.s3.endpoint else "false",
+        "spark.hadoop.fs.s3a.connection.maximum": str(settings.s3.s3a_connections),
         "spark.hadoop.fs.s3a.attempts.maximum": "5",
     }
-    if settings.s3_endpoint:
-        conf["spark.hadoop.fs.s3a.endpoint"] = settings.s3_endpoint
-        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(settings.s3_endpoint.startswith("https")).lower()
+    if settings.s3.endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = settings.s3.endpoint
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(settings.s3.endpoint.startswith("https")).lower()
     # Server-side encryption of everything Spark writes: EVENTPIPE_S3_SSE as the archive writer reads it
     # (S3 header values, default AES256 = SSE-S3; "none" disables), translated to s3a's names.
-    sse = env.get("EVENTPIPE_S3_SSE") or "AES256"
+    sse = settings.archive.sse
     if sse.lower() != "none":
         conf["spark.hadoop.fs.s3a.encryption.algorithm"] = S3A_SSE_ALIASES.get(sse, sse)
-        if env.get("EVENTPIPE_S3_SSE_KMS_KEY"):  # a key id/ARN, not a secret
-            conf["spark.hadoop.fs.s3a.encryption.key"] = env["EVENTPIPE_S3_SSE_KMS_KEY"]
+        if settings.archive.sse_kms_key:  # a key id/ARN, not a secret
+            conf["spark.hadoop.fs.s3a.encryption.key"] = settings.archive.sse_kms_key
     return conf
 
 
-def _local_conf(env: Mapping[str, str]) -> dict[str, str]:
+def _local_conf(settings: Settings) -> dict[str, str]:
     return {
-        "spark.driver.memory": env.get("EVENTPIPE_SPARK_DRIVER_MEMORY") or "2g",
+        "spark.driver.memory": settings.spark.driver_memory,
         "spark.driver.host": "127.0.0.1",
         "spark.driver.bindAddress": "127.0.0.1",
-        "spark.ui.enabled": "true" if env.get("EVENTPIPE_SPARK_UI") else "false",
+        "spark.ui.enabled": "true" if settings.spark.ui else "false",
         "spark.ui.showConsoleProgress": "false",
     }
 
 
-def _k8s_conf(env: Mapping[str, str]) -> dict[str, str]:
+def _k8s_conf(settings: Settings) -> dict[str, str]:
     """Client mode: this pod is the driver; executors are pods it owns (deleted with it)."""
-    namespace = env.get("EVENTPIPE_NAMESPACE") or "eventpipe"
+    spark, kube = settings.spark, settings.kubernetes
     conf = {
         "spark.submit.deployMode": "client",
-        "spark.kubernetes.namespace": namespace,
-        "spark.kubernetes.container.image": env.get("EVENTPIPE_IMAGE") or "eventpipe:0.1.0",
+        "spark.kubernetes.namespace": kube.namespace,
+        "spark.kubernetes.container.image": kube.image,
         "spark.kubernetes.container.image.pullPolicy": "IfNotPresent",
         "spark.kubernetes.authenticate.driver.serviceAccountName": SPARK_SERVICE_ACCOUNT,
         "spark.kubernetes.authenticate.executor.serviceAccountName": SPARK_SERVICE_ACCOUNT,
-        "spark.executor.instances": env.get("EVENTPIPE_SPARK_EXECUTORS") or "2",
-        "spark.executor.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_CORES") or "1",
-        "spark.executor.memory": env.get("EVENTPIPE_SPARK_EXECUTOR_MEMORY") or "2g",
+        "spark.executor.instances": str(spark.executors),
+        "spark.executor.cores": str(spark.executor_cores),
+        "spark.executor.memory": spark.executor_memory,
         # the scheduler's reservation may be below the cores Spark uses (e.g. "500m" on a small node)
-        "spark.kubernetes.executor.request.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES")
-        or env.get("EVENTPIPE_SPARK_EXECUTOR_CORES")
-        or "1",
-        "spark.kubernetes.executor.limit.cores": env.get("EVENTPIPE_SPARK_EXECUTOR_CORES") or "1",
+        "spark.kubernetes.executor.request.cores": spark.executor_request_cores or str(spark.executor_cores),
+        "spark.kubernetes.executor.limit.cores": str(spark.executor_cores),
         "spark.kubernetes.executor.deleteOnTermination": "true",
         "spark.kubernetes.executor.label.app.kubernetes.io/name": "eventpipe",
         "spark.kubernetes.executor.label.app.kubernetes.io/component": "spark-executor",
@@ -98,48 +96,56 @@ def _k8s_conf(env: Mapping[str, str]) -> dict[str, str]:
         "spark.blockManager.port": BLOCK_MANAGER_PORT,
         "spark.ui.enabled": "false",
     }
-    if env.get("HOSTNAME"):  # the task pod's name: executors get it as ownerReference, so they die with it
-        conf["spark.kubernetes.driver.pod.name"] = env["HOSTNAME"]
-        conf["spark.kubernetes.executor.podNamePrefix"] = env["HOSTNAME"][:40].rstrip("-") + "-exec"
-    if env.get("EVENTPIPE_POD_IP"):
-        conf["spark.driver.host"] = env["EVENTPIPE_POD_IP"]
-    if env.get("EVENTPIPE_SPARK_EXECUTOR_TEMPLATE"):  # security context, tolerations, ...
-        conf["spark.kubernetes.executor.podTemplateFile"] = env["EVENTPIPE_SPARK_EXECUTOR_TEMPLATE"]
+    if kube.pod_name:  # the task pod's name: executors get it as ownerReference, so they die with it
+        conf["spark.kubernetes.driver.pod.name"] = kube.pod_name
+        conf["spark.kubernetes.executor.podNamePrefix"] = kube.pod_name[:40].rstrip("-") + "-exec"
+    if kube.pod_ip:
+        conf["spark.driver.host"] = kube.pod_ip
+    if spark.executor_template:  # security context, tolerations, ...
+        conf["spark.kubernetes.executor.podTemplateFile"] = spark.executor_template
     # Executors read S3 credentials from the same Secret as task pods: a reference, not the value.
     for secret_key, env_name in SECRET_ENV["eventpipe-s3"].items():
         conf[f"spark.kubernetes.executor.secretKeyRef.{env_name}"] = f"eventpipe-s3:{secret_key}"
     return conf
 
 
-def spark_conf(settings: Settings, master: str, env: Mapping[str, str]) -> dict[str, str]:
+def spark_conf(settings: Settings, master: str) -> dict[str, str]:
     """Every Spark setting for ``master``, secrets excluded; pure, so it is testable without a cluster."""
     conf = {
         "spark.master": master,
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": env.get("EVENTPIPE_SPARK_SHUFFLE_PARTITIONS") or "8",
+        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         # Redact anything secret-looking that a user adds by hand, in the UI and event logs.
         "spark.redaction.regex": "(?i)secret|password|token|access[.]key|credential",
     }
-    conf.update(_s3a_conf(settings, env))
+    conf.update(_s3a_conf(settings))
     if master.startswith("k8s://"):
-        conf.update(_k8s_conf(env))
+        conf.update(_k8s_conf(settings))
     elif master.startswith("local"):
-        conf.update(_local_conf(env))
+        conf.update(_local_conf(settings))
     return conf
 
 
 def build_session(settings: Settings, app_name: str, *, master: str | None = None) -> SparkSession:
-    """A configured SparkSession (reused if one is already running in this process)."""
+    """A configured SparkSession (reused if one is already running in this process).
+
+    Connections and credentials are the caller's ``settings``; Spark's own (the ``spark``,
+    ``kubernetes`` and ``archive`` sections) are the process environment's when the session
+    starts, which is where the Spark task env delivers them.
+    """
     from pyspark.sql import SparkSession
 
-    env = dict(os.environ)
-    master = master or env.get("EVENTPIPE_SPARK_MASTER") or LOCAL_MASTER
-    if master.startswith("k8s://") and not env.get("EVENTPIPE_POD_IP"):
-        env["EVENTPIPE_POD_IP"] = socket.gethostbyname(socket.gethostname())
-    conf = spark_conf(settings, master, env)
+    live = Settings()
+    settings = settings.model_copy(update={"spark": live.spark, "kubernetes": live.kubernetes, "archive": live.archive})
+    master = master or settings.spark.master or LOCAL_MASTER
+    if master.startswith("k8s://") and not settings.kubernetes.pod_ip:
+        ip = socket.gethostbyname(socket.gethostname())
+        settings = settings.updated(kubernetes={"pod_ip": ip})
+    conf = spark_conf(settings, master)
     if master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # the JVM inherits it: no hostname lookup
+        # environment plumbing, not a setting: the JVM started below inherits it (no hostname lookup)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         if not _jars_in_image():
             from eventpipe.devstack.spark import spark_jars
 
@@ -148,11 +154,11 @@ def build_session(settings: Settings, app_name: str, *, master: str | None = Non
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(env.get("EVENTPIPE_SPARK_LOG_LEVEL") or "WARN")
+    spark.sparkContext.setLogLevel(settings.spark.log_level)
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-    if settings.s3_access_key and settings.s3_secret_key:
-        hadoop.set("fs.s3a.access.key", settings.s3_access_key.get_secret_value())
-        hadoop.set("fs.s3a.secret.key", settings.s3_secret_key.get_secret_value())
+    if settings.s3.access_key and settings.s3.secret_key:
+        hadoop.set("fs.s3a.access.key", settings.s3.access_key.get_secret_value())
+        hadoop.set("fs.s3a.secret.key", settings.s3.secret_key.get_secret_value())
     return spark
 
 
@@ -167,27 +173,9 @@ def s3a_uri(bucket: str, key: str) -> str:
     return f"s3a://{bucket}/{key.lstrip('/')}"
 
 
-# Non-secret Spark settings a Spark task inherits from the Airflow deployment, by these names.
-SPARK_TASK_ENV = (
-    "EVENTPIPE_SPARK_MASTER",
-    "EVENTPIPE_IMAGE",
-    "EVENTPIPE_NAMESPACE",
-    "EVENTPIPE_SPARK_EXECUTORS",
-    "EVENTPIPE_SPARK_EXECUTOR_CORES",
-    "EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES",
-    "EVENTPIPE_SPARK_EXECUTOR_MEMORY",
-    "EVENTPIPE_SPARK_EXECUTOR_TEMPLATE",
-    "EVENTPIPE_SPARK_DRIVER_MEMORY",
-    "EVENTPIPE_S3_SSE",
-    "EVENTPIPE_S3_SSE_KMS_KEY",
-    "EVENTPIPE_PROMOTION_MARGIN",
-    "EVENTPIPE_GIT_SHA",
-)
-
-
 def spark_task_env(mode: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Env for a Spark task: the deployment's Spark settings; master defaults to Kubernetes in pods."""
-    env = os.environ if env is None else env
-    out = {name: env[name] for name in SPARK_TASK_ENV if env.get(name)}
+    """Env for a Spark task: the deployment's Spark settings (``SPARK_TASK_ENV``, those it sets);
+    master defaults to Kubernetes in pods."""
+    out = Settings.from_env(env).task_env("spark", only_set=True)
     out.setdefault("EVENTPIPE_SPARK_MASTER", K8S_MASTER if mode == "kubernetes" else LOCAL_MASTER)
     return out

@@ -12,12 +12,12 @@ from eventpipe.settings import Settings
 def s3_client(settings: Settings, *, retries: int = 5):
     return boto3.client(
         "s3",
-        endpoint_url=settings.s3_endpoint,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
-        aws_secret_access_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+        endpoint_url=settings.s3.endpoint,
+        region_name=settings.s3.region,
+        aws_access_key_id=settings.s3.access_key.get_secret_value() if settings.s3.access_key else None,
+        aws_secret_access_key=settings.s3.secret_key.get_secret_value() if settings.s3.secret_key else None,
         config=Config(
-            s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
+            s3={"addressing_style": "path" if settings.s3.endpoint else "auto"},
             retries={"max_attempts": retries, "mode": "standard"},
             connect_timeout=5,
             read_timeout=60,
@@ -26,11 +26,11 @@ def s3_client(settings: Settings, *, retries: int = 5):
 
 
 def arrow_fs(settings: Settings) -> fs.S3FileSystem:
-    endpoint = settings.s3_endpoint
+    endpoint = settings.s3.endpoint
     return fs.S3FileSystem(
-        access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
-        secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
-        region=settings.s3_region,
+        access_key=settings.s3.access_key.get_secret_value() if settings.s3.access_key else None,
+        secret_key=settings.s3.secret_key.get_secret_value() if settings.s3.secret_key else None,
+        region=settings.s3.region,
         endpoint_override=endpoint.split("://", 1)[-1] if endpoint else None,
         scheme=endpoint.split("://", 1)[0] if endpoint else "https",
         force_virtual_addressing=False,
