@@ -13,7 +13,7 @@ from eventpipe.ingest.topics import SOURCE_TOPICS
 from eventpipe.orchestration.assets import ARCHIVE_ASSET
 from eventpipe.orchestration.command import TaskCommand
 from eventpipe.orchestration.defaults import default_args
-from eventpipe.orchestration.tasks import cli_task
+from eventpipe.orchestration.tasks import cli_task, setup_task
 
 DAY = "{{ params.day or data_interval_start.strftime('%Y-%m-%d') }}"
 TOPICS = "{{ params.topics | join(',') }}"
@@ -55,6 +55,7 @@ Backfill: `airflow backfill create --dag-id eventpipe_archive_nightly --from-dat
 Restore: the `eventpipe_restore_drill` DAG or `eventpipe archive restore --day â€¦`.
 """,
 ) as dag:
+    setup = setup_task()
     wait_for_ingest = PythonSensor(
         task_id="wait_for_ingest",
         python_callable=day_is_closed,
@@ -81,5 +82,5 @@ Restore: the `eventpipe_restore_drill` DAG or `eventpipe archive restore --day â
     late_sweep = cli_task("late_sweep", TaskCommand(["archive", "late-sweep"]), profile="archive")
     retention = cli_task("retention", TaskCommand(["archive", "retention", "--today", DAY]))
 
-    wait_for_ingest >> quiesce >> snapshot
+    setup >> wait_for_ingest >> quiesce >> snapshot
     [take, post_hook] >> write >> verify >> [late_sweep, retention]

@@ -10,7 +10,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from eventpipe.ingest.topics import SOURCE_TOPICS
 from eventpipe.orchestration.command import TaskCommand, plain_env
 from eventpipe.orchestration.defaults import default_args
-from eventpipe.orchestration.tasks import cli_task, execution_mode
+from eventpipe.orchestration.tasks import cli_task, execution_mode, setup_task
 from eventpipe.sparkjobs.session import spark_task_env
 
 INTERVAL = ["--start", "{{ data_interval_start.isoformat() }}", "--end", "{{ data_interval_end.isoformat() }}"]
@@ -58,6 +58,7 @@ downtime), indexes or dead-letters them, rolls up their hours and reports the co
 * Task output (counts, offset ranges, dead letters) is in each task's log and XCom.
 """,
 ) as dag:
+    setup = setup_task()
     drain = cli_task(
         "drain",
         TaskCommand(["drain", *INTERVAL, *TOPICS, "{{ '--dry-run' if params.dry_run else '--no-dry-run' }}"]),
@@ -76,4 +77,4 @@ downtime), indexes or dead-letters them, rolls up their hours and reports the co
         TaskCommand(["ledger", *TOPICS, "{{ '--dry-run' if params.dry_run else '--no-dry-run' }}"]),
         profile="drain",
     )
-    drain >> [rollup, score, ledger]
+    setup >> drain >> [rollup, score, ledger]

@@ -8,7 +8,7 @@ from airflow.sdk import DAG, Param
 
 from eventpipe.orchestration.command import TaskCommand
 from eventpipe.orchestration.defaults import default_args
-from eventpipe.orchestration.tasks import cli_task
+from eventpipe.orchestration.tasks import cli_task, setup_task
 
 with DAG(
     dag_id="eventpipe_restore_drill",
@@ -35,7 +35,7 @@ For a real restore into a new cluster: `eventpipe archive restore --day D --sour
 --into eventpipe-events-YYYY.MM.DD` (see docs/runbook.md).
 """,
 ) as dag:
-    cli_task(
+    setup_task() >> cli_task(
         "restore",
         TaskCommand(["archive", "restore", "--day", "{{ params.day }}", "--source", "{{ params.source }}"]),
         profile="archive",

@@ -9,7 +9,7 @@ from airflow.sdk import DAG, Param
 from eventpipe.orchestration.assets import ARCHIVE_ASSET
 from eventpipe.orchestration.command import TaskCommand, plain_env
 from eventpipe.orchestration.defaults import default_args
-from eventpipe.orchestration.tasks import cli_task, execution_mode
+from eventpipe.orchestration.tasks import cli_task, execution_mode, setup_task
 from eventpipe.sparkjobs.session import spark_task_env
 
 with DAG(
@@ -47,6 +47,7 @@ pods (`EVENTPIPE_SPARK_*` settings, service account `eventpipe-spark`). The resu
 F1, promoted or not and why) is in the task log and XCom. Scoring runs in the ingest DAG.
 """,
 ) as dag:
+    setup = setup_task()
     train = cli_task(
         "train",
         TaskCommand(
@@ -66,3 +67,4 @@ F1, promoted or not and why) is in the task log and XCom. Scoring runs in the in
         ),
         profile="spark-driver",
     )
+    setup >> train

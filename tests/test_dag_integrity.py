@@ -32,12 +32,14 @@ def dagbag(request: pytest.FixtureRequest) -> DagBag:
 # dag id -> task id -> (downstream task ids, trigger rule, resource profile; None = not a pod)
 SHAPE: dict[str, dict[str, tuple[set[str], str, str | None]]] = {
     "eventpipe_ingest": {
+        "setup": ({"drain"}, "all_success", "small"),
         "drain": ({"rollup", "score", "ledger"}, "all_success", "drain"),
         "rollup": (set(), "all_success", "small"),
         "ledger": (set(), "all_success", "drain"),
         "score": (set(), "all_success", "spark-driver"),
     },
     "eventpipe_archive_nightly": {
+        "setup": ({"wait_for_ingest"}, "all_success", "small"),
         "wait_for_ingest": ({"quiesce"}, "all_success", None),
         "quiesce": ({"snapshot.pre_hook"}, "all_success", "small"),
         "snapshot.pre_hook": ({"snapshot.take"}, "all_success", "small"),
@@ -49,8 +51,14 @@ SHAPE: dict[str, dict[str, tuple[set[str], str, str | None]]] = {
         "late_sweep": (set(), "all_success", "archive"),
         "retention": (set(), "all_success", "small"),
     },
-    "eventpipe_restore_drill": {"restore": (set(), "all_success", "archive")},
-    "eventpipe_train_anomaly_model": {"train": (set(), "all_success", "spark-driver")},
+    "eventpipe_restore_drill": {
+        "setup": ({"restore"}, "all_success", "small"),
+        "restore": (set(), "all_success", "archive"),
+    },
+    "eventpipe_train_anomaly_model": {
+        "setup": ({"train"}, "all_success", "small"),
+        "train": (set(), "all_success", "spark-driver"),
+    },
 }
 
 

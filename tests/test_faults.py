@@ -27,7 +27,7 @@ from eventpipe.devstack.runtime import home as devstack_home
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
-from eventpipe.ingest.elastic import EVENTS_ALIAS, client
+from eventpipe.ingest.elastic import EVENTS_ALIAS, client, ensure_indices
 from eventpipe.ingest.manifest import ManifestStore
 from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.s3 import delete_keys, s3_client
@@ -229,6 +229,7 @@ def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
 ) -> None:
     private = services.updated(elastic={"url": f"http://127.0.0.1:{private_es.port}"})
     es = client(private)
+    ensure_indices(es)  # what the DAG's setup task does; the drain itself no longer bootstraps
     h0, _h1, h2, _ = _hours(160)
     iot = topics["iot"]
     _, produced = _produce(services, topics, seed=160, malformed_rate=0.01, rate=2.0)

@@ -63,6 +63,14 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 
 
 @app.command()
+def setup() -> None:
+    """Create index templates, topics, buckets and the snapshot repository (idempotent; first task of each DAG)."""
+    from eventpipe.bootstrap import run_setup
+
+    emit("setup", run_setup(Settings.from_env()))
+
+
+@app.command()
 def produce(
     start: Start,
     end: End,

@@ -18,11 +18,10 @@ Day = Annotated[str, typer.Option("--day", help="The closed day, YYYY-MM-DD (or 
 
 
 def _context(day: str | None = None):
-    from eventpipe.ingest.elastic import client, ensure_indices
+    from eventpipe.ingest.elastic import client
 
     settings = Settings.from_env()
     es = client(settings)
-    ensure_indices(es)
     return settings, es, settings.archive, (parse_day(day) if day else date.today())
 
 

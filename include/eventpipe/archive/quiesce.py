@@ -93,13 +93,12 @@ def day_is_closed(day: str, topics: str | list[str] | None = None) -> bool:
 
     ``topics`` may be a comma-separated string, which is what a templated op_kwarg renders to.
     """
-    from eventpipe.ingest.elastic import client, ensure_indices
+    from eventpipe.ingest.elastic import client
     from eventpipe.params import parse_day, parse_topics
     from eventpipe.settings import Settings
 
     es = client(Settings.from_env())
     try:
-        ensure_indices(es)
         return not coverage_gaps(es, parse_day(day), parse_topics(topics))
     finally:
         es.close()

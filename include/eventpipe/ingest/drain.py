@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from eventpipe.events.schema import parse_event
 from eventpipe.ingest.dlq import ClaimCheck, DeadLetter, DlqLimits, read_limits, write_dead_letters
-from eventpipe.ingest.elastic import EVENTS_PREFIX, BulkOutcome, IndexAction, bulk_index, client, ensure_indices
+from eventpipe.ingest.elastic import EVENTS_PREFIX, BulkOutcome, IndexAction, bulk_index, client
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore
 from eventpipe.ingest.offsets import PartitionRange, interval_ranges
 from eventpipe.settings import Settings
@@ -74,7 +74,6 @@ def drain_interval(
 ) -> DrainResult:
     started = time.perf_counter()
     es = client(settings)
-    ensure_indices(es)
     store = ManifestStore(es)
     consumer = group_consumer(settings, topic, batch_size)
     try:

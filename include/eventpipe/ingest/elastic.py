@@ -71,9 +71,10 @@ def _replicas() -> int:
     return Settings().elastic.replicas
 
 
-def ensure_indices(es: Elasticsearch) -> None:
+def ensure_indices(es: Elasticsearch, *, replicas: int | None = None) -> None:
     """Install templates and fixed indices; explicit mappings so a bad record cannot change types."""
-    settings = {"number_of_shards": 1, "number_of_replicas": _replicas(), "refresh_interval": "1s"}
+    replicas = _replicas() if replicas is None else replicas
+    settings = {"number_of_shards": 1, "number_of_replicas": replicas, "refresh_interval": "1s"}
     dynamic_settings = {**settings, **FIELD_LIMITS}
     es.indices.put_index_template(
         name="eventpipe-events",

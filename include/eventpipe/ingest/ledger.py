@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from kafka import KafkaConsumer, TopicPartition
 
 from eventpipe.ingest.drain import DrainResult, execute_manifest, group_consumer
-from eventpipe.ingest.elastic import client, ensure_indices
+from eventpipe.ingest.elastic import client
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore, ledger_manifest_id
 from eventpipe.ingest.offsets import PartitionRange
 from eventpipe.settings import Settings
@@ -115,7 +115,6 @@ def check_ledger(
     """Find the offsets of ``topic`` no complete manifest covers and drain up to ``max_records`` of them."""
     started = time.perf_counter()
     es = client(settings)
-    ensure_indices(es)
     store = ManifestStore(es)
     consumer = group_consumer(settings, topic, batch_size)
     try:

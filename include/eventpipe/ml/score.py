@@ -34,7 +34,7 @@ from elasticsearch import Elasticsearch, NotFoundError
 from eventpipe.archive.layout import ARCHIVE_SCHEMA, committed_days
 from eventpipe.archive.manifest import committed_files
 from eventpipe.errors import InvalidArgument
-from eventpipe.ingest.elastic import ANOMALY_INDEX, EVENTS_ALIAS, IndexAction, bulk_index, client, ensure_indices
+from eventpipe.ingest.elastic import ANOMALY_INDEX, EVENTS_ALIAS, IndexAction, bulk_index, client
 from eventpipe.ml import scorer
 from eventpipe.ml.features import add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import Registry
@@ -250,8 +250,6 @@ def score(
         result.seconds = round(time.perf_counter() - started, 3)
         return result
 
-    if not es.indices.exists(index=ANOMALY_INDEX):
-        ensure_indices(es)
     actions = [
         IndexAction(
             ANOMALY_INDEX,

@@ -38,6 +38,11 @@ def cli_task(
     return _pod_operator(task_id, command, profile, **kwargs)
 
 
+def setup_task(**kwargs: Any) -> BaseOperator:
+    """The first task of every DAG: ``eventpipe setup`` (idempotent), so no later task or sensor bootstraps."""
+    return cli_task("setup", TaskCommand(["setup"]), profile="small", **kwargs)
+
+
 def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: Any) -> BaseOperator:
     from airflow.providers.cncf.kubernetes.secret import Secret
     from kubernetes.client import models as k8s
