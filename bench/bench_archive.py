@@ -34,8 +34,8 @@ from eventpipe.archive.layout import ARCHIVE_SCHEMA
 from eventpipe.archive.writer import archive_day
 from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, generate
-from eventpipe.ingest.elastic import IndexAction, bulk_index, client, ensure_indices
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import IndexAction, bulk_index, client, ensure_indices
 from eventpipe.storage.s3 import ensure_bucket, s3_client
 
 

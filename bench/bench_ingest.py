@@ -24,8 +24,8 @@ from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import drain_interval
-from eventpipe.ingest.elastic import EVENTS_PREFIX, client, ensure_indices
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import EVENTS_PREFIX, client, ensure_indices
 
 DAY = utc("2024-01-01T00:00:00")
 

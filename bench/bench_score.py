@@ -32,11 +32,11 @@ from bench.report import Run
 from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, generate, utc
 from eventpipe.events.schema import daily_index
-from eventpipe.ingest.elastic import ANOMALY_INDEX, EVENTS_PREFIX, IndexAction, bulk_index, client
 from eventpipe.ml.score import anomaly_id
 from eventpipe.ml.train import train
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import build_session
+from eventpipe.storage.elastic import ANOMALY_INDEX, EVENTS_PREFIX, IndexAction, bulk_index, client
 from eventpipe.storage.s3 import ensure_bucket, s3_client
 from tests.ml_archive import delete_bucket, write_generated_archive
 
@@ -46,7 +46,7 @@ HOUR = START + timedelta(days=2, hours=13)
 FLOOR = """
 import sys
 from eventpipe.events.generator import utc
-from eventpipe.ingest.elastic import client
+from eventpipe.storage.elastic import client
 from eventpipe.ml.score import read_elasticsearch
 from eventpipe.settings import Settings
 print(read_elasticsearch(client(Settings.from_env()), utc(sys.argv[1]), utc(sys.argv[2])).num_rows)

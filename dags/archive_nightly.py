@@ -9,7 +9,7 @@ from airflow.sdk import DAG, Param, TaskGroup
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from eventpipe.archive.quiesce import day_is_closed
-from eventpipe.ingest.topics import SOURCE_TOPICS
+from eventpipe.events.topics import SOURCE_TOPICS
 from eventpipe.orchestration.assets import ARCHIVE_ASSET
 from eventpipe.orchestration.command import TaskCommand
 from eventpipe.orchestration.defaults import default_args

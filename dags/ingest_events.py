@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from eventpipe.ingest.topics import SOURCE_TOPICS
+from eventpipe.events.topics import SOURCE_TOPICS
 from eventpipe.orchestration.command import TaskCommand, plain_env
 from eventpipe.orchestration.defaults import default_args
 from eventpipe.orchestration.tasks import cli_task, execution_mode, setup_task

@@ -11,7 +11,7 @@ from typing import Any
 from eventpipe.devstack.airflow import Airflow
 from eventpipe.devstack.airflow_api import AirflowClient, DagRun
 from eventpipe.devstack.stack import up
-from eventpipe.ingest.topics import ensure_topics
+from eventpipe.events.topics import ensure_topics
 from eventpipe.settings import Settings
 
 INGEST_DAG = "eventpipe_ingest"

@@ -10,8 +10,8 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
-from eventpipe.ingest.elastic import client, ensure_indices
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import client, ensure_indices
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from elasticsearch import Elasticsearch
 
-from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS
+from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS
 
 
 def count(es: Elasticsearch, index: str, field: str, value: str) -> int:

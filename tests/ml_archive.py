@@ -23,8 +23,8 @@ from eventpipe.archive.writer import archive_day
 from eventpipe.events.generator import GeneratorConfig, generate
 from eventpipe.events.produce import TRUTH_SCHEMA, truth_key
 from eventpipe.events.schema import Event
-from eventpipe.ingest.elastic import IndexAction, bulk_index, client
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import IndexAction, bulk_index, client
 from eventpipe.storage.s3 import s3_client
 
 

@@ -26,9 +26,9 @@ from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
 from eventpipe.events.schema import Event
 from eventpipe.ingest.drain import drain_interval
-from eventpipe.ingest.elastic import EVENTS_ALIAS, MANIFEST_INDEX, client
 from eventpipe.k8s.schemas import CrdValidationError
 from eventpipe.settings import ArchiveSettings, Settings
+from eventpipe.storage.elastic import EVENTS_ALIAS, MANIFEST_INDEX, client
 from eventpipe.storage.s3 import s3_client
 
 from .faults import CuttableProxy

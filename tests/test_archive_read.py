@@ -14,7 +14,7 @@ from eventpipe.archive.indices import read_index
 from eventpipe.archive.layout import ARCHIVE_SCHEMA
 from eventpipe.archive.writer import parquet_bytes
 from eventpipe.events.generator import GeneratorConfig, generate, utc
-from eventpipe.ingest.elastic import IndexAction, bulk_index
+from eventpipe.storage.elastic import IndexAction, bulk_index
 
 pytestmark = pytest.mark.services
 

@@ -27,9 +27,9 @@ from eventpipe.devstack.runtime import home as devstack_home
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
-from eventpipe.ingest.elastic import EVENTS_ALIAS, client, ensure_indices
 from eventpipe.ingest.manifest import ManifestStore
 from eventpipe.settings import ArchiveSettings, Settings
+from eventpipe.storage.elastic import EVENTS_ALIAS, client, ensure_indices
 from eventpipe.storage.s3 import delete_keys, s3_client
 
 from .es_support import dead_letters_of, events_of

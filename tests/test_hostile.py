@@ -18,12 +18,12 @@ from eventpipe.cli import app
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.events.schema import MAX_METRICS
+from eventpipe.events.topics import DLQ_TOPIC
 from eventpipe.ingest.dlq import DeadLetter, DeadLetterError, DlqLimits, encode_letters, letter_raw
 from eventpipe.ingest.drain import drain_interval
-from eventpipe.ingest.elastic import DLQ_INDEX, TOTAL_FIELDS_LIMIT
 from eventpipe.ingest.ledger import check_ledger
-from eventpipe.ingest.topics import DLQ_TOPIC
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import DLQ_INDEX, TOTAL_FIELDS_LIMIT
 from eventpipe.storage.s3 import s3_client
 
 from .es_support import dead_letters_of, events_of

@@ -13,9 +13,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from eventpipe.events.generator import GeneratorConfig, generate, utc
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
-from eventpipe.ingest.elastic import DLQ_INDEX, ROLLUP_INDEX
 from eventpipe.ingest.rollup import rollup_hours
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import DLQ_INDEX, ROLLUP_INDEX
 
 from .es_support import dead_letters_of, events_of
 from .faults import CuttableProxy

@@ -25,8 +25,8 @@ from eventpipe.devstack.runtime import DevstackError
 from eventpipe.devstack.stack import DATA_SERVICES, DEVSTACK_CREDENTIALS, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
-from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS
 from eventpipe.settings import PLAIN_ENV, Settings
+from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services]
 

@@ -16,7 +16,6 @@ from eventpipe.archive.indices import day_bounds
 from eventpipe.archive.layout import manifest_key
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.schema import daily_index
-from eventpipe.ingest.elastic import ANOMALY_INDEX, EVENTS_PREFIX, IndexAction, bulk_index
 from eventpipe.ml.features import add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import PREFIX, Registry
 from eventpipe.ml.score import anomaly_id, read_archive_interval, score
@@ -24,6 +23,7 @@ from eventpipe.ml.scorer import score_readings
 from eventpipe.ml.train import predict, train
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import build_session
+from eventpipe.storage.elastic import ANOMALY_INDEX, EVENTS_PREFIX, IndexAction, bulk_index
 from eventpipe.storage.s3 import ensure_bucket, s3_client
 
 from .ml_archive import GeneratedArchive, delete_bucket, write_generated_archive

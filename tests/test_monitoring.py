@@ -35,8 +35,8 @@ from eventpipe.devstack.runtime import REPO_ROOT
 from eventpipe.devstack.stack import GROUPS, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
-from eventpipe.ingest.elastic import client
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import client
 
 pytestmark = [pytest.mark.services, pytest.mark.monitoring]
 

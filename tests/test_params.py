@@ -8,7 +8,7 @@ import pytest
 
 from eventpipe.archive.cli import RestoreSource
 from eventpipe.errors import InvalidArgument
-from eventpipe.ingest.topics import SOURCE_TOPICS
+from eventpipe.events.topics import SOURCE_TOPICS
 from eventpipe.ml.cli import ScoreSource
 from eventpipe.ml.score import SOURCES
 from eventpipe.params import parse_day, parse_instant, parse_interval, parse_optional_day, parse_topics, split_csv

@@ -15,9 +15,9 @@ from eventpipe.devstack.airflow import Airflow
 from eventpipe.devstack.airflow_api import FINISHED, AirflowClient, DagRun
 from eventpipe.devstack.runtime import REPO_ROOT, wait_until
 from eventpipe.events.generator import GeneratorConfig, generate, utc
-from eventpipe.ingest.elastic import DLQ_INDEX, EVENTS_ALIAS
-from eventpipe.ingest.topics import SOURCE_TOPICS
+from eventpipe.events.topics import SOURCE_TOPICS
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS
 
 from .airflow_support import INGEST_DAG, start_airflow
 

@@ -10,9 +10,9 @@ from kafka import KafkaAdminClient
 
 from eventpipe.bootstrap import run_setup
 from eventpipe.devstack.elasticsearch import snapshot_root
-from eventpipe.ingest.elastic import ANOMALY_INDEX, DLQ_INDEX, MANIFEST_INDEX, ROLLUP_INDEX
-from eventpipe.ingest.topics import DLQ_TOPIC, SOURCE_TOPICS
+from eventpipe.events.topics import DLQ_TOPIC, SOURCE_TOPICS
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import ANOMALY_INDEX, DLQ_INDEX, MANIFEST_INDEX, ROLLUP_INDEX
 from eventpipe.storage.s3 import s3_client
 
 pytestmark = pytest.mark.services

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 
 from eventpipe.archive.snapshot import ensure_repository
-from eventpipe.ingest.elastic import client, ensure_indices
-from eventpipe.ingest.topics import DLQ_TOPIC, SOURCE_TOPICS, ensure_topics
+from eventpipe.events.topics import DLQ_TOPIC, SOURCE_TOPICS, ensure_topics
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import client, ensure_indices
 from eventpipe.storage.s3 import ensure_bucket
 
 

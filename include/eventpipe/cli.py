@@ -139,9 +139,9 @@ def drain(
 @app.command()
 def rollup(start: Start, end: End, topics: Topics = "") -> None:
     """Recompute hourly rollups for every hour the interval's drains touched."""
-    from eventpipe.ingest.elastic import client
     from eventpipe.ingest.manifest import ManifestStore
     from eventpipe.ingest.rollup import rollup_hours
+    from eventpipe.storage.elastic import client
 
     lo, hi = parse_interval(start, end)
     es = client(Settings.from_env())
@@ -163,10 +163,10 @@ def ledger(
     batch_size: int = 5000,
 ) -> None:
     """Offset ledger: drain the Kafka offsets no complete drain manifest covers, then roll up their hours."""
-    from eventpipe.ingest.elastic import client
     from eventpipe.ingest.ledger import check_ledger
     from eventpipe.ingest.rollup import rollup_hours
     from eventpipe.metrics import push
+    from eventpipe.storage.elastic import client
 
     settings = Settings.from_env()
     results = [

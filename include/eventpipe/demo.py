@@ -23,8 +23,8 @@ from eventpipe.archive.manifest import load as load_manifest
 from eventpipe.devstack.stack import SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, generate
 from eventpipe.events.produce import ProduceResult, produce
-from eventpipe.ingest.elastic import ANOMALY_INDEX, DLQ_INDEX, ROLLUP_INDEX, client, ensure_indices
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import ANOMALY_INDEX, DLQ_INDEX, ROLLUP_INDEX, client, ensure_indices
 from eventpipe.storage.s3 import s3_client
 
 DEMO_DAY = date(2026, 1, 15)

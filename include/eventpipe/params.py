@@ -12,7 +12,7 @@ from datetime import date, datetime
 
 from eventpipe.errors import InvalidArgument
 from eventpipe.events.generator import utc
-from eventpipe.ingest.topics import SOURCE_TOPICS
+from eventpipe.events.topics import SOURCE_TOPICS
 
 
 def split_csv(value: str | Iterable[str] | None) -> list[str]:

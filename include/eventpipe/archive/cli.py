@@ -18,7 +18,7 @@ Day = Annotated[str, typer.Option("--day", help="The closed day, YYYY-MM-DD (or 
 
 
 def _context(day: str | None = None):
-    from eventpipe.ingest.elastic import client
+    from eventpipe.storage.elastic import client
 
     settings = Settings.from_env()
     es = client(settings)

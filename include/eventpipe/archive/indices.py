@@ -18,8 +18,8 @@ import pyarrow as pa
 from elasticsearch import Elasticsearch, NotFoundError, helpers
 
 from eventpipe.archive.layout import ARCHIVE_SCHEMA
-from eventpipe.ingest.elastic import EVENTS_PREFIX
 from eventpipe.settings import ArchiveSettings, Settings
+from eventpipe.storage.elastic import EVENTS_PREFIX
 
 LATE_PREFIX = f"{EVENTS_PREFIX}-late"
 SNAPSHOT_PREFIX = "eventpipe"

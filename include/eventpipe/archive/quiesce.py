@@ -93,9 +93,9 @@ def day_is_closed(day: str, topics: str | list[str] | None = None) -> bool:
 
     ``topics`` may be a comma-separated string, which is what a templated op_kwarg renders to.
     """
-    from eventpipe.ingest.elastic import client
     from eventpipe.params import parse_day, parse_topics
     from eventpipe.settings import Settings
+    from eventpipe.storage.elastic import client
 
     es = client(Settings.from_env())
     try:

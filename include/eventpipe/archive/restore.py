@@ -15,8 +15,8 @@ from eventpipe.archive.manifest import SourceDigest, load
 from eventpipe.archive.snapshot import ensure_repository
 from eventpipe.archive.verify import VerificationFailed, failure, read_archived_ids
 from eventpipe.errors import ManifestMismatch
-from eventpipe.ingest.elastic import IndexAction, bulk_index
 from eventpipe.settings import ArchiveSettings, Settings
+from eventpipe.storage.elastic import IndexAction, bulk_index
 from eventpipe.storage.s3 import s3_client
 
 SCRATCH_PREFIX = "restore-"

@@ -13,8 +13,8 @@ from elasticsearch import Elasticsearch, NotFoundError
 
 from eventpipe.archive.indices import SNAPSHOT_PREFIX, id_digest, index_day, index_ids
 from eventpipe.archive.manifest import is_verified, load
-from eventpipe.ingest.elastic import EVENTS_PREFIX
 from eventpipe.settings import ArchiveSettings, Settings
+from eventpipe.storage.elastic import EVENTS_PREFIX
 from eventpipe.storage.s3 import s3_client
 
 

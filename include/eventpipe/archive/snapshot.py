@@ -19,8 +19,8 @@ from elasticsearch import Elasticsearch, NotFoundError
 
 from eventpipe.archive.indices import day_index, existing, late_index, snapshot_name
 from eventpipe.errors import InvalidConfiguration
-from eventpipe.ingest.elastic import DLQ_INDEX, MANIFEST_INDEX, ROLLUP_INDEX
 from eventpipe.settings import ArchiveSettings, Settings
+from eventpipe.storage.elastic import DLQ_INDEX, MANIFEST_INDEX, ROLLUP_INDEX
 from eventpipe.storage.s3 import delete_keys, ensure_bucket, s3_client
 
 log = logging.getLogger(__name__)

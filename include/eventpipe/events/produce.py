@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from kafka import KafkaProducer
 
 from eventpipe.events.generator import GeneratorConfig, generate
-from eventpipe.ingest.topics import SOURCE_TOPICS, ensure_topics
+from eventpipe.events.topics import SOURCE_TOPICS, ensure_topics
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import ensure_bucket, s3_client
 

@@ -18,7 +18,7 @@ SCHEMA_VERSION = 1
 
 # Bounds (docs/schema.md): each metric or attribute name is a field of the day index, so one
 # event may bring at most MAX_METRICS + MAX_ATTRIBUTES of them, under 5% of the index's field
-# limit (eventpipe.ingest.elastic.TOTAL_FIELDS_LIMIT). Names have no dots, which would create
+# limit (eventpipe.storage.elastic.TOTAL_FIELDS_LIMIT). Names have no dots, which would create
 # object paths that conflict with existing fields.
 MAX_METRICS = 32
 MAX_ATTRIBUTES = 16

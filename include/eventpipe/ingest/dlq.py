@@ -27,9 +27,9 @@ from elasticsearch import Elasticsearch
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from eventpipe.ingest.elastic import DLQ_INDEX, IndexAction, bulk_index
-from eventpipe.ingest.topics import DLQ_TOPIC, ensure_topics
+from eventpipe.events.topics import DLQ_TOPIC, ensure_topics
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import DLQ_INDEX, IndexAction, bulk_index
 from eventpipe.storage.s3 import ensure_bucket, s3_client
 
 log = logging.getLogger(__name__)

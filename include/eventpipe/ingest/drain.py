@@ -20,10 +20,10 @@ from pydantic import ValidationError
 
 from eventpipe.events.schema import parse_event
 from eventpipe.ingest.dlq import ClaimCheck, DeadLetter, DlqLimits, read_limits, write_dead_letters
-from eventpipe.ingest.elastic import EVENTS_PREFIX, BulkOutcome, IndexAction, bulk_index, client
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore
 from eventpipe.ingest.offsets import PartitionRange, interval_ranges
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import EVENTS_PREFIX, BulkOutcome, IndexAction, bulk_index, client
 
 log = logging.getLogger(__name__)
 CONSUMER_GROUP = "eventpipe-ingest"

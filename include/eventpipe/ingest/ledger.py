@@ -22,10 +22,10 @@ from datetime import datetime, timezone
 from kafka import KafkaConsumer, TopicPartition
 
 from eventpipe.ingest.drain import DrainResult, execute_manifest, group_consumer
-from eventpipe.ingest.elastic import client
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore, ledger_manifest_id
 from eventpipe.ingest.offsets import PartitionRange
 from eventpipe.settings import Settings
+from eventpipe.storage.elastic import client
 
 log = logging.getLogger(__name__)
 

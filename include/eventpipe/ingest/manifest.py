@@ -14,8 +14,8 @@ from typing import Literal
 from elasticsearch import Elasticsearch, NotFoundError
 from pydantic import BaseModel, Field
 
-from eventpipe.ingest.elastic import MANIFEST_INDEX
 from eventpipe.ingest.offsets import PartitionRange
+from eventpipe.storage.elastic import MANIFEST_INDEX
 
 
 class DrainManifest(BaseModel):

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from elasticsearch import Elasticsearch
 
-from eventpipe.ingest.elastic import EVENTS_ALIAS, EVENTS_PREFIX, ROLLUP_INDEX, IndexAction, bulk_index
+from eventpipe.storage.elastic import EVENTS_ALIAS, EVENTS_PREFIX, ROLLUP_INDEX, IndexAction, bulk_index
 
 AGGREGATIONS_PER_PAGE = 40_000
 

@@ -21,6 +21,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eventpipe import __version__
@@ -54,11 +55,11 @@ def code_version() -> dict[str, str | None]:
     """Package version plus the git commit: from EVENTPIPE_GIT_SHA (set in the image) or the checkout."""
     sha = Settings().ml.git_sha
     if not sha:
-        from eventpipe.devstack.runtime import REPO_ROOT
-
+        # git finds the checkout from this file's directory (an editable install); no devstack import
+        here = Path(__file__).resolve().parent
         try:
             done = subprocess.run(
-                ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+                ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
             )
             sha = done.stdout.strip() if done.returncode == 0 else None
         except OSError:

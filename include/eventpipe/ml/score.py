@@ -34,12 +34,12 @@ from elasticsearch import Elasticsearch, NotFoundError
 from eventpipe.archive.layout import ARCHIVE_SCHEMA, committed_days
 from eventpipe.archive.manifest import committed_files
 from eventpipe.errors import InvalidArgument
-from eventpipe.ingest.elastic import ANOMALY_INDEX, EVENTS_ALIAS, IndexAction, bulk_index, client
 from eventpipe.ml import scorer
 from eventpipe.ml.features import add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import Registry
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import build_session
+from eventpipe.storage.elastic import ANOMALY_INDEX, EVENTS_ALIAS, IndexAction, bulk_index, client
 from eventpipe.storage.s3 import s3_client
 
 if TYPE_CHECKING:

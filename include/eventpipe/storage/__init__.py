@@ -1,1 +1,2 @@
-"""Object storage access (S3 or an S3-compatible server), configured from Settings."""
+"""Infrastructure clients, configured from Settings: S3 (``s3``) and Elasticsearch (``elastic``: client,
+index mappings as package data in ``mappings.json``, bulk writes with retries)."""

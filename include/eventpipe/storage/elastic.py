@@ -1,4 +1,4 @@
-"""Elasticsearch client, index templates and a bulk writer that retries what is retryable.
+"""Elasticsearch client, index templates (mappings in ``mappings.json``) and a bulk writer that retries.
 
 Whole-request failures (connection, 429, 5xx) and per-item 429/5xx are retried with
 exponential backoff; per-item rejections that will never succeed (mapping conflicts) are
@@ -8,9 +8,12 @@ before any Kafka offset is committed.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
 
 import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
@@ -39,16 +42,10 @@ FIELD_LIMITS: dict[str, object] = {
     "index.mapping.total_fields.limit": TOTAL_FIELDS_LIMIT,
     "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
 }
-DLQ_PAYLOAD_FIELDS: dict[str, object] = {
-    "raw_b64": {"type": "binary"},  # the exact source bytes (absent when claim-checked)
-    "payload_ref": {"type": "keyword"},  # s3://bucket/dead-letters/sha256/.. for claim checks
-    "size": {"type": "long"},
-    "sha256": {"type": "keyword"},
-    "preview": {"type": "text", "index": False},
-    "key_b64": {"type": "binary"},
-    "key_sha256": {"type": "keyword"},
-    "key_ref": {"type": "keyword"},
-}
+# Index mappings are package data (mappings.json): the events template, the fixed indices, and
+# the dead-letter payload fields (also applied to existing DLQ indices as an additive upgrade).
+MAPPINGS: dict[str, Any] = json.loads(resources.files("eventpipe.storage").joinpath("mappings.json").read_text())
+DLQ_PAYLOAD_FIELDS: dict[str, object] = MAPPINGS["dlq_payload_fields"]
 
 
 def client(settings: Settings) -> Elasticsearch:
@@ -80,91 +77,10 @@ def ensure_indices(es: Elasticsearch, *, replicas: int | None = None) -> None:
         name="eventpipe-events",
         index_patterns=[f"{EVENTS_PREFIX}-*"],
         priority=200,
-        template={
-            "settings": dynamic_settings,
-            "aliases": {EVENTS_ALIAS: {}},
-            "mappings": {
-                "dynamic": "strict",
-                "properties": {
-                    "schema_version": {"type": "short"},
-                    "event_id": {"type": "keyword"},
-                    "source": {"type": "keyword"},
-                    "device_id": {"type": "keyword"},
-                    "event_type": {"type": "keyword"},
-                    "event_time": {"type": "date"},
-                    "metrics": {"type": "object", "dynamic": True},
-                    "attributes": {"type": "object", "dynamic": True},
-                    "kafka": {
-                        "properties": {
-                            "topic": {"type": "keyword"},
-                            "partition": {"type": "integer"},
-                            "offset": {"type": "long"},
-                        }
-                    },
-                },
-                "dynamic_templates": [
-                    {"metrics": {"path_match": "metrics.*", "mapping": {"type": "double"}}},
-                    {"attributes": {"path_match": "attributes.*", "mapping": {"type": "keyword"}}},
-                ],
-            },
-        },
+        template={"settings": dynamic_settings, "aliases": {EVENTS_ALIAS: {}}, "mappings": MAPPINGS["events_template"]},
     )
-    fixed = {
-        DLQ_INDEX: {
-            "properties": {
-                "reason": {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 512}}},
-                "error_kind": {"type": "keyword"},
-                "source_topic": {"type": "keyword"},
-                "partition": {"type": "integer"},
-                "offset": {"type": "long"},
-                "kafka_timestamp": {"type": "date", "format": "epoch_millis"},
-                "raw": {"type": "text", "index": False},  # letters before raw_b64 (lossy, kept for old documents)
-                **DLQ_PAYLOAD_FIELDS,
-                "interval_start": {"type": "date"},
-                "dead_lettered_at": {"type": "date"},
-            }
-        },
-        ROLLUP_INDEX: {
-            "properties": {
-                "device_id": {"type": "keyword"},
-                "source": {"type": "keyword"},
-                "hour": {"type": "date"},
-                "count": {"type": "long"},
-                "metrics": {"type": "object", "dynamic": True},
-                "computed_at": {"type": "date"},
-            },
-            "dynamic_templates": [{"stats": {"path_match": "metrics.*.*", "mapping": {"type": "double"}}}],
-        },
-        MANIFEST_INDEX: {
-            "properties": {
-                "topic": {"type": "keyword"},
-                "interval_start": {"type": "date"},
-                "interval_end": {"type": "date"},
-                "status": {"type": "keyword"},
-                "kind": {"type": "keyword"},
-                "partitions": {"type": "object", "enabled": False},
-                "touched_hours": {"type": "date"},
-            }
-        },
-        ANOMALY_INDEX: {
-            "properties": {
-                "event_id": {"type": "keyword"},
-                "device_id": {"type": "keyword"},
-                "event_time": {"type": "date"},
-                "score": {"type": "double"},
-                "model_version": {"type": "keyword"},
-                "metric": {"type": "keyword"},
-                "kind": {"type": "keyword"},
-                "source": {"type": "keyword"},
-                "event_type": {"type": "keyword"},
-                "value": {"type": "double"},
-                "baseline_median": {"type": "double"},
-                "z_score": {"type": "double"},
-                "metrics": {"type": "object", "dynamic": True},
-            },
-            "dynamic_templates": [{"metrics": {"path_match": "metrics.*", "mapping": {"type": "double"}}}],
-        },
-    }
+    fixed = {name: dict(mappings) for name, mappings in MAPPINGS["indices"].items()}
+    fixed[DLQ_INDEX] = {"properties": {**fixed[DLQ_INDEX]["properties"], **DLQ_PAYLOAD_FIELDS}}
     for name, mappings in fixed.items():
         if not es.indices.exists(index=name):
             try:
