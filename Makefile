@@ -55,7 +55,18 @@ bench: services  ## benchmarks: ratios against ceilings measured in the same run
 	$(BIN)/python bench/bench_score.py
 	$(BIN)/python bench/bench_train.py
 
-k8s: install  ## opt-in: local Kubernetes (built from the Go proxy on first use), the image, deploy/ and Secrets
+K8S_HOST_PKGS := docker.io containerd runc containernetworking-plugins etcd-server iptables iproute2 openssl debootstrap
+K8S_HOST_TOOLS := dockerd containerd runc etcd iptables ip openssl debootstrap
+
+.PHONY: k8s-host
+k8s-host:  ## Debian packages the local cluster and the image build need (idempotent; apt-get only when one is missing)
+	@missing=""; for t in $(K8S_HOST_TOOLS); do command -v $$t >/dev/null || [ -x /usr/local/go/bin/$$t ] || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ] && [ -x /usr/lib/cni/bridge -o -x /opt/cni/bin/bridge ]; then echo "kubernetes host packages present"; \
+	else echo "[k8s-host] missing:$$missing; installing $(K8S_HOST_PKGS)"; \
+	  apt-get install -y -q --no-install-recommends $(K8S_HOST_PKGS) || \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends $(K8S_HOST_PKGS); }; fi
+
+k8s: install k8s-host  ## opt-in: local Kubernetes (built from the Go proxy on first use), the image, deploy/ and Secrets
 	$(EP) devstack up --services kafka,elasticsearch,s3
 	$(EP) devstack k8s
 

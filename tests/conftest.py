@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from elasticsearch import Elasticsearch
@@ -12,6 +13,10 @@ from elasticsearch import Elasticsearch
 from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import client, ensure_indices
+
+if TYPE_CHECKING:
+    from eventpipe.devstack.airflow import Airflow
+    from eventpipe.devstack.airflow_api import AirflowClient
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +47,19 @@ def topics() -> dict[str, str]:
     """Fresh source topics per test, so offsets, manifests and counts are isolated."""
     tag = uuid.uuid4().hex[:8]
     return {"iot": f"test-{tag}.iot", "business": f"test-{tag}.business"}
+
+
+@pytest.fixture(scope="module")
+def airflow(services: Settings) -> Airflow:
+    """The devstack Airflow, started or reused and settled once per session (see airflow_support)."""
+    from .airflow_support import start_airflow
+
+    return start_airflow()
+
+
+@pytest.fixture(scope="module")
+def api(airflow: Airflow) -> Iterator[AirflowClient]:
+    from eventpipe.devstack.airflow_api import AirflowClient
+
+    with AirflowClient(airflow.url) as client:
+        yield client

@@ -15,15 +15,10 @@ from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.settings import Settings
 
-from .airflow_support import INGEST_DAG, start_airflow, unpaused
+from .airflow_support import INGEST_DAG, unpaused
 from .es_support import dead_letters_of, events_of
 
 pytestmark = [pytest.mark.airflow, pytest.mark.services]
-
-
-@pytest.fixture(scope="module")
-def airflow(services: Settings) -> Airflow:
-    return start_airflow()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,21 +20,10 @@ from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.settings import Settings
 
-from .airflow_support import INGEST_DAG, start_airflow, unpaused
+from .airflow_support import INGEST_DAG, unpaused
 from .es_support import dead_letters_of, events_of
 
 pytestmark = [pytest.mark.airflow, pytest.mark.services, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def airflow(services: Settings) -> Airflow:
-    return start_airflow()
-
-
-@pytest.fixture(scope="module")
-def api(airflow: Airflow) -> Iterator[AirflowClient]:
-    with AirflowClient(airflow.url) as client:
-        yield client
 
 
 def _group(pgid: int) -> set[int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -26,22 +25,11 @@ from eventpipe.ingest.drain import drain_interval
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
 
-from .airflow_support import ARCHIVE_DAG, INGEST_DAG, backfill, start_airflow, unpaused
+from .airflow_support import ARCHIVE_DAG, INGEST_DAG, backfill, unpaused
 from .es_support import dead_letters_of, events_of
 
 pytestmark = [pytest.mark.airflow, pytest.mark.services, pytest.mark.slow]
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def airflow(services: Settings) -> Airflow:
-    return start_airflow()
-
-
-@pytest.fixture(scope="module")
-def api(airflow: Airflow) -> Iterator[AirflowClient]:
-    with AirflowClient(airflow.url) as client:
-        yield client
 
 
 def _random_day() -> date:

@@ -97,3 +97,16 @@ def test_up_restarts_a_running_but_unhealthy_service() -> None:
         assert second not in (None, first)
     finally:
         probe.stop()
+
+
+def test_install_lanes_keep_maven_serial_and_airflow_after_postgres() -> None:
+    """Installs run in parallel lanes; the lanes encode what may not overlap."""
+    from eventpipe.devstack.stack import SERVICES, _lanes
+
+    lanes = _lanes([*SERVICES, "spark", "prometheus"])
+    assert sorted(name for lane in lanes for name in lane) == sorted([*SERVICES, "spark", "prometheus"])
+    maven = next(lane for lane in lanes if "kafka" in lane)
+    assert {"elasticsearch", "spark"} <= set(maven)  # one mvn at a time on ~/.m2
+    db = next(lane for lane in lanes if "airflow" in lane)
+    assert db.index("postgres") < db.index("airflow")  # airflow db migrate needs the database
+    assert _lanes(["s3"]) == [["s3"]]

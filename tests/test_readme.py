@@ -16,10 +16,9 @@ from eventpipe.devstack.airflow_api import FINISHED, AirflowClient, DagRun
 from eventpipe.devstack.runtime import REPO_ROOT, wait_until
 from eventpipe.events.generator import GeneratorConfig, generate, utc
 from eventpipe.events.topics import SOURCE_TOPICS
-from eventpipe.settings import Settings
 from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS
 
-from .airflow_support import INGEST_DAG, start_airflow
+from .airflow_support import INGEST_DAG
 
 pytestmark = [pytest.mark.airflow, pytest.mark.services, pytest.mark.slow]
 
@@ -45,11 +44,6 @@ def run_block(name: str) -> subprocess.CompletedProcess[str]:
     )
     assert result.returncode == 0, f"README block {name!r} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
-
-
-@pytest.fixture(scope="module")
-def airflow(services: Settings) -> Airflow:
-    return start_airflow()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -25,9 +26,18 @@ class DevstackError(RuntimeError):
     """A service could not be installed or started; the message says what to do."""
 
 
+_PROGRESS_LOCK = threading.Lock()
+
+
 def progress(message: str) -> None:
-    """One progress line on stderr (stdout stays machine-readable), flushed at once for CI logs."""
-    print(f"[devstack {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    """One progress line on stderr (stdout stays machine-readable), flushed at once for CI logs.
+
+    Whole lines under a lock: installs run in parallel lanes.
+    """
+    line = f"[devstack {time.strftime('%H:%M:%S')}] {message}\n"
+    with _PROGRESS_LOCK:
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
 def run_step(
