@@ -77,6 +77,8 @@ def main() -> None:
     args = parser.parse_args()
 
     env = {**os.environ, **local_env()}
+    # Spark's own settings come from the process environment (build_session): the devstack's jars
+    os.environ.setdefault("EVENTPIPE_SPARK_JARS_DIR", env["EVENTPIPE_SPARK_JARS_DIR"])
     run = Run("score")
     up(DATA_SERVICES)
     console = Console(width=150)

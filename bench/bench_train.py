@@ -105,6 +105,8 @@ def main() -> None:
     ensure_bucket(settings, settings.s3.bucket)
     s3 = s3_client(settings)
     os.environ["EVENTPIPE_SPARK_UI"] = "1"  # the per-phase profile comes from the UI's REST API
+    # Spark's own settings come from the process environment (build_session): the devstack's jars
+    os.environ.setdefault("EVENTPIPE_SPARK_JARS_DIR", local_env()["EVENTPIPE_SPARK_JARS_DIR"])
     start = utc("2024-06-01T00:00:00")
     config = GeneratorConfig(
         start,

@@ -118,6 +118,9 @@ class SparkSettings(Section):
     shuffle_partitions: int = env("EVENTPIPE_SPARK_SHUFFLE_PARTITIONS", 8)
     ui: bool = env("EVENTPIPE_SPARK_UI", False)
     log_level: str = env("EVENTPIPE_SPARK_LOG_LEVEL", "WARN")
+    jars_dir: str | None = env(
+        "EVENTPIPE_SPARK_JARS_DIR", spark=True, description="extra jars of a local Spark outside the image (devstack)"
+    )
 
 
 class KubernetesSettings(Section):

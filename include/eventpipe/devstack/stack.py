@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from eventpipe.devstack.elasticsearch import snapshot_root
-from eventpipe.devstack.runtime import Service, progress
+from eventpipe.devstack.runtime import Service, progress, subdir
 
 # name -> "module:Class"; start order matters (Airflow last: its tasks need the others).
 SERVICES: dict[str, str] = {
@@ -64,6 +64,8 @@ def local_env() -> dict[str, str]:
         # the devstack node has no repository-s3 module: fs repository under its path.repo, mirrored to S3
         "EVENTPIPE_SNAPSHOT_REPOSITORY_TYPE": "fs",
         "EVENTPIPE_SNAPSHOT_FS_LOCATION": str(snapshot_root() / "eventpipe-snapshots"),
+        # the extra jars a local Spark needs (s3a, Kafka source), resolved by `devstack install`
+        "EVENTPIPE_SPARK_JARS_DIR": str(subdir("spark", "jars")),
         **DEVSTACK_CREDENTIALS,
     }
 

@@ -27,7 +27,7 @@ from elasticsearch import Elasticsearch
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from eventpipe.events.topics import DLQ_TOPIC, ensure_topics
+from eventpipe.events.topics import DLQ_TOPIC
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import DLQ_INDEX, IndexAction, bulk_index
 from eventpipe.storage.s3 import ensure_bucket, s3_client
@@ -59,8 +59,10 @@ class DlqLimits:
 
 
 def read_limits(settings: Settings, producer: KafkaProducer) -> DlqLimits:
-    """The DLQ topic's ``max.message.bytes`` (as the broker resolves it) and the producer's limit."""
-    ensure_topics(settings, [])  # creates the DLQ topic if it is missing
+    """The DLQ topic's ``max.message.bytes`` (as the broker resolves it) and the producer's limit.
+
+    The topic exists: ``eventpipe setup`` (first task of the DAG) or the producer created it.
+    """
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="eventpipe-dlq-limits")
     try:
         resource = ConfigResource(ConfigResourceType.TOPIC, DLQ_TOPIC, {"max.message.bytes": None})

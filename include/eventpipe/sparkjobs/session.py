@@ -6,7 +6,7 @@ client mode inside the Airflow task pod (profile ``spark-driver``) and asks the 
 executor pods running the same ``EVENTPIPE_IMAGE``, under the ``eventpipe-spark`` service account.
 The image carries the extra jars (hadoop-aws, AWS SDK modules, Kafka source; see
 ``devstack/maven/spark/pom.xml``) in ``$SPARK_HOME/jars``, so ``spark.jars`` is set only locally,
-from ``eventpipe.devstack.spark.spark_jars()``.
+from ``EVENTPIPE_SPARK_JARS_DIR``, which the devstack sets and fills (this layer never imports it).
 
 Credentials never enter the Spark configuration (it is visible in argv, the UI, event logs and
 the driver's ConfigMap): ``spark_conf`` renders only non-secret keys, and ``build_session``
@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eventpipe.errors import InvalidConfiguration
 from eventpipe.settings import SECRET_ENV, Settings
 
 if TYPE_CHECKING:
@@ -147,9 +148,7 @@ def build_session(settings: Settings, app_name: str, *, master: str | None = Non
         # environment plumbing, not a setting: the JVM started below inherits it (no hostname lookup)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         if not _jars_in_image():
-            from eventpipe.devstack.spark import spark_jars
-
-            conf["spark.jars"] = ",".join(str(path) for path in spark_jars())
+            conf["spark.jars"] = ",".join(str(path) for path in _local_jars(settings))
     builder = SparkSession.builder.appName(app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -160,6 +159,17 @@ def build_session(settings: Settings, app_name: str, *, master: str | None = Non
         hadoop.set("fs.s3a.access.key", settings.s3.access_key.get_secret_value())
         hadoop.set("fs.s3a.secret.key", settings.s3.secret_key.get_secret_value())
     return spark
+
+
+def _local_jars(settings: Settings) -> list[Path]:
+    """The extra jars the devstack resolved into ``EVENTPIPE_SPARK_JARS_DIR`` (``eventpipe devstack install``)."""
+    jars = sorted(Path(settings.spark.jars_dir).glob("*.jar")) if settings.spark.jars_dir else []
+    if not jars:
+        raise InvalidConfiguration(
+            f"a local Spark outside the image needs its extra jars, but EVENTPIPE_SPARK_JARS_DIR="
+            f"{settings.spark.jars_dir!r} holds none: run `eventpipe devstack install` (it sets and fills it)"
+        )
+    return jars
 
 
 def _jars_in_image() -> bool:
