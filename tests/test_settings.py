@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -68,3 +70,8 @@ def test_copies_name_their_section() -> None:
         s.model_copy(update={"es_url": "http://proxy:1"})  # pre-sections name: would be set and read by nobody
     with pytest.raises(TypeError):
         s.updated(elasticsearch={"url": "x"})
+
+
+def test_every_setting_is_documented() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert [var for _, _, var, _ in env_fields() if f"`{var}`" not in text] == []
