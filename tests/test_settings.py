@@ -75,3 +75,12 @@ def test_copies_name_their_section() -> None:
 def test_every_setting_is_documented() -> None:
     text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     assert [var for _, _, var, _ in env_fields() if f"`{var}`" not in text] == []
+
+
+def test_from_env_reads_only_the_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTPIPE_ES_URL", "http://process:9200")
+    monkeypatch.setenv("EVENTPIPE_SPARK_JARS_DIR", "/process/jars")
+    pure = Settings.from_env({"EVENTPIPE_IMAGE": "x:1"})
+    assert (pure.elastic.url, pure.spark.jars_dir, pure.kubernetes.image) == ("http://127.0.0.1:9200", None, "x:1")
+    assert pure.task_env("spark", only_set=True) == {"EVENTPIPE_IMAGE": "x:1"}
+    assert Settings().elastic.url == "http://process:9200"  # the process environment, for Settings()

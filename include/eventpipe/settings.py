@@ -216,7 +216,10 @@ class Settings(BaseSettings):
         """From ``environ`` only (the process environment when None): a pure read, for tests and tools."""
         if environ is None:
             return cls()
-        return cls.model_validate(_NamedEnvSource(cls, environ)())
+        # Not model_validate: on a BaseSettings it would add the process environment to ``environ``.
+        values = _NamedEnvSource(cls, environ)()
+        sections = {name: model.model_validate(values.get(name, {})) for name, model in SECTIONS.items()}
+        return cls.model_construct(_fields_set=set(values), **sections)
 
     def updated(self, **sections: dict[str, Any]) -> Settings:
         """A copy with some fields replaced: ``s.updated(elastic={"url": proxy})``."""
