@@ -28,7 +28,7 @@ from eventpipe.archive.snapshot import LIVE_INDICES, post_hook, pre_hook, take_s
 from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
 from eventpipe.devstack import csi
 from eventpipe.devstack.image import IMAGE
-from eventpipe.devstack.k8s_deploy import prepare
+from eventpipe.devstack.k8s_deploy import apply_deploy, prepare
 from eventpipe.devstack.k8s_images import image_refs
 from eventpipe.devstack.kubernetes import CONTAINERD_SOCKET, KubernetesCluster, kubeconfig, kubectl
 from eventpipe.devstack.runtime import DevstackError
@@ -146,7 +146,8 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
 ) -> None:
     token = uuid.uuid4().hex
     day = date(2023, 1, 1) + timedelta(days=uuid.UUID(token).int % 365)
-    es.index(index=day_index(day), document={"marker": token}, refresh=True)  # something of the day to snapshot
+    if not es.indices.exists(index=day_index(day)):
+        es.indices.create(index=day_index(day))  # the day's index (from the template), for the ES snapshot
 
     # the workload: a labelled PVC, a pod writing a marker into it; an unlabelled PVC must not be snapshotted
     script = f"echo {token} > /data/marker && mkdir -p /data/d && echo nested > /data/d/file && sync && sleep 3600"
@@ -163,6 +164,9 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
     cfg = ArchiveConfig.from_env().model_copy(
         update={"volume_snapshots": True, "namespace": namespace, "snapshot_ready_timeout_s": 120}
     )
+    # until every checkout applies deploy/ through the devstack overlay, a plain `apply -k deploy` elsewhere
+    # points the class back at Portworx: make it ours right before the step (idempotent)
+    apply_deploy(devstack_overlay=True)
     opened = datetime.now().astimezone().replace(microsecond=0)
     hold = pre_hook(es, day)
     try:
