@@ -59,14 +59,18 @@ def up(services: Services = "") -> None:
 @app.command("k8s")
 def k8s(
     build: Annotated[bool, typer.Option(help="Build and import the eventpipe image (cached by input hash)")] = True,
+    csi: Annotated[
+        bool, typer.Option(help="Host-path CSI driver, provisioner and external-snapshotter (real VolumeSnapshots)")
+    ] = True,
 ) -> None:
     """The kubernetes service plus what eventpipe pods need: host services on the pod bridge, the image
-    (Debian base, no registry), CRDs, deploy/ and the Secrets. Idempotent; prints each step's time."""
+    (Debian base, no registry), CRDs, CSI volumes and snapshots, deploy/ and the Secrets. Idempotent; prints
+    each step's time."""
     from eventpipe.devstack.k8s_deploy import prepare
     from eventpipe.devstack.stack import up
 
     try:
-        emit("devstack k8s (seconds)", {**up(["kubernetes"]), **prepare(build=build)})
+        emit("devstack k8s (seconds)", {**up(["kubernetes"]), **prepare(build=build, csi=csi)})
     except DevstackError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from exc

@@ -1,8 +1,11 @@
 """Make the devstack cluster ready for eventpipe pods: image, CRDs, ``deploy/``, Secrets, host services.
 
-Idempotent; each step prints its time. The CRDs ``deploy/`` needs (VolumeSnapshot*, PrometheusRule,
-ServiceMonitor) are made from the schemas the project already stores (``eventpipe/k8s/schemas``), so no
-operator or snapshot controller is installed: the objects are accepted and validated, nothing acts on them.
+Idempotent; each step prints its time. The snapshot CRDs are external-snapshotter's own, installed with its
+controller, sidecar and the devstack's host-path CSI driver (``eventpipe.devstack.csi``), so VolumeSnapshots are
+really taken; ``deploy/`` is applied through ``devstack/kubernetes/deploy``, which points the archive's
+VolumeSnapshotClass at that driver. PrometheusRule and ServiceMonitor CRDs (and, with ``csi=False``, the
+snapshot ones) are made from the schemas the project stores (``eventpipe/k8s/schemas``): accepted and
+validated, nothing acts on them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ CRDS: dict[tuple[str, str, str, str, bool, bool], str] = {
     ("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors", True, False): "servicemonitor.v1.json",
 }
 HOST_SERVICES = ("kafka", "elasticsearch", "s3")
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 APPROVAL = "api-approved.kubernetes.io"
 
 
@@ -64,16 +68,19 @@ def crd(group: str, version: str, kind: str, plural: str, namespaced: bool, stat
     }
 
 
-def install_crds() -> None:
-    items = [crd(*key, schema) for key, schema in CRDS.items()]
+def install_crds(*, snapshot_crds: bool = True) -> None:
+    """The stored-schema CRDs; ``snapshot_crds=False`` leaves the snapshot group to external-snapshotter's."""
+    items = [crd(*key, schema) for key, schema in CRDS.items() if snapshot_crds or key[0] != SNAPSHOT_GROUP]
     kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps({"apiVersion": "v1",
             "kind": "List", "items": items}))  # fmt: skip
     names = [f"crd/{item['metadata']['name']}" for item in items]
     kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
 
 
-def apply_deploy() -> None:
-    kubectl("apply", "-k", str(REPO_ROOT / "deploy"), timeout=180)
+def apply_deploy(*, devstack_overlay: bool = True) -> None:
+    """``deploy/``, by default through the overlay that points its VolumeSnapshotClass at the devstack driver."""
+    path = REPO_ROOT / "devstack" / "kubernetes" / "deploy" if devstack_overlay else REPO_ROOT / "deploy"
+    kubectl("apply", "-k", str(path), timeout=180)
 
 
 def secrets(namespace: str = NAMESPACE) -> None:
@@ -127,8 +134,11 @@ def task_env() -> dict[str, str]:
     }
 
 
-def prepare(*, build: bool = True) -> dict[str, float]:
-    """Everything after the cluster is up; returns seconds per step."""
+def prepare(*, build: bool = True, csi: bool = True) -> dict[str, float]:
+    """Everything after the cluster is up; returns seconds per step.
+
+    ``csi`` (default): external-snapshotter and the host-path CSI driver, so VolumeSnapshots are real.
+    """
     timings: dict[str, float] = {}
 
     def step(name: str, action: Callable[[], object]) -> None:
@@ -141,7 +151,12 @@ def prepare(*, build: bool = True) -> dict[str, float]:
     if build:
         step("image build", image.build_image)
         step("image import", lambda: image.import_image(CONTAINERD_SOCKET))
-    step("crds", install_crds)
-    step("apply -k deploy", apply_deploy)
+    step("crds", lambda: install_crds(snapshot_crds=not csi))
+    if csi:
+        from eventpipe.devstack import csi as csi_stack
+
+        for name, seconds in csi_stack.install().items():
+            timings[f"csi: {name}"] = seconds
+    step("apply -k deploy", lambda: apply_deploy(devstack_overlay=csi))
     step("secrets", secrets)
     return timings

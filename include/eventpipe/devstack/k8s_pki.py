@@ -53,6 +53,10 @@ def identities(node_name: str, node_ip: str, service_ip: str) -> list[Identity]:
         Identity("kubelet", f"system:node:{node_name}", "system:nodes"),
         Identity("kube-proxy", "system:kube-proxy", "system:node-proxier"),
         Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
+        # the CSI components (eventpipe.devstack.csi), each bound to its own ClusterRole
+        Identity("csi-provisioner", "eventpipe:csi-provisioner"),
+        Identity("csi-snapshot-controller", "eventpipe:snapshot-controller"),
+        Identity("csi-snapshotter", "eventpipe:csi-snapshotter"),
     ]
 
 

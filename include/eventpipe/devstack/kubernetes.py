@@ -439,6 +439,9 @@ class KubernetesCluster(Service):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and self._tasks():
                 time.sleep(1)
+        from eventpipe.devstack import csi  # its processes serve the kubelet: they go after the pods, before it
+
+        csi.stop()
         for component in ("kube-proxy", "kubelet"):
             stop_process(_proc(component))
         for task in self._tasks():  # whatever the kubelet did not remove

@@ -1,0 +1,384 @@
+"""CSI volumes and VolumeSnapshots on the devstack cluster: a host-path driver, its provisioner, external-snapshotter.
+
+What a cloud cluster gets from its storage vendor is assembled here from the Go module proxy (no image
+registry, and csi-driver-host-path, external-provisioner and node-driver-registrar are not served there):
+
+- ``eventpipe-csi`` (source in ``devstack/csi``, the project's own): the CSI driver (volumes are directories,
+  a snapshot is a tar of one, a restore unpacks it; node publish is a bind mount) which also registers itself
+  with the kubelet, and, in a second process, a provisioner built on sig-storage-lib-external-provisioner;
+- external-snapshotter ``snapshot-controller`` and the ``csi-snapshotter`` sidecar, with its CRDs and the
+  ClusterRoles it ships, each bound to its own client certificate (no cluster-admin).
+
+All four run as host processes next to the kubelet (same mount namespace, so bind mounts need no
+propagation settings). ``devstack k8s`` installs them after the cluster is up; everything is idempotent and
+cached under ``.devstack/csi`` (binaries keyed by version, the driver by a hash of its source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eventpipe.devstack.k8s_pki import ensure_pki, write_kubeconfig
+from eventpipe.devstack.kubernetes import (
+    API_PORT,
+    NODE_NAME,
+    RUNTIME_ROOT,
+    SERVICE_IP,
+    kubeconfig,
+    kubectl,
+    pki_dir,
+    state_dir,
+)
+from eventpipe.devstack.podnet import NODE_IP
+from eventpipe.devstack.runtime import (
+    REPO_ROOT,
+    DevstackError,
+    log_path,
+    pid_of,
+    progress,
+    run_step,
+    start_process,
+    stop_process,
+    subdir,
+    tail,
+)
+
+SNAPSHOTTER_MODULE = "github.com/kubernetes-csi/external-snapshotter/v8"
+SNAPSHOTTER_CLIENT = "github.com/kubernetes-csi/external-snapshotter/client/v8"
+SNAPSHOTTER_VERSION = "v8.7.0"
+SNAPSHOTTER_BINARIES = ("snapshot-controller", "csi-snapshotter")
+DRIVER_NAME = "hostpath.csi.eventpipe.io"
+STORAGE_CLASS = "eventpipe-hostpath"
+SOURCE = REPO_ROOT / "devstack" / "csi"
+DATA_ROOT = RUNTIME_ROOT / "csi"  # volumes and snapshots: outside any work tree, next to the kubelet's state
+KUBELET_ROOT = RUNTIME_ROOT / "kubelet"
+SOCKET = KUBELET_ROOT / "plugins" / DRIVER_NAME / "csi.sock"
+REGISTRY = KUBELET_ROOT / "plugins_registry"
+SNAPSHOT_CRDS = ("volumesnapshotclasses", "volumesnapshotcontents", "volumesnapshots")
+# process -> client identity (certificate CN) and the ClusterRole bound to it
+IDENTITIES = {
+    "csi-provisioner": ("eventpipe:csi-provisioner", "eventpipe-csi-provisioner"),
+    "csi-snapshot-controller": ("eventpipe:snapshot-controller", "snapshot-controller-runner"),
+    "csi-snapshotter": ("eventpipe:csi-snapshotter", "external-snapshotter-runner"),
+}
+PROCESSES = ("csi-driver", "csi-provisioner", "csi-snapshot-controller", "csi-snapshotter")
+NO_GROUP_SNAPSHOTS = "--feature-gates=CSIVolumeGroupSnapshot=false"  # the driver has no group controller
+
+
+def _say(message: str) -> None:
+    progress(f"[csi] {message}")
+
+
+def bin_dir() -> Path:
+    return subdir("csi", "bin")
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise DevstackError("the Go toolchain (go 1.26+) is required to build the CSI components; put it on PATH")
+    return go
+
+
+def _nice() -> list[str]:
+    return ["nice", "-n", "10"] if shutil.which("nice") else []
+
+
+def _checked(result: subprocess.CompletedProcess[str], what: str) -> str:
+    if result.returncode != 0:
+        raise DevstackError(f"{what} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-4000:]}")
+    return result.stdout
+
+
+def module_dir(go: str, module: str, version: str) -> Path:
+    """The read-only module cache copy of ``module@version`` (downloaded through the Go module proxy)."""
+    out = _checked(run_step([go, "mod", "download", "-json", f"{module}@{version}"], f"go mod download {module}"),
+                   f"go mod download {module}@{version}")  # fmt: skip
+    return Path(json.loads(out)["Dir"])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "CGO_ENABLED": "0", "GOWORK": "off", **extra}
+
+
+def build_snapshotter(go: str) -> float | None:
+    """snapshot-controller and csi-snapshotter from the module; seconds taken, or None when cached.
+
+    The module's go.mod points its client module at ``./client``, which module zips leave out; a writable copy
+    without that ``replace`` and with the client pinned to the same release builds with ``-mod=mod``.
+    """
+    marker = bin_dir() / ".snapshotter"
+    if (
+        marker.exists()
+        and marker.read_text().strip() == SNAPSHOTTER_VERSION
+        and all((bin_dir() / name).exists() for name in SNAPSHOTTER_BINARIES)
+    ):
+        return None
+    began = time.monotonic()
+    source = subdir("csi", "src") / f"external-snapshotter-{SNAPSHOTTER_VERSION}"
+    if not (source / ".prepared").exists():
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.copytree(module_dir(go, SNAPSHOTTER_MODULE, SNAPSHOTTER_VERSION), source)
+        for path in [source, *source.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o200)
+        gomod = source / "go.mod"
+        lines = [line for line in gomod.read_text().splitlines() if "=> ./client" not in line]
+        client = f"\t{SNAPSHOTTER_CLIENT} {SNAPSHOTTER_VERSION}"
+        pinned = [client if line.strip().startswith(f"{SNAPSHOTTER_CLIENT} ") else line for line in lines]
+        if not any(line.strip() == f"{SNAPSHOTTER_CLIENT} {SNAPSHOTTER_VERSION}" for line in pinned):
+            raise DevstackError(f"could not pin {SNAPSHOTTER_CLIENT} in {gomod}; its layout changed")
+        gomod.write_text("\n".join(pinned) + "\n")
+        (source / ".prepared").write_text(SNAPSHOTTER_VERSION)
+    ldflags = f"-s -w -X main.version={SNAPSHOTTER_VERSION}"
+    targets = [f"./cmd/{name}" for name in SNAPSHOTTER_BINARIES]
+    _checked(
+        run_step(
+            [*_nice(), go, "build", "-C", str(source), "-trimpath", "-ldflags", ldflags, "-o", f"{bin_dir()}/",
+             *targets],
+            f"go build external-snapshotter {SNAPSHOTTER_VERSION} ({', '.join(SNAPSHOTTER_BINARIES)})",
+            env=_env(GOFLAGS="-mod=mod"),
+        ),
+        "go build external-snapshotter",
+    )  # fmt: skip
+    marker.write_text(SNAPSHOTTER_VERSION + "\n")
+    return round(time.monotonic() - began, 1)
+
+
+def driver_key() -> str:
+    """A hash of the driver's source: the cache key of its binary."""
+    digest = hashlib.sha256()
+    names = {"go.mod", "go.sum"}
+    for path in sorted(p for p in SOURCE.iterdir() if p.name in names or p.name.endswith(".go")):
+        if path.name.endswith("_test.go"):
+            continue
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_driver(go: str) -> float | None:
+    """``eventpipe-csi`` from ``devstack/csi``; seconds taken, or None when the binary matches the source."""
+    marker = bin_dir() / ".driver"
+    key = driver_key()
+    if marker.exists() and marker.read_text().strip() == key and (bin_dir() / "eventpipe-csi").exists():
+        return None
+    began = time.monotonic()
+    _checked(
+        run_step(
+            [*_nice(), go, "build", "-C", str(SOURCE), "-trimpath", "-ldflags", f"-s -w -X main.version={key}",
+             "-o", str(bin_dir() / "eventpipe-csi"), "."],
+            f"go build eventpipe-csi ({key})",
+            env=_env(GOFLAGS="-mod=readonly"),
+        ),
+        "go build eventpipe-csi",
+    )  # fmt: skip
+    marker.write_text(key + "\n")
+    return round(time.monotonic() - began, 1)
+
+
+def crd_documents(go: str) -> list[dict[str, Any]]:
+    """The upstream VolumeSnapshot CRDs shipped with the client module of the same release."""
+    import yaml
+
+    crd_dir = module_dir(go, SNAPSHOTTER_CLIENT, SNAPSHOTTER_VERSION) / "config" / "crd"
+    files = [crd_dir / f"snapshot.storage.k8s.io_{plural}.yaml" for plural in SNAPSHOT_CRDS]
+    docs = [yaml.safe_load(path.read_text()) for path in files]
+    return [{k: v for k, v in doc.items() if k != "status"} for doc in docs]
+
+
+def upstream_cluster_roles(go: str) -> list[dict[str, Any]]:
+    """The ClusterRoles external-snapshotter ships for its controller and sidecar (bound below to our users)."""
+    import yaml
+
+    deploy = module_dir(go, SNAPSHOTTER_MODULE, SNAPSHOTTER_VERSION) / "deploy" / "kubernetes"
+    roles = []
+    for path in (deploy / "snapshot-controller" / "rbac-snapshot-controller.yaml",
+                 deploy / "csi-snapshotter" / "rbac-csi-snapshotter.yaml"):  # fmt: skip
+        roles += [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "ClusterRole"]
+    wanted = {role for _, role in IDENTITIES.values()}
+    found = {r["metadata"]["name"] for r in roles}
+    if not wanted - {"eventpipe-csi-provisioner"} <= found:
+        raise DevstackError(f"external-snapshotter {SNAPSHOTTER_VERSION} does not ship the ClusterRoles {wanted}")
+    return roles
+
+
+def provisioner_role() -> dict[str, Any]:
+    """What the provisioner does: create/delete PVs (with a finalizer), bind claims, read snapshots."""
+    rules = [
+        ("", ["persistentvolumes"], ["get", "list", "watch", "create", "delete", "update", "patch"]),
+        ("", ["persistentvolumeclaims"], ["get", "list", "watch", "update"]),
+        ("", ["events"], ["list", "watch", "create", "update", "patch"]),
+        ("", ["nodes"], ["get", "list", "watch"]),
+        ("storage.k8s.io", ["storageclasses"], ["get", "list", "watch"]),
+        ("snapshot.storage.k8s.io", ["volumesnapshots", "volumesnapshotcontents"], ["get"]),
+    ]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "eventpipe-csi-provisioner"},
+        "rules": [{"apiGroups": [g], "resources": r, "verbs": v} for g, r, v in rules],
+    }
+
+
+def cluster_objects() -> list[dict[str, Any]]:
+    """CSIDriver, StorageClass, bindings of the component identities; the VolumeSnapshotClass is in deploy/."""
+    labels = {"app.kubernetes.io/managed-by": "eventpipe-devstack"}
+    bindings = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"eventpipe-{process}", "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }
+        for process, (user, role) in IDENTITIES.items()
+    ]
+    return [
+        *bindings,
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "CSIDriver",
+            "metadata": {"name": DRIVER_NAME, "labels": labels},
+            "spec": {
+                "attachRequired": False,  # node-local directories: nothing to attach
+                "podInfoOnMount": False,
+                "volumeLifecycleModes": ["Persistent"],
+                "fsGroupPolicy": "File",
+            },
+        },
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": STORAGE_CLASS, "labels": labels},
+            "provisioner": DRIVER_NAME,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        },
+    ]
+
+
+def _kubeconfig_for(process: str) -> Path:
+    return state_dir() / f"{process}.kubeconfig"
+
+
+def _argv(process: str) -> list[str]:
+    binary = bin_dir()
+    common = [f"--kubeconfig={_kubeconfig_for(process)}"]
+    return {
+        "csi-driver": [str(binary / "eventpipe-csi"), "driver", f"--driver-name={DRIVER_NAME}",
+                       f"--endpoint={SOCKET}", f"--node-id={NODE_NAME}", f"--root={DATA_ROOT}",
+                       f"--registration-dir={REGISTRY}"],
+        "csi-provisioner": [str(binary / "eventpipe-csi"), "provisioner", f"--driver-name={DRIVER_NAME}",
+                            f"--endpoint={SOCKET}", f"--node-id={NODE_NAME}", *common],
+        "csi-snapshot-controller": [str(binary / "snapshot-controller"), *common, "--leader-election=false",
+                                    NO_GROUP_SNAPSHOTS],
+        "csi-snapshotter": [str(binary / "csi-snapshotter"), *common, f"--csi-address={SOCKET}",
+                            "--leader-election=false", "--timeout=5m", NO_GROUP_SNAPSHOTS],
+    }[process]  # fmt: skip
+
+
+def _start(process: str, build_key: str) -> None:
+    """Start ``process`` unless it runs the current build already (a rebuilt binary restarts it)."""
+    started = subdir("csi", "run") / f"{process}.build"
+    if pid_of(process) is not None and started.exists() and started.read_text() == build_key:
+        return
+    stop_process(process)
+    start_process(process, _argv(process))
+    started.write_text(build_key)
+
+
+def driver_registered() -> bool:
+    """The kubelet registered the driver: it shows in the node's CSINode object."""
+    out = kubectl("get", "csinode", NODE_NAME, "-o", "json", check=False, timeout=15)
+    drivers = (json.loads(out).get("spec", {}).get("drivers") or []) if out else []
+    return any(d.get("name") == DRIVER_NAME for d in drivers)
+
+
+def healthy() -> bool:
+    return all(pid_of(p) is not None for p in PROCESSES) and driver_registered()
+
+
+def _wait(check: Callable[[], bool], process: str, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if pid_of(process) is None:
+            raise DevstackError(f"{process} exited while waiting for {what}; log tail:\n{tail(log_path(process))}")
+        time.sleep(0.5)
+    raise DevstackError(f"{what} not reached in {timeout:.0f}s; {process} log tail:\n{tail(log_path(process))}")
+
+
+def install() -> dict[str, float]:
+    """Build (cached), install CRDs/RBAC/driver objects, start the four processes; seconds per step."""
+    if not kubeconfig().exists():
+        raise DevstackError("the kubernetes devstack service is not set up; run `eventpipe devstack k8s` first")
+    if not REGISTRY.parent.exists():
+        raise DevstackError(f"{KUBELET_ROOT} is missing: the kubelet has not run on this host yet")
+    go = _go()
+    timings: dict[str, float] = {}
+
+    def step(name: str, action: Callable[[], object]) -> object:
+        began = time.monotonic()
+        result = action()
+        timings[name] = round(time.monotonic() - began, 1)
+        _say(f"{name}: {timings[name]}s")
+        return result
+
+    step("build eventpipe-csi", lambda: build_driver(go))
+
+    def identities() -> None:
+        ensure_pki(pki_dir(), NODE_NAME, NODE_IP, SERVICE_IP)  # creates the CSI identities if missing
+        for process in IDENTITIES:
+            write_kubeconfig(_kubeconfig_for(process), pki_dir(), process, f"https://{NODE_IP}:{API_PORT}")
+
+    step("identities", identities)
+
+    def crds() -> None:
+        docs = crd_documents(go)
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))  # fmt: skip
+        kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                *[f"crd/{d['metadata']['name']}" for d in docs])  # fmt: skip
+
+    step("snapshot CRDs", crds)
+
+    def objects() -> None:
+        items = [*upstream_cluster_roles(go), provisioner_role(), *cluster_objects()]
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))  # fmt: skip
+
+    step("RBAC, CSIDriver, StorageClass", objects)
+    DATA_ROOT.mkdir(parents=True, exist_ok=True)
+    DATA_ROOT.chmod(0o700)
+    driver_build = driver_key()
+
+    def driver() -> None:
+        _start("csi-driver", driver_build)
+        _wait(driver_registered, "csi-driver", "the kubelet registering the CSI driver", 60)
+
+    step("driver registered", driver)
+    step("provisioner", lambda: _start("csi-provisioner", driver_build))
+    # volumes work from here on; snapshots need the (larger, cached) external-snapshotter build
+    step("build external-snapshotter", lambda: build_snapshotter(go))
+    step("snapshot-controller + csi-snapshotter", lambda: [
+        _start(p, SNAPSHOTTER_VERSION) for p in ("csi-snapshot-controller", "csi-snapshotter")])  # fmt: skip
+    time.sleep(1)
+    for process in PROCESSES:
+        if pid_of(process) is None:
+            raise DevstackError(f"{process} exited right after its start; log tail:\n{tail(log_path(process))}")
+    return timings
+
+
+def stop() -> list[str]:
+    """Stop the CSI processes (before the kubelet, so it can still unpublish volumes while it drains pods)."""
+    return [p for p in reversed(PROCESSES) if stop_process(p)]

@@ -1,0 +1,238 @@
+"""Application-consistent CSI VolumeSnapshots on the real local cluster, with real data copied and restored.
+
+A PVC-backed workload labelled for snapshots writes a marker; the archive's snapshot step (pre-hook write
+hold -> Elasticsearch snapshot + VolumeSnapshots -> post-hook) must get a VolumeSnapshot to ``readyToUse``
+while the hold is still in place; the snapshot's bytes on the driver's disk hold the marker; a PVC restored
+from it (``dataSource``) shows the marker and not what the workload wrote after the snapshot. ``make test-k8s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from eventpipe.archive.config import ArchiveConfig
+from eventpipe.archive.indices import day_index, existing, snapshot_name
+from eventpipe.archive.snapshot import LIVE_INDICES, post_hook, pre_hook, take_snapshot
+from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
+from eventpipe.devstack import csi
+from eventpipe.devstack.image import IMAGE
+from eventpipe.devstack.k8s_deploy import apply_deploy, prepare
+from eventpipe.devstack.k8s_images import image_refs
+from eventpipe.devstack.kubernetes import CONTAINERD_SOCKET, KubernetesCluster, kubeconfig, kubectl
+from eventpipe.devstack.runtime import DevstackError
+from eventpipe.devstack.stack import DATA_SERVICES, up
+from eventpipe.settings import Settings
+
+pytestmark = [pytest.mark.k8s, pytest.mark.services]
+
+SNAPSHOT_LABEL = {"eventpipe.io/snapshot": "true"}  # ArchiveConfig's default selector
+
+
+def _claim(name: str, namespace: str, labels: dict[str, str], source: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": csi.STORAGE_CLASS,
+        "resources": {"requests": {"storage": "16Mi"}},
+    }
+    if source:
+        spec["dataSource"] = {"apiGroup": GROUP, "kind": "VolumeSnapshot", "name": source}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": spec,
+    }
+
+
+def _pod(name: str, namespace: str, claim: str, script: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsNonRoot": True, "fsGroup": 1000},
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", script],
+                    "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        },
+    }
+
+
+def _apply(*objects: dict[str, Any]) -> None:
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+
+
+def _get(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    scope = ["-n", namespace] if namespace else []
+    return json.loads(kubectl(*scope, "get", kind, name, "-o", "json"))
+
+
+def _wait_for(check: Any, what: str, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not reached in {timeout:.0f}s")
+
+
+def _exec(namespace: str, pod: str, script: str) -> str:
+    return kubectl("-n", namespace, "exec", pod, "--", "sh", "-c", script)
+
+
+def _write_blocked(es: Elasticsearch, index: str) -> bool:
+    blocks = es.indices.get_settings(index=index)[index]["settings"]["index"].get("blocks", {})
+    return blocks.get("write") == "true"
+
+
+@pytest.fixture(scope="module")
+def cluster(stack_env: dict[str, str]) -> None:
+    """The cluster with CSI and external-snapshotter; the image is built only if the cluster has none yet."""
+    if os.geteuid() != 0:
+        pytest.fail("the k8s tests need root (bridge, iptables, containers, mounts): run them as root")
+    began = time.monotonic()
+    try:
+        up(DATA_SERVICES)
+        KubernetesCluster().start()
+        present = f"docker.io/library/{IMAGE}" in image_refs(CONTAINERD_SOCKET)
+        print(prepare(build=not present, csi=True))
+    except DevstackError as err:
+        pytest.fail(f"the local Kubernetes cluster with CSI could not be prepared:\n{err}")
+    print(f"\ncluster with CSI ready in {time.monotonic() - began:.1f}s")
+
+
+@pytest.fixture()
+def namespace(cluster: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh namespace (the snapshot step lists labelled PVCs per namespace); its snapshots' data is released."""
+    name = f"snap-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig()))  # the snapshot step's client, as outside a pod
+    yield name
+    # the archive's class retains snapshot data when a VolumeSnapshot goes; hand it back to the driver first
+    snapshots = json.loads(kubectl("-n", name, "get", "volumesnapshots", "-o", "json", check=False) or "{}")
+    for item in snapshots.get("items", []):
+        content = item.get("status", {}).get("boundVolumeSnapshotContentName")
+        if content:
+            kubectl("patch", "volumesnapshotcontent", content, "--type=merge",
+                    "-p", '{"spec":{"deletionPolicy":"Delete"}}', check=False)  # fmt: skip
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and_it_restores(
+    namespace: str, services: Settings, es: Elasticsearch
+) -> None:
+    token = uuid.uuid4().hex
+    day = date(2023, 1, 1) + timedelta(days=uuid.UUID(token).int % 365)
+    if not es.indices.exists(index=day_index(day)):
+        es.indices.create(index=day_index(day))  # the day's index (from the template), for the ES snapshot
+
+    # the workload: a labelled PVC, a pod writing a marker into it; an unlabelled PVC must not be snapshotted
+    script = f"echo {token} > /data/marker && mkdir -p /data/d && echo nested > /data/d/file && sync && sleep 3600"
+    _apply(
+        _claim("state", namespace, {**SNAPSHOT_LABEL, "app": "workload"}),
+        _claim("scratch", namespace, {"app": "workload"}),
+        _pod("workload", namespace, "state", script),
+    )
+    _wait_for(lambda: _get("pod", "workload", namespace)["status"].get("phase") == "Running", "workload Running")
+    _wait_for(lambda: token in _exec(namespace, "workload", "cat /data/marker 2>/dev/null || true"), "marker")
+    pv = _get("pvc", "state", namespace)["spec"]["volumeName"]
+    assert _get("pv", pv)["spec"]["csi"]["driver"] == csi.DRIVER_NAME
+
+    cfg = ArchiveConfig.from_env().model_copy(
+        update={"volume_snapshots": True, "namespace": namespace, "snapshot_ready_timeout_s": 120}
+    )
+    # until every checkout applies deploy/ through the devstack overlay, a plain `apply -k deploy` elsewhere
+    # points the class back at Portworx: make it ours right before the step (idempotent)
+    apply_deploy(devstack_overlay=True)
+    opened = datetime.now().astimezone().replace(microsecond=0)
+    hold = pre_hook(es, day)
+    try:
+        held = existing(es, LIVE_INDICES)
+        result = take_snapshot(services, es, cfg, day)
+        # still between quiesce and resume: the writes are held and the snapshot is already usable
+        assert held and all(_write_blocked(es, index) for index in held), hold
+        name = f"state-{day:%Y%m%d}"
+        assert result.volume_snapshots == [name]
+        snapshot = _get("volumesnapshot", name, namespace)
+        assert snapshot["status"]["readyToUse"] is True
+        assert snapshot["spec"]["volumeSnapshotClassName"] == cfg.volume_snapshot_class == "eventpipe-archive"
+    finally:
+        post_hook(es)
+    closed = datetime.now().astimezone() + timedelta(seconds=1)
+    assert not any(_write_blocked(es, index) for index in held)
+    created = datetime.fromisoformat(snapshot["status"]["creationTime"].replace("Z", "+00:00"))
+    assert opened <= created <= closed, (opened, created, closed)
+    assert result.snapshot == snapshot_name(day) and day_index(day) in result.indices
+
+    # the snapshot is a real copy of the volume's data on the driver's disk
+    content = _get("volumesnapshotcontent", snapshot["status"]["boundVolumeSnapshotContentName"])
+    assert content["spec"]["driver"] == csi.DRIVER_NAME and content["spec"]["deletionPolicy"] == "Retain"
+    handle = content["status"]["snapshotHandle"]
+    archive = csi.DATA_ROOT / "snapshots" / f"{handle}.tar"
+    with tarfile.open(archive) as tar:
+        marker = tar.extractfile("marker")
+        assert marker is not None and marker.read().decode().strip() == token
+
+    # the workload goes on writing; the restore must show the snapshot's state, not this
+    _exec(namespace, "workload", "echo after > /data/after && echo changed > /data/marker && sync")
+
+    _apply(
+        _claim("restored", namespace, {"app": "restore-check"}, source=name),
+        _pod("reader", namespace, "restored", "cat /data/marker; cat /data/d/file; ls /data"),
+    )
+    done = _wait_for(
+        lambda: _get("pod", "reader", namespace)["status"].get("phase") in ("Succeeded", "Failed"), "reader done"
+    )
+    assert done
+    reader = _get("pod", "reader", namespace)
+    logs = kubectl("-n", namespace, "logs", "reader")
+    assert reader["status"]["phase"] == "Succeeded", logs
+    lines = logs.split()
+    assert lines[:2] == [token, "nested"], logs
+    assert "after" not in lines, logs
+    restored_pv = _get("pv", _get("pvc", "restored", namespace)["spec"]["volumeName"])
+    assert restored_pv["spec"]["csi"]["volumeHandle"] != _get("pv", pv)["spec"]["csi"]["volumeHandle"]
+    assert _get("pvc", "scratch", namespace)["status"]["phase"] == "Pending"  # unlabelled, no consumer: untouched
+
+    # released with deletionPolicy Delete, the driver deletes the snapshot's data (DeleteSnapshot)
+    kubectl("patch", "volumesnapshotcontent", content["metadata"]["name"], "--type=merge",
+            "-p", '{"spec":{"deletionPolicy":"Delete"}}')  # fmt: skip
+    kubectl("-n", namespace, "delete", "volumesnapshot", name, "--wait=false")
+    _wait_for(lambda: not Path(archive).exists(), "snapshot data deleted", timeout=60)
+    with contextlib.suppress(Exception):
+        es.indices.delete(index=day_index(day))
+        es.snapshot.delete(repository=cfg.repository, snapshot=snapshot_name(day))
+
+
+def test_volume_snapshot_custom_objects_match_the_archive_constants(cluster: None) -> None:
+    """The archive talks to the CRDs external-snapshotter installed (served version and plural it uses)."""
+    crd = _get("crd", f"{PLURAL}.{GROUP}")
+    served = {v["name"] for v in crd["spec"]["versions"] if v["served"]}
+    assert VERSION in served
+    assert crd["metadata"]["annotations"]["api-approved.kubernetes.io"].startswith("https://")  # upstream's CRD
+    klass = _get("volumesnapshotclass", "eventpipe-archive")
+    assert klass["driver"] == csi.DRIVER_NAME and klass["deletionPolicy"] == "Retain"
+    assert csi.healthy()
