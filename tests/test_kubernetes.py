@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -262,13 +263,43 @@ def test_rbac_is_least_privilege(
     assert _can(verb, resource, namespace or "default", account) is allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="executor pods start on the image (docker/entrypoint.sh 'executor') but are told the driver is at "
-    "0.0.0.0:7078 (spark.driver.bindAddress), so they exit; Spark replaces them until it gives up",
-)
+class PodWatch:
+    """Records the pods matching ``selector`` while a test runs (Spark deletes its executors when it stops)."""
+
+    def __init__(self, api: Any, namespace: str, selector: str) -> None:
+        self.api, self.namespace, self.selector = api, namespace, selector
+        self.seen: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for pod in self.api.list_namespaced_pod(self.namespace, label_selector=self.selector).items:
+                known = self.seen.get(pod.metadata.name)
+                # keep the latest view that has a running/terminated container (the proof it started)
+                if known is None or pod.status.container_statuses:
+                    self.seen[pod.metadata.name] = pod
+            self._stop.wait(1.0)
+
+    def __enter__(self) -> PodWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _started(pod: Any) -> bool:
+    return any(c.state and (c.state.running or c.state.terminated) for c in pod.status.container_statuses or [])
+
+
 def test_spark_on_kubernetes_runs_executor_pods_on_the_same_image(cluster: Any, services: Settings) -> None:
-    """Client mode: the task pod is the driver (service account eventpipe-spark) and asks for 2 executor pods."""
+    """Client mode: the task pod is the driver (service account eventpipe-spark) and asks for 2 executor pods.
+
+    The executors must register with the driver (its pod IP, not the 0.0.0.0 bind address) and do the work:
+    the job's tasks report executor host names, and the Parquet round trip through s3a counts every row.
+    """
     key = f"k8s-test/{uuid.uuid4().hex[:8]}"
     code = "\n".join(
         [
@@ -277,21 +308,26 @@ def test_spark_on_kubernetes_runs_executor_pods_on_the_same_image(cluster: Any, 
             "from eventpipe.settings import Settings",
             "from eventpipe.sparkjobs.session import build_session, s3a_uri",
             "s = Settings.from_env()",
+            "began = time.time()",
             "spark = build_session(s, 'k8s-executors')",
             "sc = spark.sparkContext",
             "deadline = time.time() + 240",
             "while sc._jsc.sc().getExecutorMemoryStatus().size() - 1 < 2 and time.time() < deadline:",
-            "    time.sleep(1)",
+            "    time.sleep(0.5)",
+            "registered = time.time() - began",
             "hosts = sc.parallelize(range(64), 8).map(lambda _: socket.gethostname()).distinct().collect()",
             f"uri = s3a_uri(s.archive_bucket, '{key}')",
             "spark.range(100000).repartition(4).write.mode('overwrite').parquet(uri)",
-            "rows = spark.read.parquet(uri).count()",
+            "frame = spark.read.parquet(uri)",
+            "rows, total = frame.count(), frame.selectExpr('sum(id)').first()[0]",
             "emit('spark', {'executors': sc._jsc.sc().getExecutorMemoryStatus().size() - 1,",
-            "               'hosts': sorted(hosts), 'driver': socket.gethostname(), 'rows': rows})",
+            "               'hosts': sorted(hosts), 'driver': socket.gethostname(), 'rows': rows, 'sum': total,",
+            "               'registered_seconds': round(registered, 1)})",
             "spark.stop()",
         ]
     )
     pod = _pod("train", ["--help"], profile="spark-driver")
+    assert pod.spec.service_account_name == "eventpipe-spark"
     container = pod.spec.containers[0]
     container.command, container.args = ["python", "-c", code], []
     container.env += [
@@ -302,16 +338,27 @@ def test_spark_on_kubernetes_runs_executor_pods_on_the_same_image(cluster: Any, 
     ]
     # the node has 2 CPUs: the driver reserves less than the production profile so both executors fit
     container.resources.requests["cpu"] = "250m"
-    run = _run(cluster, pod, timeout=600)
+    with PodWatch(cluster, NAMESPACE, "app.kubernetes.io/component=spark-executor") as watch:
+        run = _run(cluster, pod, timeout=600)
     assert run.exit_code == 0, run.logs[-4000:]
     assert run.xcom is not None
+    print(f"\ndriver pod start {run.start_seconds:.1f}s, executors registered {run.xcom['registered_seconds']}s "
+          f"after the session was built, total {run.total_seconds:.1f}s")  # fmt: skip
+    executors = [p for p in watch.seen.values() if any(o.name == run.name for o in p.metadata.owner_references or [])]
+    assert len(executors) >= 2, sorted(watch.seen)
+    for executor in executors:
+        assert executor.spec.service_account_name == "eventpipe-spark"
+        assert executor.spec.containers[0].image == container.image  # the same image as the task pod
+        assert _started(executor), executor.status
     assert run.xcom["executors"] >= 2
-    assert run.xcom["rows"] == 100000
+    assert (run.xcom["rows"], run.xcom["sum"]) == (100000, sum(range(100000)))
     executor_hosts = [h for h in run.xcom["hosts"] if h != run.xcom["driver"]]
     assert len(executor_hosts) >= 2, run.xcom  # the work ran in at least two executor pods
+    assert set(executor_hosts) <= {p.metadata.name for p in executors}
 
 
 def _env(name: str, value: str) -> Any:
     from kubernetes.client import models as k8s
 
     return k8s.V1EnvVar(name=name, value=value)
+

@@ -93,14 +93,18 @@ def _k8s_conf(env: Mapping[str, str]) -> dict[str, str]:
         "spark.kubernetes.executor.deleteOnTermination": "true",
         "spark.kubernetes.executor.label.app.kubernetes.io/name": "eventpipe",
         "spark.kubernetes.executor.label.app.kubernetes.io/component": "spark-executor",
+        # Listen on every interface, advertise spark.driver.host. Since Spark 4.1 executors are handed the
+        # *bind* address by default (useDriverPodIP, meant for cluster mode where it is the pod IP): in client
+        # mode that is 0.0.0.0, and every executor exits unable to register.
         "spark.driver.bindAddress": "0.0.0.0",
+        "spark.kubernetes.executor.useDriverPodIP": "false",
         "spark.driver.port": DRIVER_PORT,
         "spark.blockManager.port": BLOCK_MANAGER_PORT,
         "spark.ui.enabled": "false",
     }
     if env.get("HOSTNAME"):  # the task pod's name: executors get it as ownerReference, so they die with it
         conf["spark.kubernetes.driver.pod.name"] = env["HOSTNAME"]
-        conf["spark.kubernetes.executor.podNamePrefix"] = env["HOSTNAME"][:40].rstrip("-") + "-exec"
+        conf["spark.kubernetes.executor.podNamePrefix"] = env["HOSTNAME"][:40].rstrip("-")  # Spark adds -exec-N
     if env.get("EVENTPIPE_POD_IP"):
         conf["spark.driver.host"] = env["EVENTPIPE_POD_IP"]
     if env.get("EVENTPIPE_SPARK_EXECUTOR_TEMPLATE"):  # security context, tolerations, ...
