@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from eventpipe.devstack.k8s_deploy import NAMESPACE, prepare, task_env
+from eventpipe.devstack.k8s_deploy import NAMESPACE, kubernetes_connection, prepare, task_env, xcom_sidecar_image
 from eventpipe.devstack.kubernetes import KubernetesCluster, kubeconfig, kubectl
 from eventpipe.devstack.runtime import DevstackError
 from eventpipe.devstack.stack import DATA_SERVICES, DEVSTACK_CREDENTIALS, up
@@ -62,16 +62,8 @@ def cluster(stack_env: dict[str, str]) -> Iterator[Any]:
     print(f"\ncluster ready in {time.monotonic() - began:.1f}s")
     from kubernetes import client, config
 
-    # the xcom sidecar uses the task image (no registry: the provider's default alpine cannot be pulled)
-    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "kubernetes",
-            "extra": {
-                "kube_config_path": str(kubeconfig()),
-                "xcom_sidecar_container_image": task_env()["EVENTPIPE_IMAGE"],
-            },
-        }
-    )
+    # the xcom sidecar is the devstack's busybox image (no registry: the provider's default alpine cannot be pulled)
+    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = kubernetes_connection(xcom_sidecar_image())
     api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig())))
     yield api
     api.api_client.close()
@@ -362,3 +354,102 @@ def _env(name: str, value: str) -> Any:
 
     return k8s.V1EnvVar(name=name, value=value)
 
+
+def _start_latency(pod: Any) -> float | None:
+    """Pod creation to its task container running, from the API's own timestamps (seconds)."""
+    base = next((c for c in pod.status.container_statuses or [] if c.name == "base"), None)
+    state = base.state if base else None
+    started = (state.running.started_at if state and state.running else None) or (
+        state.terminated.started_at if state and state.terminated else None
+    )
+    return (started - pod.metadata.creation_timestamp).total_seconds() if started else None
+
+
+def test_airflow_runs_the_ingest_dag_as_pods_with_exact_counts(
+    cluster: Any, services: Settings, es: Elasticsearch, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The devstack Airflow in kubernetes mode: every task of one ingest run is a pod, counts as in local mode.
+
+    Settings reach the pods as env, S3 keys from the Secret by name (Airflow itself does not hold them), each
+    task's XCom comes back through the busybox sidecar, and the pod's own output is in the Airflow task log.
+    """
+    from eventpipe.devstack.airflow import EXECUTION_ENV, Airflow
+    from eventpipe.devstack.airflow_api import AirflowClient
+
+    from .airflow_support import INGEST_DAG, unpaused
+
+    monkeypatch.setenv(EXECUTION_ENV, "kubernetes")
+    airflow = Airflow()
+    began = time.monotonic()
+    airflow.start()
+    print(f"\nairflow ready in kubernetes mode after {time.monotonic() - began:.1f}s")
+    assert airflow.running_execution() == "kubernetes"
+    env = airflow.env()
+    assert env["EVENTPIPE_EXECUTION"] == "kubernetes" and "AWS_SECRET_ACCESS_KEY" not in env
+
+    seed = uuid.uuid4().int % 1_000_000
+    h0 = utc("2026-01-01T00:00:00") + timedelta(hours=seed % (300 * 24))
+    h1 = h0 + timedelta(hours=1)
+    produced = produce(
+        services, GeneratorConfig(h0, h1, 0.5, seed=seed, malformed_rate=0.02), topics=topics, truth=False
+    )
+    assert produced.malformed > 0
+    selector = "app.kubernetes.io/name=eventpipe"
+    with (
+        AirflowClient(airflow.url) as client,
+        unpaused(client, services, INGEST_DAG) as api,
+        PodWatch(cluster, NAMESPACE, selector) as watch,
+    ):
+        run = api.trigger(
+            INGEST_DAG,
+            conf={"topics": sorted(topics.values())},
+            logical_date=h0,
+            data_interval=(h0, h1),
+            run_id=f"k8s__{h0:%Y%m%dT%H}__{seed}",
+        )
+        # unpausing made the scheduler start the latest scheduled run (or an earlier run was left): it would
+        # hold the DAG's one active-run slot
+        for state in ("queued", "running"):
+            for other in api.dag_runs(INGEST_DAG, state=state):
+                if other.dag_run_id != run.dag_run_id:
+                    api.set_run_state(INGEST_DAG, other.dag_run_id, "failed")
+        finished = api.wait(INGEST_DAG, run.dag_run_id, timeout=1200, poll=3)
+        states = {ti["task_id"]: ti["state"] for ti in api.task_instances(INGEST_DAG, run.dag_run_id)}
+        drained = api.xcom(INGEST_DAG, run.dag_run_id, "drain")
+        rolled = api.xcom(INGEST_DAG, run.dag_run_id, "rollup")
+        ledger = api.xcom(INGEST_DAG, run.dag_run_id, "ledger")
+        drain_log = api.task_log(INGEST_DAG, run.dag_run_id, "drain")
+    assert finished.state == "success", states
+    assert set(states.values()) == {"success"} and {"drain", "rollup", "score", "ledger"} <= set(states)
+
+    # one pod per task, on the image, with the settings as env and the S3 keys from the Secret by name
+    pods = {p.metadata.labels.get("app.kubernetes.io/component"): p for p in watch.seen.values()}
+    assert {"drain", "rollup", "score", "ledger"} <= set(pods), sorted(watch.seen)
+    for component in ("drain", "rollup", "score", "ledger"):
+        pod = pods[component]
+        base = pod.spec.containers[0]
+        assert base.image == task_env()["EVENTPIPE_IMAGE"] and base.command == ["eventpipe"]
+        values = {e.name: e for e in base.env}
+        assert values["EVENTPIPE_KAFKA_BOOTSTRAP"].value == task_env()["EVENTPIPE_KAFKA_BOOTSTRAP"]
+        assert values["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "eventpipe-s3"
+        sidecar = next(c for c in pod.spec.containers if c.name == "airflow-xcom-sidecar")
+        assert "xcom-sidecar" in sidecar.image
+    latencies = sorted(v for v in map(_start_latency, pods.values()) if v is not None)
+    print(f"pod start latency (creation -> task container running): {latencies}")
+
+    # exact counts, as the local-mode end-to-end test asserts them
+    assert drained["consumed"] == produced.produced
+    assert drained["indexed"] == produced.valid
+    assert drained["dead_lettered"] == produced.malformed
+    assert drained["touched_hours"] == [h0.isoformat()]
+    assert rolled["hours"] == 1 and rolled["rollup_documents"] > 0
+    assert ledger["remaining"] == 0
+    es.indices.refresh(index=EVENTS_ALIAS)
+    es.indices.refresh(index=DLQ_INDEX)
+    indexed = sum(es.count(index=EVENTS_ALIAS, query={"term": {"kafka.topic": t}})["count"] for t in topics.values())
+    dead = sum(es.count(index=DLQ_INDEX, query={"term": {"source_topic": t}})["count"] for t in topics.values())
+    assert (indexed, dead) == (produced.valid, produced.malformed)
+
+    # the pod's own output is in the Airflow task log
+    assert pods["drain"].metadata.name in drain_log
+    assert f'"indexed": {produced.valid}' in drain_log or f"'indexed': {produced.valid}" in drain_log, drain_log[-3000:]

@@ -33,8 +33,8 @@ CRDS: dict[tuple[str, str, str, str, bool, bool], str] = {
     ("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors", True, False): "servicemonitor.v1.json",
 }
 HOST_SERVICES = ("kafka", "elasticsearch", "s3")
-# What the provider's XCom sidecar runs: `sh -c 'trap ... sleep 1'`, then an exec of `cat` and `kill -s SIGINT 1`.
-BUSYBOX_APPLETS = ("sh", "cat", "sleep", "kill", "test", "[", "echo", "printf")
+# What the provider's XCom sidecar runs: `sh -c 'trap ... sleep 1'`, then `cat` and `kill -2 $(pgrep -u $(id -u) ...)`.
+BUSYBOX_APPLETS = ("sh", "cat", "sleep", "kill", "test", "[", "echo", "printf", "pgrep", "id")
 APPROVAL = "api-approved.kubernetes.io"
 
 
