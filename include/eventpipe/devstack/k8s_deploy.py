@@ -33,8 +33,9 @@ CRDS: dict[tuple[str, str, str, str, bool, bool], str] = {
     ("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors", True, False): "servicemonitor.v1.json",
 }
 HOST_SERVICES = ("kafka", "elasticsearch", "s3")
-# What the provider's XCom sidecar runs: `sh -c 'trap ... sleep 1'`, then `cat` and `kill -2 $(pgrep -u $(id -u) ...)`.
-BUSYBOX_APPLETS = ("sh", "cat", "sleep", "kill", "test", "[", "echo", "printf", "pgrep", "id")
+# The provider's XCom sidecar: `sh -c 'trap ... sleep 1'`, `cat`, then a kill by pgrep (Debian's busybox has no pgrep
+# applet) or its fallback, a /proc walk with `[ -O ]`, `read` and `kill -2` (which also ends the exec's own shell: 130).
+BUSYBOX_APPLETS = ("sh", "cat", "sleep", "kill", "test", "[", "echo", "printf", "id")
 APPROVAL = "api-approved.kubernetes.io"
 
 
