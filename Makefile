@@ -29,8 +29,9 @@ services: install  ## start Kafka, Elasticsearch and the S3 server as local proc
 monitoring: setup  ## opt-in: Prometheus :9090, Pushgateway :9091, Alertmanager :9095, StatsD exporter :9102 (start before Airflow)
 	$(EP) devstack up --services monitoring
 
-demo: install  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary
-	$(EP) demo
+EXECUTION ?= local
+demo: install  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary (EXECUTION=kubernetes: tasks as pods)
+	$(EP) demo --execution $(EXECUTION)
 
 test: services browser  ## everything up, then the whole test suite against the real services
 	$(BIN)/ruff check include dags plugins tests bench

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -109,3 +110,16 @@ def test_parquet_encoding_is_deterministic_and_chunks_cover_every_row() -> None:
     assert _chunks(table.slice(0, 0), 300) == []  # an empty day writes no file
     decoded = pq.read_table(pa.BufferReader(parquet_bytes(chunks[0])))
     assert decoded.schema.metadata[b"eventpipe.schema_version"] == b"1" and decoded.equals(chunks[0])
+
+
+def test_mirror_refuses_a_repository_it_cannot_see(tmp_path: Path) -> None:
+    """A task that does not mount the fs repository must fail, not read "no files" as "delete the mirror"."""
+    from eventpipe.archive import snapshot
+    from eventpipe.errors import InvalidConfiguration
+    from eventpipe.settings import ArchiveSettings, Settings
+
+    cfg = ArchiveSettings(repository_type="fs", fs_location=str(tmp_path / "not-mounted"))
+    # an endpoint nothing listens on: reaching S3 at all would fail differently
+    unreachable = Settings.from_env({}).updated(s3={"endpoint": "http://127.0.0.1:9"})
+    with pytest.raises(InvalidConfiguration, match="not visible to this task"):
+        snapshot.mirror_fs_repository(unreachable, cfg)

@@ -33,6 +33,25 @@ def test_single_binary_archive_is_a_loadable_docker_archive(tmp_path: Path) -> N
     assert archive.read_bytes() == again.read_bytes()  # reproducible: same binary, same image digest
 
 
+def test_sidecar_archive_carries_the_applet_links_the_xcom_sidecar_runs(tmp_path: Path) -> None:
+    binary = tmp_path / "busybox"
+    binary.write_bytes(b"\x7fELF not really")
+    links = {f"/bin/{applet}": "busybox" for applet in k8s_deploy.BUSYBOX_APPLETS}
+    archive = single_binary_archive(
+        binary, "docker.io/eventpipe/xcom-sidecar:t", ["/bin/busybox"], tmp_path / "s.tar", links=links, path_env="/bin"
+    )
+    with tarfile.open(archive) as tar:
+        [entry] = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        config = json.loads(tar.extractfile(entry["Config"]).read())  # type: ignore[union-attr]
+        with tarfile.open(fileobj=tar.extractfile(entry["Layers"][0])) as layer:  # type: ignore[arg-type]
+            members = {m.name: m for m in layer.getmembers()}
+    assert members["bin/busybox"].isfile()
+    # the provider's commands: sh -c "trap ...; sleep 1", cat return.json, kill -2 (by pgrep, else a /proc walk)
+    for applet in ("sh", "cat", "sleep", "kill", "id"):
+        assert members[f"bin/{applet}"].issym() and members[f"bin/{applet}"].linkname == "busybox"
+    assert config["config"]["Env"] == ["PATH=/bin"]
+
+
 @pytest.mark.parametrize("key", list(k8s_deploy.CRDS))
 def test_crds_carry_the_stored_schemas(key: tuple[str, str, str, str, bool, bool]) -> None:
     group, version, kind, plural, namespaced, _status = key

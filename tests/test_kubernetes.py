@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from eventpipe.devstack.k8s_deploy import NAMESPACE, prepare, task_env
+from eventpipe.devstack.k8s_deploy import NAMESPACE, kubernetes_connection, prepare, task_env, xcom_sidecar_image
 from eventpipe.devstack.kubernetes import KubernetesCluster, kubeconfig, kubectl
 from eventpipe.devstack.runtime import DevstackError
 from eventpipe.devstack.stack import DATA_SERVICES, DEVSTACK_CREDENTIALS, up
@@ -61,16 +62,8 @@ def cluster(stack_env: dict[str, str]) -> Iterator[Any]:
     print(f"\ncluster ready in {time.monotonic() - began:.1f}s")
     from kubernetes import client, config
 
-    # the xcom sidecar uses the task image (no registry: the provider's default alpine cannot be pulled)
-    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "kubernetes",
-            "extra": {
-                "kube_config_path": str(kubeconfig()),
-                "xcom_sidecar_container_image": task_env()["EVENTPIPE_IMAGE"],
-            },
-        }
-    )
+    # the xcom sidecar is the devstack's busybox image (no registry: the provider's default alpine cannot be pulled)
+    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = kubernetes_connection(xcom_sidecar_image())
     api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig())))
     yield api
     api.api_client.close()
@@ -262,13 +255,43 @@ def test_rbac_is_least_privilege(
     assert _can(verb, resource, namespace or "default", account) is allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="executor pods start on the image (docker/entrypoint.sh 'executor') but are told the driver is at "
-    "0.0.0.0:7078 (spark.driver.bindAddress), so they exit; Spark replaces them until it gives up",
-)
+class PodWatch:
+    """Records the pods matching ``selector`` while a test runs (Spark deletes its executors when it stops)."""
+
+    def __init__(self, api: Any, namespace: str, selector: str) -> None:
+        self.api, self.namespace, self.selector = api, namespace, selector
+        self.seen: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for pod in self.api.list_namespaced_pod(self.namespace, label_selector=self.selector).items:
+                known = self.seen.get(pod.metadata.name)
+                # keep the latest view that has a running/terminated container (the proof it started)
+                if known is None or pod.status.container_statuses:
+                    self.seen[pod.metadata.name] = pod
+            self._stop.wait(1.0)
+
+    def __enter__(self) -> PodWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _started(pod: Any) -> bool:
+    return any(c.state and (c.state.running or c.state.terminated) for c in pod.status.container_statuses or [])
+
+
 def test_spark_on_kubernetes_runs_executor_pods_on_the_same_image(cluster: Any, services: Settings) -> None:
-    """Client mode: the task pod is the driver (service account eventpipe-spark) and asks for 2 executor pods."""
+    """Client mode: the task pod is the driver (service account eventpipe-spark) and asks for 2 executor pods.
+
+    The executors must register with the driver (its pod IP, not the 0.0.0.0 bind address) and do the work:
+    the job's tasks report executor host names, and the Parquet round trip through s3a counts every row.
+    """
     key = f"k8s-test/{uuid.uuid4().hex[:8]}"
     code = "\n".join(
         [
@@ -277,21 +300,26 @@ def test_spark_on_kubernetes_runs_executor_pods_on_the_same_image(cluster: Any, 
             "from eventpipe.settings import Settings",
             "from eventpipe.sparkjobs.session import build_session, s3a_uri",
             "s = Settings.from_env()",
+            "began = time.time()",
             "spark = build_session(s, 'k8s-executors')",
             "sc = spark.sparkContext",
             "deadline = time.time() + 240",
             "while sc._jsc.sc().getExecutorMemoryStatus().size() - 1 < 2 and time.time() < deadline:",
-            "    time.sleep(1)",
+            "    time.sleep(0.5)",
+            "registered = time.time() - began",
             "hosts = sc.parallelize(range(64), 8).map(lambda _: socket.gethostname()).distinct().collect()",
             f"uri = s3a_uri(s.s3.bucket, '{key}')",
             "spark.range(100000).repartition(4).write.mode('overwrite').parquet(uri)",
-            "rows = spark.read.parquet(uri).count()",
+            "frame = spark.read.parquet(uri)",
+            "rows, total = frame.count(), frame.selectExpr('sum(id)').first()[0]",
             "emit('spark', {'executors': sc._jsc.sc().getExecutorMemoryStatus().size() - 1,",
-            "               'hosts': sorted(hosts), 'driver': socket.gethostname(), 'rows': rows})",
+            "               'hosts': sorted(hosts), 'driver': socket.gethostname(), 'rows': rows, 'sum': total,",
+            "               'registered_seconds': round(registered, 1)})",
             "spark.stop()",
         ]
     )
     pod = _pod("train", ["--help"], profile="spark-driver")
+    assert pod.spec.service_account_name == "eventpipe-spark"
     container = pod.spec.containers[0]
     container.command, container.args = ["python", "-c", code], []
     container.env += [
@@ -302,16 +330,130 @@ def test_spark_on_kubernetes_runs_executor_pods_on_the_same_image(cluster: Any, 
     ]
     # the node has 2 CPUs: the driver reserves less than the production profile so both executors fit
     container.resources.requests["cpu"] = "250m"
-    run = _run(cluster, pod, timeout=600)
+    with PodWatch(cluster, NAMESPACE, "app.kubernetes.io/component=spark-executor") as watch:
+        run = _run(cluster, pod, timeout=600)
     assert run.exit_code == 0, run.logs[-4000:]
     assert run.xcom is not None
+    print(f"\ndriver pod start {run.start_seconds:.1f}s, executors registered {run.xcom['registered_seconds']}s "
+          f"after the session was built, total {run.total_seconds:.1f}s")  # fmt: skip
+    executors = [p for p in watch.seen.values() if any(o.name == run.name for o in p.metadata.owner_references or [])]
+    assert len(executors) >= 2, sorted(watch.seen)
+    for executor in executors:
+        assert executor.spec.service_account_name == "eventpipe-spark"
+        assert executor.spec.containers[0].image == container.image  # the same image as the task pod
+        assert _started(executor), executor.status
     assert run.xcom["executors"] >= 2
-    assert run.xcom["rows"] == 100000
+    assert (run.xcom["rows"], run.xcom["sum"]) == (100000, sum(range(100000)))
     executor_hosts = [h for h in run.xcom["hosts"] if h != run.xcom["driver"]]
     assert len(executor_hosts) >= 2, run.xcom  # the work ran in at least two executor pods
+    assert set(executor_hosts) <= {p.metadata.name for p in executors}
 
 
 def _env(name: str, value: str) -> Any:
     from kubernetes.client import models as k8s
 
     return k8s.V1EnvVar(name=name, value=value)
+
+
+def _start_latency(pod: Any) -> float | None:
+    """Pod creation to its task container running, from the API's own timestamps (seconds)."""
+    base = next((c for c in pod.status.container_statuses or [] if c.name == "base"), None)
+    state = base.state if base else None
+    started = (state.running.started_at if state and state.running else None) or (
+        state.terminated.started_at if state and state.terminated else None
+    )
+    return (started - pod.metadata.creation_timestamp).total_seconds() if started else None
+
+
+def test_airflow_runs_the_ingest_dag_as_pods_with_exact_counts(
+    cluster: Any, services: Settings, es: Elasticsearch, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The devstack Airflow in kubernetes mode: every task of one ingest run is a pod, counts as in local mode.
+
+    Settings reach the pods as env, S3 keys from the Secret by name (Airflow itself does not hold them), each
+    task's XCom comes back through the busybox sidecar, and the pod's own output is in the Airflow task log.
+    """
+    from eventpipe.devstack.airflow import EXECUTION_ENV, Airflow
+    from eventpipe.devstack.airflow_api import AirflowClient
+
+    from .airflow_support import INGEST_DAG, unpaused
+
+    monkeypatch.setenv(EXECUTION_ENV, "kubernetes")
+    airflow = Airflow()
+    began = time.monotonic()
+    airflow.start()
+    print(f"\nairflow ready in kubernetes mode after {time.monotonic() - began:.1f}s")
+    assert airflow.running_execution() == "kubernetes"
+    env = airflow.env()
+    assert env["EVENTPIPE_EXECUTION"] == "kubernetes" and "AWS_SECRET_ACCESS_KEY" not in env
+
+    seed = uuid.uuid4().int % 1_000_000
+    h0 = utc("2026-01-01T00:00:00") + timedelta(hours=seed % (300 * 24))
+    h1 = h0 + timedelta(hours=1)
+    produced = produce(
+        services, GeneratorConfig(h0, h1, 0.5, seed=seed, malformed_rate=0.02), topics=topics, truth=False
+    )
+    assert produced.malformed > 0
+    selector = "app.kubernetes.io/name=eventpipe"
+    with (
+        AirflowClient(airflow.url) as client,
+        unpaused(client, services, INGEST_DAG) as api,
+        PodWatch(cluster, NAMESPACE, selector) as watch,
+    ):
+        run = api.trigger(
+            INGEST_DAG,
+            conf={"topics": sorted(topics.values())},
+            logical_date=h0,
+            data_interval=(h0, h1),
+            run_id=f"k8s__{h0:%Y%m%dT%H}__{seed}",
+        )
+        # unpausing made the scheduler start the latest scheduled run (or an earlier run was left): it would
+        # hold the DAG's one active-run slot
+        for state in ("queued", "running"):
+            for other in api.dag_runs(INGEST_DAG, state=state):
+                if other.dag_run_id != run.dag_run_id:
+                    api.set_run_state(INGEST_DAG, other.dag_run_id, "failed")
+        finished = api.wait(INGEST_DAG, run.dag_run_id, timeout=1200, poll=3)
+        instances = api.task_instances(INGEST_DAG, run.dag_run_id)
+        states = {ti["task_id"]: ti["state"] for ti in instances}
+        drain_try = next(ti["try_number"] for ti in instances if ti["task_id"] == "drain")
+        drained = api.xcom(INGEST_DAG, run.dag_run_id, "drain")
+        rolled = api.xcom(INGEST_DAG, run.dag_run_id, "rollup")
+        ledger = api.xcom(INGEST_DAG, run.dag_run_id, "ledger")
+        # the last try's log (a retry is legitimate: e.g. an archive test's quiesce write block on the shared node)
+        drain_log = api.task_log(INGEST_DAG, run.dag_run_id, "drain", try_number=drain_try)
+    assert finished.state == "success", states
+    assert set(states.values()) == {"success"} and {"drain", "rollup", "score", "ledger"} <= set(states)
+
+    # one pod per task, on the image, with the settings as env and the S3 keys from the Secret by name
+    # by component; a retried task's later pod comes later in the watch and wins
+    pods = {p.metadata.labels.get("app.kubernetes.io/component"): p for p in watch.seen.values()}
+    assert {"drain", "rollup", "score", "ledger"} <= set(pods), sorted(watch.seen)
+    for component in ("drain", "rollup", "score", "ledger"):
+        pod = pods[component]
+        base = pod.spec.containers[0]
+        assert base.image == task_env()["EVENTPIPE_IMAGE"] and base.command == ["eventpipe"]
+        values = {e.name: e for e in base.env}
+        assert values["EVENTPIPE_KAFKA_BOOTSTRAP"].value == task_env()["EVENTPIPE_KAFKA_BOOTSTRAP"]
+        assert values["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "eventpipe-s3"
+        sidecar = next(c for c in pod.spec.containers if c.name == "airflow-xcom-sidecar")
+        assert "xcom-sidecar" in sidecar.image
+    latencies = sorted(v for v in map(_start_latency, pods.values()) if v is not None)
+    print(f"pod start latency (creation -> task container running): {latencies}")
+
+    # exact counts, as the local-mode end-to-end test asserts them
+    assert drained["consumed"] == produced.produced
+    assert drained["indexed"] == produced.valid
+    assert drained["dead_lettered"] == produced.malformed
+    assert drained["touched_hours"] == [h0.isoformat()]
+    assert rolled["hours"] == 1 and rolled["rollup_documents"] > 0
+    assert ledger["remaining"] == 0
+    es.indices.refresh(index=EVENTS_ALIAS)
+    es.indices.refresh(index=DLQ_INDEX)
+    indexed = sum(es.count(index=EVENTS_ALIAS, query={"term": {"kafka.topic": t}})["count"] for t in topics.values())
+    dead = sum(es.count(index=DLQ_INDEX, query={"term": {"source_topic": t}})["count"] for t in topics.values())
+    assert (indexed, dead) == (produced.valid, produced.malformed)
+
+    # the pod's own output is in the Airflow task log
+    assert pods["drain"].metadata.name in drain_log
+    assert f'"indexed": {produced.valid}' in drain_log or f"'indexed': {produced.valid}" in drain_log, drain_log[-3000:]

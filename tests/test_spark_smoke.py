@@ -125,6 +125,8 @@ def test_kubernetes_conf_has_expected_keys_and_no_secrets() -> None:
     )
     assert conf["spark.kubernetes.driver.pod.name"] == "eventpipe-train-abc123"
     assert conf["spark.driver.host"] == "10.1.2.3"
+    # executors must be told the advertised host, not the 0.0.0.0 bind address (Spark 4.1+ default)
+    assert conf["spark.kubernetes.executor.useDriverPodIP"] == "false"
     assert conf["spark.kubernetes.executor.secretKeyRef.AWS_SECRET_ACCESS_KEY"] == "eventpipe-s3:secret-key"
     assert conf["spark.hadoop.fs.s3a.encryption.algorithm"] == "AES256"  # s3a's name for SSE-S3
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"

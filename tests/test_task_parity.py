@@ -109,3 +109,23 @@ def test_invalid_pod_is_rejected_by_the_schema(rendered) -> None:
     obj["spec"]["containers"][0]["resources"]["limits"]["memory"] = {"not": "a quantity"}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(obj, "1.33.0", strict=True)
+
+
+def test_an_fs_snapshot_repository_claim_is_mounted_read_only_at_its_location(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The devstack's fs repository reaches snapshot pods as a claim (Pod Security forbids hostPath in pods)."""
+    monkeypatch.setenv("EVENTPIPE_SNAPSHOT_FS_LOCATION", "/srv/es-snapshots/eventpipe-snapshots")
+    monkeypatch.setenv("EVENTPIPE_SNAPSHOT_FS_CLAIM", "snapshot-repo")
+    with DAG("claim", schedule=None, start_date=START) as dag:
+        pod = cli_task("take", TaskCommand(["archive", "snapshot", "--day", "2026-11-20"]), mode="kubernetes")
+    obj = ApiClient().sanitize_for_serialization(pod.build_pod_request_obj(_context(dag), dry_run=True))
+    obj.setdefault("apiVersion", "v1")
+    obj.setdefault("kind", "Pod")
+    kubernetes_validate.validate(obj, "1.33.0", strict=True)
+    volumes = {v["name"]: v for v in obj["spec"]["volumes"]}
+    assert volumes["snapshot-repository"]["persistentVolumeClaim"] == {"claimName": "snapshot-repo", "readOnly": True}
+    mounts = {m["name"]: m for m in obj["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["snapshot-repository"]["mountPath"] == "/srv/es-snapshots/eventpipe-snapshots"
+    assert mounts["snapshot-repository"]["readOnly"] is True
+    monkeypatch.delenv("EVENTPIPE_SNAPSHOT_FS_CLAIM")
+    plain = cli_task("take2", TaskCommand(["archive", "snapshot", "--day", "2026-11-20"]), mode="kubernetes")
+    assert "snapshot-repository" not in {v.name for v in plain.volumes}

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from eventpipe.archive.config import ArchiveConfig
 from eventpipe.archive.indices import day_index, existing, snapshot_name
 from eventpipe.archive.snapshot import LIVE_INDICES, post_hook, pre_hook, take_snapshot
 from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
@@ -37,7 +36,7 @@ from eventpipe.settings import Settings
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services]
 
-SNAPSHOT_LABEL = {"eventpipe.io/snapshot": "true"}  # ArchiveConfig's default selector
+SNAPSHOT_LABEL = {"eventpipe.io/snapshot": "true"}  # ArchiveSettings' default selector
 
 
 def _claim(name: str, namespace: str, labels: dict[str, str], source: str | None = None) -> dict[str, Any]:
@@ -161,9 +160,8 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
     pv = _get("pvc", "state", namespace)["spec"]["volumeName"]
     assert _get("pv", pv)["spec"]["csi"]["driver"] == csi.DRIVER_NAME
 
-    cfg = ArchiveConfig.from_env().model_copy(
-        update={"volume_snapshots": True, "namespace": namespace, "snapshot_ready_timeout_s": 120}
-    )
+    cfg = services.archive.model_copy(update={"volume_snapshots": True, "snapshot_ready_timeout_s": 120})
+    in_namespace = services.updated(kubernetes={"namespace": namespace})
     # until every checkout applies deploy/ through the devstack overlay, a plain `apply -k deploy` elsewhere
     # points the class back at Portworx: make it ours right before the step (idempotent)
     apply_deploy(devstack_overlay=True)
@@ -171,7 +169,7 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
     hold = pre_hook(es, day)
     try:
         held = existing(es, LIVE_INDICES)
-        result = take_snapshot(services, es, cfg, day)
+        result = take_snapshot(in_namespace, es, cfg, day)
         # still between quiesce and resume: the writes are held and the snapshot is already usable
         assert held and all(_write_blocked(es, index) for index in held), hold
         name = f"state-{day:%Y%m%d}"

@@ -206,13 +206,18 @@ def demo(
     day: Annotated[str, typer.Option(help="First day to produce, ingest and archive")] = "2026-01-15",
     days: Annotated[int, typer.Option(help="Number of days (the last one is the model's hold-out)")] = 3,
     rate: Annotated[float, typer.Option(help="Events per second of event time")] = 0.2,
+    execution: Annotated[
+        str, typer.Option(help="local: tasks as processes; kubernetes: tasks as pods on the devstack cluster")
+    ] = "local",
 ) -> None:
     """Start everything; produce days; ingest, archive, train and score through Airflow; print a summary."""
     from eventpipe.demo import run_demo
 
     if days < 2:
         raise InvalidArgument("--days must be at least 2 (training needs a hold-out day)")
-    run_demo(parse_day(day), rate, days)
+    if execution not in {"local", "kubernetes"}:
+        raise InvalidArgument("--execution must be local or kubernetes")
+    run_demo(parse_day(day), rate, days, execution)
 
 
 # Sub-command groups owned by their packages (one line each).

@@ -20,7 +20,7 @@ from rich.table import Table
 from eventpipe.archive.indices import day_bounds, day_index, late_index, snapshot_name
 from eventpipe.archive.manifest import is_verified
 from eventpipe.archive.manifest import load as load_manifest
-from eventpipe.devstack.stack import SERVICES, local_env, up
+from eventpipe.devstack.stack import DATA_SERVICES, SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, generate
 from eventpipe.events.produce import ProduceResult, produce
 from eventpipe.settings import Settings
@@ -75,15 +75,26 @@ def _run(api, dag_id: str, day: date | None, conf: dict[str, object], timeout: f
     }
 
 
-def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3) -> dict[str, object]:
+def run_demo(
+    first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3, execution: str = "local"
+) -> dict[str, object]:
+    """``execution="kubernetes"``: the same runs, every task a pod on the devstack cluster (started first)."""
     import os
 
+    from eventpipe.devstack.airflow import EXECUTION_ENV
     from eventpipe.devstack.airflow_api import AirflowClient
 
     for key, value in local_env().items():  # plumbing: the demo sets the devstack's environment up
         os.environ.setdefault(key, value)
+    os.environ[EXECUTION_ENV] = execution  # the devstack Airflow restarts if it runs the other mode
+    timings: dict[str, float] = {}
+    if execution == "kubernetes":
+        from eventpipe.devstack.k8s_deploy import prepare
+
+        console.rule("starting the data services and the local Kubernetes cluster (tasks run as pods)")
+        timings = {**up(DATA_SERVICES), **up(["kubernetes"]), **prepare()}
     console.rule("starting the embedded services")
-    timings = up(SERVICES)
+    timings.update(up(SERVICES))
     settings = Settings.from_env()
     es = client(settings)
     ensure_indices(es)
@@ -129,6 +140,7 @@ def run_demo(first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3)
     champion = trained.get("champion")
     summary = {
         "days": f"{demo_days[0]} … {demo_days[-1]}",
+        "execution": execution,
         "services_up_seconds": timings,
         "produced": produced.produced,
         "valid": produced.valid,

@@ -130,6 +130,9 @@ def _existing_state(es: Elasticsearch, repository: str, name: str) -> str | None
 def mirror_fs_repository(settings: Settings, cfg: ArchiveSettings) -> int:
     """Copy an fs repository to the snapshot bucket (blobs are immutable; index-N files are rewritten)."""
     root = Path(cfg.fs_location or "")
+    if not root.is_dir():  # e.g. a task pod that does not mount the node's repository: an empty walk would
+        # read as "every mirrored object is stale" and delete the whole mirror
+        raise InvalidConfiguration(f"the fs snapshot repository {root} is not visible to this task; nothing mirrored")
     s3 = s3_client(settings)
     ensure_bucket(settings, cfg.snapshot_bucket)
     present: dict[str, int] = {}

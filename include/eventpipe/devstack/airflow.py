@@ -5,7 +5,9 @@ api-server, scheduler, dag-processor and triggerer run as separate programs unde
 at start, and logs each exit: a crashed scheduler comes back as the Helm chart's Deployment
 would bring it back. The metadata database is the devstack PostgreSQL (``EVENTPIPE_AIRFLOW_DB=sqlite``
 falls back to SQLite). Tasks run as local processes (``EVENTPIPE_EXECUTION=local``) against the
-other devstack services. The admin password is fixed (``admin``/``admin``) through the passwords
+other devstack services, or, with ``EVENTPIPE_AIRFLOW_EXECUTION=kubernetes`` when it starts, as
+KubernetesPodOperator pods on the devstack cluster (``make k8s`` first): the mode it runs in is recorded,
+and asking for the other mode restarts it. The admin password is fixed (``admin``/``admin``) through the passwords
 file, so tests and the demo can log in without reading generated secrets.
 """
 
@@ -28,7 +30,17 @@ from typing import Any
 import httpx
 
 from eventpipe.devstack.postgres import Postgres
-from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, Service, log_path, run_step, start_process, subdir
+from eventpipe.devstack.runtime import (
+    REPO_ROOT,
+    DevstackError,
+    Service,
+    log_path,
+    pid_of,
+    progress,
+    run_step,
+    start_process,
+    subdir,
+)
 from eventpipe.devstack.stack import local_env
 
 ADMIN_USER = "admin"
@@ -38,6 +50,9 @@ SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_mana
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 SUPERVISED = (*COMPONENTS, "reaper")  # plus the event listener that cleans up after an exited component
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per health poll otherwise
+# How the devstack Airflow runs tasks ("local" processes or "kubernetes" pods). Not EVENTPIPE_EXECUTION itself:
+# tests and the demo export the local task environment (EVENTPIPE_EXECUTION=local) into their own process.
+EXECUTION_ENV = "EVENTPIPE_AIRFLOW_EXECUTION"
 
 
 def airflow_home() -> Path:
@@ -64,15 +79,47 @@ class Airflow(Service):
     port = 8080
     host = "127.0.0.1"
 
+    def __init__(self, execution: str | None = None) -> None:
+        self.execution = execution or os.environ.get(EXECUTION_ENV) or "local"
+        if self.execution not in {"local", "kubernetes"}:
+            raise DevstackError(f"{EXECUTION_ENV} must be 'local' or 'kubernetes', not {self.execution!r}")
+
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def _execution_file(self) -> Path:
+        return airflow_home() / "execution"
+
+    def running_execution(self) -> str | None:
+        """The mode the running Airflow was started with (None when it is not running)."""
+        if pid_of(self.name) is None:
+            return None
+        return self._execution_file.read_text().strip() if self._execution_file.exists() else "local"
+
+    def _task_env(self) -> dict[str, str]:
+        """What tasks see: the local services, or (kubernetes) the pod view of them and the cluster's connection.
+
+        In kubernetes mode the S3 keys are left out of Airflow's environment: pods get them from Secrets by name.
+        """
+        if self.execution == "local":
+            return local_env()
+        from eventpipe.devstack import k8s_deploy, podnet
+        from eventpipe.devstack.kubernetes import kubeconfig
+
+        if not (kubeconfig().exists() and podnet.present()):
+            raise DevstackError("Airflow in kubernetes mode needs the devstack cluster: run `make k8s` first")
+        return {
+            **k8s_deploy.task_env(),
+            "AIRFLOW_CONN_KUBERNETES_DEFAULT": k8s_deploy.kubernetes_connection(k8s_deploy.xcom_sidecar_image()),
+        }
 
     def env(self) -> dict[str, str]:
         """Environment of every Airflow process and of CLI calls against this instance."""
         home = airflow_home()
         env = {
-            **local_env(),
+            **self._task_env(),
             "PATH": f"{_bin_dir()}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             "AIRFLOW_HOME": str(home),
             "AIRFLOW_CONFIG": str(home / "airflow.cfg"),
@@ -94,6 +141,9 @@ class Airflow(Service):
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            # each task process parses its DAG file again; on 2 loaded cores with the Kubernetes provider
+            # imported that took over the default 30 s (the task is then rescheduled, not run)
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
@@ -211,7 +261,16 @@ class Airflow(Service):
         config.write_text("\n".join(lines) + "\n")
         return config
 
+    def start(self) -> None:
+        """As every service, plus: running in the other execution mode means a restart in the asked one."""
+        running = self.running_execution()
+        if running is not None and running != self.execution:
+            progress(f"airflow: running {running} tasks; restarting it to run {self.execution} tasks")
+            self.stop()
+        super().start()
+
     def launch(self) -> None:
+        self._execution_file.write_text(self.execution)
         self.supervisor_socket.unlink(missing_ok=True)
         supervisord = str(_bin_dir() / "supervisord")
         if not Path(supervisord).exists():
@@ -279,4 +338,5 @@ class Airflow(Service):
         row = super().status()
         components = self.components()
         row["components"] = {name: info["statename"] for name, info in components.items()}
+        row["execution"] = self.running_execution()
         return row

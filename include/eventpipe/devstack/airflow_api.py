@@ -188,6 +188,14 @@ class AirflowClient:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return self.request("GET", path, params={"deserialize": "true"})["value"]
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """A task try's whole log as the UI shows it, one line per record (structured records as JSON)."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+        content = self.request("GET", path, params={"full_content": "true"}).get("content") or []
+        if isinstance(content, str):
+            return content
+        return "\n".join(line.get("event", "") if isinstance(line, dict) else str(line) for line in content)
+
     def backfills(self, dag_id: str) -> list[dict[str, Any]]:
         return list(self.request("GET", "/api/v2/backfills", params={"dag_id": dag_id, "limit": 100})["backfills"])
 

@@ -10,15 +10,19 @@ validated, nothing acts on them.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import subprocess
 import time
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from eventpipe.devstack import image, podnet
-from eventpipe.devstack.kubernetes import CONTAINERD_SOCKET, kubectl
-from eventpipe.devstack.runtime import REPO_ROOT, DevstackError
+from eventpipe.devstack import image, k8s_images, podnet
+from eventpipe.devstack.kubernetes import CONTAINERD_SOCKET, kubeconfig, kubectl
+from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, subdir
 from eventpipe.devstack.stack import DEVSTACK_CREDENTIALS, local_env, service
 
 NAMESPACE = "eventpipe"
@@ -33,6 +37,9 @@ CRDS: dict[tuple[str, str, str, str, bool, bool], str] = {
 }
 HOST_SERVICES = ("kafka", "elasticsearch", "s3")
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+# The provider's XCom sidecar: `sh -c 'trap ... sleep 1'`, `cat`, then a kill by pgrep (Debian's busybox has no pgrep
+# applet) or its fallback, a /proc walk with `[ -O ]`, `read` and `kill -2` (which also ends the exec's own shell: 130).
+BUSYBOX_APPLETS = ("sh", "cat", "sleep", "kill", "test", "[", "echo", "printf", "id")
 APPROVAL = "api-approved.kubernetes.io"
 
 
@@ -123,12 +130,91 @@ def host_services_for_pods() -> list[str]:
     return restarted
 
 
+def _busybox() -> tuple[Path, str]:
+    """The static busybox of Debian's ``busybox-static`` (fetched with ``apt-get download``, not installed)."""
+    cache = subdir("kubernetes", "busybox")
+    binary, version_file = cache / "root" / "bin" / "busybox", cache / "version"
+    if not (binary.exists() and version_file.exists()):
+        for old in cache.glob("*.deb"):
+            old.unlink()
+        for cmd in (["apt-get", "download", "busybox-static"], ["sh", "-c", "dpkg-deb -x *.deb root"]):
+            result = subprocess.run(cmd, cwd=cache, capture_output=True, text=True, timeout=300, check=False)
+            if result.returncode != 0:
+                raise DevstackError(f"{' '.join(cmd)} failed (XCom sidecar busybox):\n{result.stderr[-2000:]}")
+        deb = next(cache.glob("*.deb"))
+        version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True)
+        version_file.write_text(version.stdout.strip())
+    return binary, version_file.read_text().strip()
+
+
+def xcom_sidecar_image() -> str:
+    """The provider's XCom sidecar image (its default, alpine, cannot be pulled here): busybox, FROM scratch.
+
+    Imported into the cluster's containerd once per busybox version; returns the reference.
+    """
+    binary, version = _busybox()
+    applets = hashlib.sha256(" ".join(BUSYBOX_APPLETS).encode()).hexdigest()[:6]
+    ref = f"docker.io/eventpipe/xcom-sidecar:busybox-{re.sub(r'[^A-Za-z0-9_.-]', '_', version)}-{applets}"
+    if ref not in k8s_images.image_refs(CONTAINERD_SOCKET):
+        archive = subdir("kubernetes", "images") / "xcom-sidecar.tar"
+        links = {f"/bin/{applet}": "busybox" for applet in BUSYBOX_APPLETS}
+        k8s_images.single_binary_archive(binary, ref, ["/bin/busybox"], archive, links=links, path_env="/bin")
+        k8s_images.import_archive(CONTAINERD_SOCKET, archive)
+    return ref
+
+
+def kubernetes_connection(sidecar_image: str) -> str:
+    """``AIRFLOW_CONN_KUBERNETES_DEFAULT`` for a worker on this host: the admin kubeconfig, the local sidecar image."""
+    extra = {"kube_config_path": str(kubeconfig()), "in_cluster": False, "xcom_sidecar_container_image": sidecar_image}
+    return json.dumps({"conn_type": "kubernetes", "extra": extra})
+
+
+# The node has 2 CPUs: a Spark driver pod (profile spark-driver, 1 CPU) and two executors must fit at once.
+DEVSTACK_SPARK_ENV = {"EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES": "250m", "EVENTPIPE_SPARK_EXECUTOR_MEMORY": "768m"}
+
+
+SNAPSHOT_CLAIM = "eventpipe-devstack-snapshot-repository"
+
+
+def snapshot_repository_claim(namespace: str = NAMESPACE) -> None:
+    """The devstack node's fs snapshot repository as a read-only claim (a static hostPath volume), so the
+    snapshot task pod can mirror it to S3. Pods mount the claim, not a hostPath: Pod Security "baseline"
+    in the namespace forbids hostPath volumes in pod specs."""
+    location = local_env()["EVENTPIPE_SNAPSHOT_FS_LOCATION"]
+    Path(location).mkdir(parents=True, exist_ok=True)
+    labels = {"app.kubernetes.io/managed-by": "eventpipe-devstack"}
+    common = {"accessModes": ["ReadOnlyMany"], "storageClassName": ""}
+    items = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": SNAPSHOT_CLAIM, "labels": labels},
+            "spec": {
+                **common,
+                "capacity": {"storage": "50Gi"},
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": location, "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": SNAPSHOT_CLAIM},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": SNAPSHOT_CLAIM, "namespace": namespace, "labels": labels},
+            "spec": {**common, "volumeName": SNAPSHOT_CLAIM, "resources": {"requests": {"storage": "50Gi"}}},
+        },
+    ]
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+
 def task_env() -> dict[str, str]:
     """Environment of an Airflow worker or test that launches eventpipe pods on the devstack cluster."""
     return {
         **{k: v for k, v in local_env().items() if k not in DEVSTACK_CREDENTIALS},
         **podnet.pod_env(),
+        **DEVSTACK_SPARK_ENV,
         "EVENTPIPE_EXECUTION": "kubernetes",
+        "EVENTPIPE_SNAPSHOT_FS_CLAIM": SNAPSHOT_CLAIM,
         "EVENTPIPE_NAMESPACE": NAMESPACE,
         "EVENTPIPE_IMAGE": image.IMAGE,
     }
@@ -151,6 +237,7 @@ def prepare(*, build: bool = True, csi: bool = True) -> dict[str, float]:
     if build:
         step("image build", image.build_image)
         step("image import", lambda: image.import_image(CONTAINERD_SOCKET))
+    step("xcom sidecar image", xcom_sidecar_image)
     step("crds", lambda: install_crds(snapshot_crds=not csi))
     if csi:
         from eventpipe.devstack import csi as csi_stack
@@ -159,4 +246,5 @@ def prepare(*, build: bool = True, csi: bool = True) -> dict[str, float]:
             timings[f"csi: {name}"] = seconds
     step("apply -k deploy", lambda: apply_deploy(devstack_overlay=csi))
     step("secrets", secrets)
+    step("snapshot repository claim", snapshot_repository_claim)
     return timings

@@ -1,4 +1,4 @@
-"""Single-binary container images (pause, CoreDNS) written as ``docker save`` archives, with no Docker at all.
+"""Small container images (pause, CoreDNS, the XCom sidecar) written as ``docker save`` archives, without Docker.
 
 No image registry is reachable here, so the cluster's own images are assembled from locally built binaries:
 one layer holding the static binary, a config naming the entrypoint and a numeric non-root user, and the
@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from eventpipe.devstack.runtime import DevstackError
@@ -19,24 +20,47 @@ from eventpipe.devstack.runtime import DevstackError
 EPOCH = 0  # fixed mtimes: the digest depends on the binary only
 
 
-def _layer(binary: Path, path_in_image: str) -> bytes:
+def _layer(binary: Path, path_in_image: str, links: Mapping[str, str]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         data = binary.read_bytes()
         info = tarfile.TarInfo(path_in_image.lstrip("/"))
         info.size, info.mode, info.mtime = len(data), 0o755, EPOCH
         tar.addfile(info, io.BytesIO(data))
+        for link in _links(links):
+            tar.addfile(link)
     return buf.getvalue()
 
 
-def single_binary_archive(binary: Path, ref: str, entrypoint: list[str], dest: Path, user: str = "65532") -> Path:
-    """Write a ``docker save``-format archive of an image holding only ``binary`` (as ``entrypoint[0]``)."""
-    layer = _layer(binary, entrypoint[0])
+def _links(links: Mapping[str, str]) -> list[tarfile.TarInfo]:
+    out = []
+    for path, target in sorted(links.items()):
+        info = tarfile.TarInfo(path.lstrip("/"))
+        info.type, info.linkname, info.mode, info.mtime = tarfile.SYMTYPE, target, 0o777, EPOCH
+        out.append(info)
+    return out
+
+
+def single_binary_archive(
+    binary: Path,
+    ref: str,
+    entrypoint: list[str],
+    dest: Path,
+    user: str = "65532",
+    *,
+    links: Mapping[str, str] | None = None,
+    path_env: str = "/",
+) -> Path:
+    """Write a ``docker save``-format archive of an image holding only ``binary`` (as ``entrypoint[0]``).
+
+    ``links`` adds symlinks (path in image -> target), e.g. busybox applet names.
+    """
+    layer = _layer(binary, entrypoint[0], links or {})
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Entrypoint": entrypoint, "User": user, "Env": ["PATH=/"]},
+        "config": {"Entrypoint": entrypoint, "User": user, "Env": [f"PATH={path_env}"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": f"eventpipe devstack: {binary.name}"}],
     }

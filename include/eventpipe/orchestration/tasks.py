@@ -51,6 +51,7 @@ def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: An
 
     resources = PROFILES[profile]
     kube = Settings().kubernetes
+    repository = _snapshot_repository(kube.snapshot_fs_claim, command.env.get("EVENTPIPE_SNAPSHOT_FS_LOCATION"))
     return EventpipePodOperator(
         task_id=task_id,
         name=f"eventpipe-{task_id}".replace("_", "-"),
@@ -88,11 +89,25 @@ def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: An
             run_as_non_root=True,
             capabilities=k8s.V1Capabilities(drop=["ALL"]),
         ),
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()), *repository[:1]],
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp"), *repository[1:]],
         do_xcom_push=True,
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
         startup_timeout_seconds=300,
         **kwargs,
     )
+
+
+def _snapshot_repository(claim: str | None, location: str | None) -> list[Any]:
+    """An fs snapshot repository on a shared volume (claim ``EVENTPIPE_SNAPSHOT_FS_CLAIM``), mounted read-only
+    at its location: the snapshot task mirrors its files to S3. [] without a claim (an s3 repository)."""
+    from kubernetes.client import models as k8s
+
+    if not (claim and location):
+        return []
+    source = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim, read_only=True)
+    return [
+        k8s.V1Volume(name="snapshot-repository", persistent_volume_claim=source),
+        k8s.V1VolumeMount(name="snapshot-repository", mount_path=location, read_only=True),
+    ]

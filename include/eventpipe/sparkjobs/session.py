@@ -92,14 +92,18 @@ def _k8s_conf(settings: Settings) -> dict[str, str]:
         "spark.kubernetes.executor.deleteOnTermination": "true",
         "spark.kubernetes.executor.label.app.kubernetes.io/name": "eventpipe",
         "spark.kubernetes.executor.label.app.kubernetes.io/component": "spark-executor",
+        # Listen on every interface, advertise spark.driver.host. Since Spark 4.1 executors are handed the
+        # *bind* address by default (useDriverPodIP, meant for cluster mode where it is the pod IP): in client
+        # mode that is 0.0.0.0, and every executor exits unable to register.
         "spark.driver.bindAddress": "0.0.0.0",
+        "spark.kubernetes.executor.useDriverPodIP": "false",
         "spark.driver.port": DRIVER_PORT,
         "spark.blockManager.port": BLOCK_MANAGER_PORT,
         "spark.ui.enabled": "false",
     }
     if kube.pod_name:  # the task pod's name: executors get it as ownerReference, so they die with it
         conf["spark.kubernetes.driver.pod.name"] = kube.pod_name
-        conf["spark.kubernetes.executor.podNamePrefix"] = kube.pod_name[:40].rstrip("-") + "-exec"
+        conf["spark.kubernetes.executor.podNamePrefix"] = kube.pod_name[:40].rstrip("-")  # Spark adds -exec-N
     if kube.pod_ip:
         conf["spark.driver.host"] = kube.pod_ip
     if spark.executor_template:  # security context, tolerations, ...
