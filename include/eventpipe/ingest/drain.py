@@ -82,6 +82,7 @@ def drain_interval(
     dry_run: bool = False,
     batch_size: int = 5000,
     idle_timeout_s: float = 60.0,
+    inflight: int = INFLIGHT,
 ) -> DrainResult:
     started = time.perf_counter()
     es = client(settings)
@@ -110,7 +111,7 @@ def drain_interval(
             result.consumed = sum(r.size for r in manifest.ranges())
             result.seconds = round(time.perf_counter() - started, 3)
             return result
-        execute_manifest(settings, es, store, consumer, manifest, result, batch_size, idle_timeout_s)
+        execute_manifest(settings, es, store, consumer, manifest, result, batch_size, idle_timeout_s, inflight)
         result.lag = group_lag(consumer, topic)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
