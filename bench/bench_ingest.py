@@ -98,9 +98,11 @@ def es_ceiling(settings: Settings, topic: str, expected: int, chunk: int = 5000)
         ]
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=senders) as pool:
-            for response in pool.map(lambda body: es.bulk(body=body, refresh=False), bodies):
-                assert not response["errors"], "the ceiling's documents must all index"
+            responses = list(pool.map(lambda body: es.bulk(body=body, refresh=False), bodies))
         rates[senders] = len(docs) / (time.perf_counter() - started)
+        # only the few malformed-but-JSON records may be refused by the mapping
+        refused = sum(item["index"]["status"] >= 300 for r in responses for item in r["items"])
+        assert refused <= 0.01 * len(docs), f"{refused} of {len(docs)} ceiling documents were refused"
         es.indices.delete(index=scratch)
     return rates
 
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the benchmark's event indices")
     parser.add_argument("--inflight", type=int, default=INFLIGHT, help="drain: bulk requests in flight")
     parser.add_argument("--batch-size", type=int, default=5000, help="drain: records per poll and bulk request")
+    parser.add_argument("--topic", help="reuse a topic produced by an earlier run with the same --events")
     parser.add_argument("--stage", default="ingest", help="name of the results files in bench/results/")
     args = parser.parse_args()
     run = Run(args.stage)
@@ -125,17 +128,25 @@ def main() -> None:
     end = DAY + timedelta(seconds=span_s)
     console = Console()
 
-    with console.status(f"producing {args.events:,} events"):
-        produced = produce(
-            settings,
-            GeneratorConfig(
-                DAY, end, rate_per_s=args.events / span_s, seed=99, business_share=0.0, malformed_rate=0.001
-            ),
-            topics=topics,
-            truth=False,
-        )
-    topic = topics["iot"]
-    n = produced.by_topic[topic]
+    if args.topic:  # a topic an earlier run produced (same --events): skip producing
+        topic, malformed = args.topic, None
+        probe = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        tps = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
+        n = sum(probe.end_offsets(tps).values()) - sum(probe.beginning_offsets(tps).values())
+        probe.close()
+    else:
+        with console.status(f"producing {args.events:,} events"):
+            produced = produce(
+                settings,
+                GeneratorConfig(
+                    DAY, end, rate_per_s=args.events / span_s, seed=99, business_share=0.0, malformed_rate=0.001
+                ),
+                topics=topics,
+                truth=False,
+            )
+        topic, malformed = topics["iot"], produced.malformed
+        n = produced.by_topic[topic]
+    console.print(f"topic {topic}: {n:,} events (reuse with --topic {topic} --events {args.events})")
     with console.status("raw Kafka consume"):
         kafka_rate = kafka_ceiling(settings, topic, n)
     with console.status("Elasticsearch bulk ceiling (1, 2 and 4 senders)"):
@@ -145,7 +156,7 @@ def main() -> None:
         result = drain_interval(settings, topic, DAY, end, batch_size=args.batch_size, inflight=args.inflight)
     drain_rate = result.consumed / result.seconds
 
-    table = Table(title=f"ingest benchmark: {n:,} events, {produced.malformed:,} malformed")
+    table = Table(title=f"ingest benchmark: {n:,} events, {malformed if malformed is not None else '?'} malformed")
     for column in ("measure", "events/s", "drain ratio"):
         table.add_column(column, justify="right")
     table.add_row("raw Kafka consume (ceiling)", f"{kafka_rate:,.0f}", f"{drain_rate / kafka_rate:.2f}")
@@ -161,7 +172,8 @@ def main() -> None:
     json_path, png_path = run.write(
         {
             "events": n,
-            "malformed": produced.malformed,
+            "malformed": malformed,
+            "topic": topic,
             "drain_config": {"inflight": args.inflight, "batch_size": args.batch_size},
             "events_per_second": {
                 "raw_kafka_consume": round(kafka_rate),

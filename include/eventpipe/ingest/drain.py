@@ -66,6 +66,9 @@ class DrainResult:
     bulk_seconds: float = 0.0
     bulk_requests: int = 0
     bulk_retried_items: int = 0  # documents sent again after a 429/5xx item status (e.g. a flood-stage block)
+    read_seconds: float = 0.0  # polling Kafka (main thread)
+    prepare_seconds: float = 0.0  # validating and serializing batches (main thread)
+    wait_seconds: float = 0.0  # waiting for bulk outcomes and writing dead letters (main thread)
     lag: int = 0  # records beyond the group's committed offsets after this drain (all partitions)
     seconds: float = 0.0
 
@@ -155,8 +158,13 @@ def execute_manifest(
         pipeline = _Pipeline(es, sink, manifest.interval_start, touched, result)
         with ThreadPoolExecutor(max_workers=inflight, thread_name_prefix="drain-bulk") as pool:
             try:
-                for records in read_ranges(consumer, manifest.ranges(), batch_size, idle_timeout_s):
+                batches = read_ranges(consumer, manifest.ranges(), batch_size, idle_timeout_s)
+                mark = time.perf_counter()
+                for records in batches:
+                    result.read_seconds += time.perf_counter() - mark
                     pipeline.submit(pool, records, inflight)
+                    mark = time.perf_counter()
+                result.read_seconds += time.perf_counter() - mark
                 pipeline.drain()
             finally:
                 pipeline.cancel()
@@ -237,18 +245,26 @@ class _Pipeline:
         self.letters: list[DeadLetter] = []
 
     def submit(self, pool: ThreadPoolExecutor, records: list[ConsumerRecord], inflight: int) -> None:
+        started = time.perf_counter()
         batch = prepare_batch(records, self.hours)
         if batch.actions:
             batch.outcome = pool.submit(bulk_index, self.es, batch.actions)
         self.pending.append(batch)
+        prepared = time.perf_counter()
+        self.result.prepare_seconds += prepared - started
         while len(self.pending) > inflight:
             self._settle(self.pending.popleft())
+        self.result.wait_seconds += time.perf_counter() - prepared
 
     def drain(self) -> None:
         """Settle every outstanding request, then write the remaining dead letters."""
+        started = time.perf_counter()
         while self.pending:
             self._settle(self.pending.popleft())
         self._write_letters()
+        self.result.wait_seconds += time.perf_counter() - started
+        for name in ("read_seconds", "prepare_seconds", "wait_seconds"):
+            setattr(self.result, name, round(getattr(self.result, name), 3))
 
     def cancel(self) -> None:
         for batch in self.pending:
