@@ -9,6 +9,7 @@ instant so interval drains and backfills select records by event time.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
@@ -71,6 +72,98 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 def parse_event(raw: bytes) -> Event:
     """Validate a Kafka record value; raises ``pydantic.ValidationError`` or ``ValueError``."""
     return EVENT_ADAPTER.validate_json(raw)
+
+
+# Fast path for the drain: records already in the canonical form that ``Event.document()`` writes
+# (what producers built on this schema send) are checked with plain Python on an orjson dict,
+# about ten times cheaper than building the model. Everything it accepts the model accepts with
+# the same document; anything else (lax coercions, other time formats, every invalid record)
+# returns None and goes through ``parse_event``, so dead-letter reasons stay the model's.
+_REQUIRED = frozenset({"event_id", "source", "device_id", "event_type", "event_time"})
+_ALLOWED = _REQUIRED | {"schema_version", "metrics", "attributes"}
+_EVENT_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+_NAME = re.compile(NAME_PATTERN[1:-1])
+_CANONICAL_TIME = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+_SOURCES = frozenset({"iot", "business"})
+
+
+_GOOD_NAMES: set[str] = set()  # names seen valid: a fleet uses a few dozen, so most checks are a set lookup
+
+
+def _good_name(name: str) -> bool:
+    if not _NAME.fullmatch(name):
+        return False
+    if len(_GOOD_NAMES) < 10_000:
+        _GOOD_NAMES.add(name)
+    return True
+
+
+def fast_document(value: object) -> dict[str, object] | None:
+    """``Event.document()`` of a decoded record in canonical form, or None to use ``parse_event``."""
+    if type(value) is not dict:
+        return None
+    keys = value.keys()
+    if not (keys >= _REQUIRED and keys <= _ALLOWED):
+        return None
+    version = value.get("schema_version", SCHEMA_VERSION)
+    event_id = value["event_id"]
+    source = value["source"]
+    device_id = value["device_id"]
+    event_type = value["event_type"]
+    event_time = value["event_time"]
+    metrics = value.get("metrics", {})
+    attributes = value.get("attributes", {})
+    if (
+        type(version) is not int
+        or version != SCHEMA_VERSION
+        or type(event_id) is not str
+        or not _EVENT_ID.fullmatch(event_id)
+        or type(source) is not str
+        or source not in _SOURCES
+        or type(device_id) is not str
+        or not 1 <= len(device_id) <= 128
+        or type(event_type) is not str
+        or not 1 <= len(event_type) <= 64
+        or type(event_time) is not str
+        or not _CANONICAL_TIME.fullmatch(event_time)
+        or type(metrics) is not dict
+        or len(metrics) > MAX_METRICS
+        or type(attributes) is not dict
+        or len(attributes) > MAX_ATTRIBUTES
+    ):
+        return None
+    try:
+        datetime.fromisoformat(event_time)  # a real calendar time, not just the right shape
+    except ValueError:
+        return None
+    floats: dict[str, float] = {}
+    for name, number in metrics.items():
+        kind = type(number)
+        if kind is float:
+            if not math.isfinite(number):
+                return None
+        elif kind is not int:
+            return None
+        if name not in _GOOD_NAMES and not _good_name(name):
+            return None
+        floats[name] = float(number)
+    for name, text in attributes.items():
+        if (
+            type(text) is not str
+            or len(text) > MAX_ATTRIBUTE_VALUE
+            or (name not in _GOOD_NAMES and not _good_name(name))
+        ):
+            return None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event_id,
+        "source": source,
+        "device_id": device_id,
+        "event_type": event_type,
+        "event_time": event_time,
+        "metrics": floats,
+        "attributes": attributes,
+    }
 
 
 def daily_index(prefix: str, when: datetime) -> str:

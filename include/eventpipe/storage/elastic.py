@@ -104,7 +104,7 @@ def _retryable(exc: BaseException) -> bool:
 class IndexAction:
     index: str
     doc_id: str
-    source: dict[str, object]
+    source: dict[str, object] | bytes  # bytes: the document already serialized as JSON
     ref: object = None  # caller's handle (e.g. Kafka coordinates) for dead-lettering
 
 
@@ -117,7 +117,7 @@ class BulkOutcome:
     seconds: float = 0.0
 
 
-def _send(es: Elasticsearch, body: str) -> dict[str, object]:
+def _send(es: Elasticsearch, body: bytes) -> dict[str, object]:
     """One bulk request, retried on connection errors, 429 and 5xx (EVENTPIPE_ES_RETRIES attempts)."""
     for attempt in Retrying(
         retry=retry_if_exception(_retryable),
@@ -141,7 +141,7 @@ def bulk_index(es: Elasticsearch, actions: Sequence[IndexAction], *, item_attemp
         if attempt:
             time.sleep(min(20.0, 0.5 * 2**attempt))
             outcome.retried_items += len(pending)
-        body = "".join(_lines(pending))
+        body = b"".join(_lines(pending))
         response = _send(es, body)
         retry_later: list[IndexAction] = []
         for action, item in zip(pending, response["items"], strict=True):
@@ -162,9 +162,9 @@ def bulk_index(es: Elasticsearch, actions: Sequence[IndexAction], *, item_attemp
     return outcome
 
 
-def _lines(actions: Iterable[IndexAction]) -> Iterable[str]:
+def _lines(actions: Iterable[IndexAction]) -> Iterable[bytes]:
     for action in actions:
-        yield orjson.dumps({"index": {"_index": action.index, "_id": action.doc_id}}).decode()
-        yield "\n"
-        yield orjson.dumps(action.source).decode()
-        yield "\n"
+        yield orjson.dumps({"index": {"_index": action.index, "_id": action.doc_id}})
+        yield b"\n"
+        yield action.source if isinstance(action.source, bytes) else orjson.dumps(action.source)
+        yield b"\n"
