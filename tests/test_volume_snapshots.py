@@ -161,7 +161,7 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
     assert _get("pv", pv)["spec"]["csi"]["driver"] == csi.DRIVER_NAME
 
     cfg = services.archive.model_copy(update={"volume_snapshots": True, "snapshot_ready_timeout_s": 120})
-    in_namespace = services.updated(kubernetes={"namespace": namespace})
+    in_namespace = services.updated(kubernetes={"namespace": namespace, "kubeconfig": str(kubeconfig())})
     # until every checkout applies deploy/ through the devstack overlay, a plain `apply -k deploy` elsewhere
     # points the class back at Portworx: make it ours right before the step (idempotent)
     apply_deploy(devstack_overlay=True)

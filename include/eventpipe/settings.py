@@ -131,6 +131,7 @@ class KubernetesSettings(Section):
     pod_name: str | None = env("HOSTNAME", description="this pod's name (Spark driver pod)")
     pod_ip: str | None = env("EVENTPIPE_POD_IP", description="this pod's IP (Spark driver host)")
     xcom_path: str | None = env("EVENTPIPE_XCOM_PATH", description="local runner's stand-in for the xcom sidecar")
+    kubeconfig: str | None = env("KUBECONFIG", description="the API outside a pod; in a pod, its service account")
     snapshot_fs_claim: str | None = env(
         "EVENTPIPE_SNAPSHOT_FS_CLAIM", description="PVC holding an fs snapshot repository, mounted into task pods"
     )

@@ -114,7 +114,7 @@ def take_snapshot(settings: Settings, es: Elasticsearch, cfg: ArchiveSettings, d
     if cfg.volume_snapshots:
         from eventpipe.archive.volumes import snapshot_volumes
 
-        result.volume_snapshots = snapshot_volumes(cfg, day, settings.kubernetes.namespace)
+        result.volume_snapshots = snapshot_volumes(cfg, day, settings.kubernetes)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 

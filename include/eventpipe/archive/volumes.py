@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 from eventpipe.k8s.schemas import volume_snapshot
-from eventpipe.settings import ArchiveSettings
+from eventpipe.settings import ArchiveSettings, KubernetesSettings
 
 GROUP, VERSION, PLURAL = "snapshot.storage.k8s.io", "v1", "volumesnapshots"
 
@@ -26,15 +26,17 @@ def snapshot_objects(cfg: ArchiveSettings, day: date, pvcs: list[str], namespace
     ]
 
 
-def snapshot_volumes(cfg: ArchiveSettings, day: date, namespace: str) -> list[str]:
+def snapshot_volumes(cfg: ArchiveSettings, day: date, kube: KubernetesSettings) -> list[str]:
     """Create (or reuse) one VolumeSnapshot per labelled PVC and wait until all are readyToUse."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
+    namespace = kube.namespace
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # the file named here, not the client's default (read from KUBECONFIG once, at its import)
+        config.load_kube_config(config_file=kube.kubeconfig)
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
     claims = core.list_namespaced_persistent_volume_claim(namespace, label_selector=cfg.volume_snapshot_selector)
     objects = snapshot_objects(cfg, day, sorted(pvc.metadata.name for pvc in claims.items), namespace)
