@@ -21,7 +21,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,18 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "CGO_ENABLED": "0", "GOWORK": "off", **extra}
 
 
+def _cached(marker: Path, key: str, binaries: Iterable[str]) -> bool:
+    """True when ``marker`` records ``key`` and every binary it covers is in place."""
+    return marker.exists() and marker.read_text().strip() == key and all((bin_dir() / b).exists() for b in binaries)
+
+
+def _go_build(go: str, source: Path, version: str, out: str, targets: list[str], *, what: str, goflags: str) -> None:
+    """A stripped, reproducible ``go build`` of ``targets`` in ``source`` (niced: the CPU is shared), stamped."""
+    ldflags = f"-s -w -X main.version={version}"
+    cmd = [*_nice(), go, "build", "-C", str(source), "-trimpath", "-ldflags", ldflags, "-o", out, *targets]
+    _checked(run_step(cmd, what, env=_env(GOFLAGS=goflags)), what)
+
+
 def build_snapshotter(go: str) -> float | None:
     """snapshot-controller and csi-snapshotter from the module; seconds taken, or None when cached.
 
@@ -117,11 +129,7 @@ def build_snapshotter(go: str) -> float | None:
     without that ``replace`` and with the client pinned to the same release builds with ``-mod=mod``.
     """
     marker = bin_dir() / ".snapshotter"
-    if (
-        marker.exists()
-        and marker.read_text().strip() == SNAPSHOTTER_VERSION
-        and all((bin_dir() / name).exists() for name in SNAPSHOTTER_BINARIES)
-    ):
+    if _cached(marker, SNAPSHOTTER_VERSION, SNAPSHOTTER_BINARIES):
         return None
     began = time.monotonic()
     source = subdir("csi", "src") / f"external-snapshotter-{SNAPSHOTTER_VERSION}"
@@ -139,17 +147,15 @@ def build_snapshotter(go: str) -> float | None:
             raise DevstackError(f"could not pin {SNAPSHOTTER_CLIENT} in {gomod}; its layout changed")
         gomod.write_text("\n".join(pinned) + "\n")
         (source / ".prepared").write_text(SNAPSHOTTER_VERSION)
-    ldflags = f"-s -w -X main.version={SNAPSHOTTER_VERSION}"
-    targets = [f"./cmd/{name}" for name in SNAPSHOTTER_BINARIES]
-    _checked(
-        run_step(
-            [*_nice(), go, "build", "-C", str(source), "-trimpath", "-ldflags", ldflags, "-o", f"{bin_dir()}/",
-             *targets],
-            f"go build external-snapshotter {SNAPSHOTTER_VERSION} ({', '.join(SNAPSHOTTER_BINARIES)})",
-            env=_env(GOFLAGS="-mod=mod"),
-        ),
-        "go build external-snapshotter",
-    )  # fmt: skip
+    _go_build(
+        go,
+        source,
+        SNAPSHOTTER_VERSION,
+        f"{bin_dir()}/",
+        [f"./cmd/{name}" for name in SNAPSHOTTER_BINARIES],
+        what=f"go build external-snapshotter {SNAPSHOTTER_VERSION} ({', '.join(SNAPSHOTTER_BINARIES)})",
+        goflags="-mod=mod",
+    )
     marker.write_text(SNAPSHOTTER_VERSION + "\n")
     return round(time.monotonic() - began, 1)
 
@@ -169,18 +175,18 @@ def build_driver(go: str) -> float | None:
     """``eventpipe-csi`` from ``devstack/csi``; seconds taken, or None when the binary matches the source."""
     marker = bin_dir() / ".driver"
     key = driver_key()
-    if marker.exists() and marker.read_text().strip() == key and (bin_dir() / "eventpipe-csi").exists():
+    if _cached(marker, key, ["eventpipe-csi"]):
         return None
     began = time.monotonic()
-    _checked(
-        run_step(
-            [*_nice(), go, "build", "-C", str(SOURCE), "-trimpath", "-ldflags", f"-s -w -X main.version={key}",
-             "-o", str(bin_dir() / "eventpipe-csi"), "."],
-            f"go build eventpipe-csi ({key})",
-            env=_env(GOFLAGS="-mod=readonly"),
-        ),
-        "go build eventpipe-csi",
-    )  # fmt: skip
+    _go_build(
+        go,
+        SOURCE,
+        key,
+        str(bin_dir() / "eventpipe-csi"),
+        ["."],
+        what=f"go build eventpipe-csi ({key})",
+        goflags="-mod=readonly",
+    )
     marker.write_text(key + "\n")
     return round(time.monotonic() - began, 1)
 
