@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -37,8 +40,15 @@ def test_sidecar_archive_carries_the_applet_links_the_xcom_sidecar_runs(tmp_path
     binary = tmp_path / "busybox"
     binary.write_bytes(b"\x7fELF not really")
     links = {f"/bin/{applet}": "busybox" for applet in k8s_deploy.BUSYBOX_APPLETS}
+    files = {"/bin/pgrep": k8s_deploy.PGREP.read_bytes()}
     archive = single_binary_archive(
-        binary, "docker.io/eventpipe/xcom-sidecar:t", ["/bin/busybox"], tmp_path / "s.tar", links=links, path_env="/bin"
+        binary,
+        "docker.io/eventpipe/xcom-sidecar:t",
+        ["/bin/busybox"],
+        tmp_path / "s.tar",
+        links=links,
+        files=files,
+        path_env="/bin",
     )
     with tarfile.open(archive) as tar:
         [entry] = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
@@ -47,9 +57,32 @@ def test_sidecar_archive_carries_the_applet_links_the_xcom_sidecar_runs(tmp_path
             members = {m.name: m for m in layer.getmembers()}
     assert members["bin/busybox"].isfile()
     # the provider's commands: sh -c "trap ...; sleep 1", cat return.json, kill -2 (by pgrep, else a /proc walk)
-    for applet in ("sh", "cat", "sleep", "kill", "id"):
+    for applet in ("sh", "cat", "sleep", "kill", "id", "stat", "tr"):
         assert members[f"bin/{applet}"].issym() and members[f"bin/{applet}"].linkname == "busybox"
+    assert members["bin/pgrep"].isfile() and members["bin/pgrep"].mode == 0o755
     assert config["config"]["Env"] == ["PATH=/bin"]
+
+
+def test_sidecar_pgrep_finds_and_stops_the_sidecar_loop_like_the_provider_does(tmp_path: Path) -> None:
+    """The provider's kill command, `kill -2 $(pgrep -u $(id -u) -f PATTERN)`, against a real sidecar loop."""
+    pgrep = tmp_path / "pgrep"
+    pgrep.write_bytes(k8s_deploy.PGREP.read_bytes())
+    pgrep.chmod(0o755)
+    marker = f"sidecar-{os.getpid()}-{time.monotonic_ns()}"
+    loop = subprocess.Popen(["sh", "-c", f'trap "exit 0" INT; while true; do sleep 0.2; done; # {marker}'])
+    try:
+        time.sleep(0.5)
+        found = subprocess.run([str(pgrep), "-u", str(os.getuid()), "-f", marker], capture_output=True, text=True)
+        assert found.returncode == 0 and found.stderr == ""
+        assert found.stdout.split() == [str(loop.pid)]  # the loop only: not the script itself
+        other_user = subprocess.run([str(pgrep), "-u", "4242", "-f", marker], capture_output=True, text=True)
+        assert (other_user.returncode, other_user.stdout, other_user.stderr) == (1, "", "")
+        kill = f'kill -2 $({pgrep} -u $(id -u) -f "$MARKER")'  # the marker is not in this shell's command line
+        killed = subprocess.run(["sh", "-c", kill], env={**os.environ, "MARKER": marker}, capture_output=True)
+        assert killed.returncode == 0 and killed.stderr == b""
+        assert loop.wait(timeout=10) == 0  # the trap ran: the sidecar exits 0, so the pod can succeed
+    finally:
+        loop.kill()
 
 
 @pytest.mark.parametrize("key", list(k8s_deploy.CRDS))

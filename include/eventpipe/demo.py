@@ -3,7 +3,8 @@
 Starts every local service, produces a few days of events (fixed days and seed, so a rerun
 shows idempotency: same counts, nothing duplicated), and through Airflow's REST API runs the
 ingest DAG and the nightly archive DAG for each day, the Spark ML training DAG on the archived
-days, and the last day's ingest again so the new champion scores its events; then prints
+days, the restore drill of the last day (its snapshot and its archive, each checked against the
+manifest), and the last day's ingest again so the new champion scores its events; then prints
 what landed where.
 """
 
@@ -126,6 +127,10 @@ def run_demo(
         conf = {"days": days, "since": demo_days[0].isoformat(), "until": demo_days[-1].isoformat()}
         runs["train"] = _run(api, "eventpipe_train_anomaly_model", None, conf, timeout=3600)
         trained = api.xcom("eventpipe_train_anomaly_model", str(runs["train"]["run_id"]), "train")  # type: ignore[index]
+        console.rule(f"restore drill of {demo_days[-1]}: its snapshot and its archive, each into a scratch index")
+        drill_conf = {"day": demo_days[-1].isoformat(), "source": "both"}
+        runs["restore drill"] = _run(api, "eventpipe_restore_drill", None, drill_conf, timeout=1800)
+        drill = api.xcom("eventpipe_restore_drill", str(runs["restore drill"]["run_id"]), "restore")  # type: ignore[index]
         console.rule(f"re-running the ingest of {demo_days[-1]}: the champion now scores its events")
         runs[f"ingest+score {demo_days[-1]}"] = _run(api, "eventpipe_ingest", demo_days[-1], {}, timeout=1800)
         # leave a known state: unpausing made the scheduler start each DAG's latest scheduled run (e.g. a
@@ -158,6 +163,7 @@ def run_demo(
         "archive_rows": {d.isoformat(): m.rows for d, m in manifests.items()},
         "archive_revisions": {d.isoformat(): m.revision for d, m in manifests.items()},
         "archive_verified": all(is_verified(s3, settings.s3.bucket, d) for d in demo_days),
+        f"restored_{demo_days[-1]}": {source: drill[source]["documents"] for source in ("snapshot", "archive")},
         "model": {
             "version": trained.get("version"),
             "champion": champion,
@@ -187,7 +193,12 @@ def run_demo(
         table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
     Console().print(table)
     archived = sum(m.rows for m in manifests.values())
-    ok = summary["indexed_in_elasticsearch"] == produced.valid == archived and summary["archive_verified"]
+    restored_ok = all(drill[source]["matches"] for source in ("snapshot", "archive"))
+    ok = (
+        summary["indexed_in_elasticsearch"] == produced.valid == archived
+        and summary["archive_verified"]
+        and restored_ok
+    )
     if not ok or champion is None:
         raise SystemExit("demo finished but the counts do not line up or no champion model; see the table above")
     return summary

@@ -37,9 +37,11 @@ CRDS: dict[tuple[str, str, str, str, bool, bool], str] = {
 }
 HOST_SERVICES = ("kafka", "elasticsearch", "s3")
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
-# The provider's XCom sidecar: `sh -c 'trap ... sleep 1'`, `cat`, then a kill by pgrep (Debian's busybox has no pgrep
-# applet) or its fallback, a /proc walk with `[ -O ]`, `read` and `kill -2` (which also ends the exec's own shell: 130).
-BUSYBOX_APPLETS = ("sh", "cat", "sleep", "kill", "test", "[", "echo", "printf", "id")
+# The provider's XCom sidecar: `sh -c 'trap ... sleep 1'`, `cat`, then `kill -2 $(pgrep -u $(id -u) -f sh)`, else a
+# /proc walk. Debian's busybox has no pgrep applet, so the image carries eventpipe/k8s/pgrep.sh (stat, tr) as
+# /bin/pgrep: the first command works as on the provider's default image, instead of failing into the fallback.
+BUSYBOX_APPLETS = ("sh", "cat", "sleep", "kill", "test", "[", "echo", "printf", "id", "stat", "tr")
+PGREP = resources.files("eventpipe.k8s").joinpath("pgrep.sh")
 APPROVAL = "api-approved.kubernetes.io"
 
 
@@ -153,12 +155,20 @@ def xcom_sidecar_image() -> str:
     Imported into the cluster's containerd once per busybox version; returns the reference.
     """
     binary, version = _busybox()
-    applets = hashlib.sha256(" ".join(BUSYBOX_APPLETS).encode()).hexdigest()[:6]
+    applets = hashlib.sha256(" ".join(BUSYBOX_APPLETS).encode() + PGREP.read_bytes()).hexdigest()[:6]
     ref = f"docker.io/eventpipe/xcom-sidecar:busybox-{re.sub(r'[^A-Za-z0-9_.-]', '_', version)}-{applets}"
     if ref not in k8s_images.image_refs(CONTAINERD_SOCKET):
         archive = subdir("kubernetes", "images") / "xcom-sidecar.tar"
         links = {f"/bin/{applet}": "busybox" for applet in BUSYBOX_APPLETS}
-        k8s_images.single_binary_archive(binary, ref, ["/bin/busybox"], archive, links=links, path_env="/bin")
+        k8s_images.single_binary_archive(
+            binary,
+            ref,
+            ["/bin/busybox"],
+            archive,
+            links=links,
+            files={"/bin/pgrep": PGREP.read_bytes()},
+            path_env="/bin",
+        )
         k8s_images.import_archive(CONTAINERD_SOCKET, archive)
     return ref
 

@@ -20,13 +20,13 @@ from eventpipe.devstack.runtime import DevstackError
 EPOCH = 0  # fixed mtimes: the digest depends on the binary only
 
 
-def _layer(binary: Path, path_in_image: str, links: Mapping[str, str]) -> bytes:
+def _layer(binary: Path, path_in_image: str, links: Mapping[str, str], files: Mapping[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        data = binary.read_bytes()
-        info = tarfile.TarInfo(path_in_image.lstrip("/"))
-        info.size, info.mode, info.mtime = len(data), 0o755, EPOCH
-        tar.addfile(info, io.BytesIO(data))
+        for path, data in {path_in_image: binary.read_bytes(), **files}.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), 0o755, EPOCH
+            tar.addfile(info, io.BytesIO(data))
         for link in _links(links):
             tar.addfile(link)
     return buf.getvalue()
@@ -49,13 +49,15 @@ def single_binary_archive(
     user: str = "65532",
     *,
     links: Mapping[str, str] | None = None,
+    files: Mapping[str, bytes] | None = None,
     path_env: str = "/",
 ) -> Path:
     """Write a ``docker save``-format archive of an image holding only ``binary`` (as ``entrypoint[0]``).
 
-    ``links`` adds symlinks (path in image -> target), e.g. busybox applet names.
+    ``links`` adds symlinks (path in image -> target), e.g. busybox applet names; ``files`` adds small
+    executable files (path in image -> content), e.g. a shell script.
     """
-    layer = _layer(binary, entrypoint[0], links or {})
+    layer = _layer(binary, entrypoint[0], links or {}, files or {})
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
     config = {
         "architecture": "amd64",
