@@ -30,7 +30,7 @@ from bench.report import Run
 from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
-from eventpipe.ingest.drain import INFLIGHT, drain_interval
+from eventpipe.ingest.drain import INFLIGHT, DrainResult, drain_interval
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import EVENTS_PREFIX, client, ensure_indices
 
@@ -115,6 +115,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=5000, help="drain: records per poll and bulk request")
     parser.add_argument("--topic", help="reuse a topic produced by an earlier run with the same --events")
     parser.add_argument("--stage", default="ingest", help="name of the results files in bench/results/")
+    parser.add_argument(
+        "--workers",
+        default="1,0",
+        help="drain process counts to measure, in order (0 = the default: one per CPU); the last is the headline",
+    )
     args = parser.parse_args()
     run = Run(args.stage)
 
@@ -152,9 +157,19 @@ def main() -> None:
     with console.status("Elasticsearch bulk ceiling (1, 2 and 4 senders)"):
         es_rates = es_ceiling(settings, topic, n)
     es_rate = max(es_rates.values())
-    with console.status("drain"):
-        result = drain_interval(settings, topic, DAY, end, batch_size=args.batch_size, inflight=args.inflight)
+    es = client(settings)
+    drains: dict[str, DrainResult] = {}
+    for workers in (int(w) for w in args.workers.split(",")):
+        # every variant writes into empty day indices (an overwrite costs Elasticsearch more than a create)
+        es.indices.delete(index=f"{EVENTS_PREFIX}-2024.01.*", allow_no_indices=True)
+        ensure_indices(es)
+        tuned = settings.updated(kafka={"drain_workers": workers})
+        with console.status(f"drain, workers={workers or 'default'}"):
+            got = drain_interval(tuned, topic, DAY, end, batch_size=args.batch_size, inflight=args.inflight)
+        drains[f"{got.workers} process{'es' if got.workers > 1 else ''}"] = got
+    result = got
     drain_rate = result.consumed / result.seconds
+    rates = {label: r.consumed / r.seconds for label, r in drains.items()}
 
     table = Table(title=f"ingest benchmark: {n:,} events, {malformed if malformed is not None else '?'} malformed")
     for column in ("measure", "events/s", "drain ratio"):
@@ -163,8 +178,10 @@ def main() -> None:
     for senders, rate in es_rates.items():
         table.add_row(f"ES bulk, pre-serialized, {senders} sender(s)", f"{rate:,.0f}", f"{drain_rate / rate:.2f}")
     table.add_row("ES bulk ceiling (best of 1, 2, 4 senders)", f"{es_rate:,.0f}", f"{drain_rate / es_rate:.2f}")
-    table.add_row("drain (parse+validate+bulk+DLQ+commit)", f"{drain_rate:,.0f}", "1.00")
+    for label, rate in rates.items():
+        table.add_row(f"drain, {label} (parse+validate+bulk+DLQ+commit)", f"{rate:,.0f}", f"{rate / es_rate:.2f} *")
     console.print(table)
+    console.print("* the drain rows' ratio is to the ES bulk ceiling")
     console.print(
         f"drain: {result.consumed:,} consumed, {result.indexed:,} indexed, "
         f"{result.dead_lettered:,} dead letters in {result.seconds:.1f}s (bulk {result.bulk_seconds:.1f}s)"
@@ -174,22 +191,25 @@ def main() -> None:
             "events": n,
             "malformed": malformed,
             "topic": topic,
-            "drain_config": {"inflight": args.inflight, "batch_size": args.batch_size},
+            "drain_config": {"inflight": args.inflight, "batch_size": args.batch_size, "workers": result.workers},
             "events_per_second": {
                 "raw_kafka_consume": round(kafka_rate),
                 **{f"es_bulk_{senders}_senders": round(rate) for senders, rate in es_rates.items()},
                 "es_bulk_ceiling": round(es_rate),
                 "drain": round(drain_rate),
+                **{f"drain_{label.replace(' ', '_')}": round(rate) for label, rate in rates.items()},
             },
+            "drain_ratios_to_es_ceiling": {label: round(rate / es_rate, 3) for label, rate in rates.items()},
             "drain_ratio_to_es_ceiling": round(drain_rate / es_rate, 3),
             "drain_ratio_to_kafka": round(drain_rate / kafka_rate, 3),
             "drain": result.as_dict() | {"partitions": len(result.partitions)},
+            "drains": {label: r.as_dict() | {"partitions": len(r.partitions)} for label, r in drains.items()},
         },
         [
             ("ES bulk ceiling (best of 1/2/4 senders)", es_rate),
             *[(f"ES bulk, {senders} sender(s)", rate) for senders, rate in es_rates.items()],
             ("raw Kafka consume", kafka_rate),
-            (f"drain ({drain_rate / es_rate:.2f} of ceiling)", drain_rate),
+            *[(f"drain, {label} ({rate / es_rate:.2f} of ceiling)", rate) for label, rate in rates.items()],
         ],
         xlabel="events/s",
         title=f"Kafka -> Elasticsearch drain, {n:,} events",

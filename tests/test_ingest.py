@@ -191,3 +191,60 @@ def test_dry_run_writes_nothing(services: Settings, es: Elasticsearch, topics: d
     results = _drain_all(services, topics, H0, H2, dry_run=True)
     assert sum(r.consumed for r in results) == produced.produced
     assert all(events_of(es, t) == 0 for t in topics.values())
+
+
+def _parallel(settings: Settings) -> Settings:
+    """Worker processes even for a test-sized interval."""
+    return settings.updated(kafka={"drain_workers": 2, "drain_parallel_min": 1})
+
+
+def test_worker_processes_drain_exactly_what_one_process_does(
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    _, produced = _produce(services, topics, seed=909, malformed_rate=0.02, rate=1.0)
+    H0, _H1, H2, _H3 = _hours(909)
+    iot = topics["iot"]
+    result = drain_interval(_parallel(services), iot, H0, H2, batch_size=500)
+    assert result.workers == 2  # 3 partitions with records, 2 workers asked for
+    assert result.consumed == produced.by_topic[iot]
+    assert result.indexed + result.dead_lettered == result.consumed and result.dead_lettered > 0
+    assert events_of(es, iot) == result.indexed == result.created
+    assert dead_letters_of(es, iot) == result.dead_lettered
+    assert len(result.touched_hours) == 2
+    consumer = KafkaConsumer(bootstrap_servers=services.kafka.bootstrap, group_id=CONSUMER_GROUP)
+    assert all(consumer.committed(TopicPartition(iot, int(p["partition"]))) == p["end"] for p in result.partitions)
+    consumer.close()
+    again = drain_interval(services, iot, H0, H2, batch_size=500)  # the same plan in one process
+    assert again.replayed and again.workers == 1
+    assert (again.consumed, again.indexed, again.dead_lettered) == (
+        result.consumed,
+        result.indexed,
+        result.dead_lettered,
+    )
+    assert again.created == 0 and events_of(es, iot) == result.indexed  # same ids: nothing added
+    assert again.touched_hours == result.touched_hours
+
+
+def test_a_failing_worker_fails_the_drain_and_commits_nothing(
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    _, produced = _produce(services, topics, seed=919, malformed_rate=0.01, rate=1.0)
+    H0, _H1, H2, _H3 = _hours(919)
+    iot = topics["iot"]
+    proxy = CuttableProxy(int(services.elastic.url.rsplit(":", 1)[1]), cut_after_bytes=600_000)
+    flaky = _parallel(services.updated(elastic={"url": proxy.url, "retries": 2}))
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - a worker's transport error, re-raised by the task
+            drain_interval(flaky, iot, H0, H2, batch_size=300)
+        assert 0 < events_of(es, iot) < produced.by_topic[iot]  # the outage hit the workers mid-drain
+        consumer = KafkaConsumer(bootstrap_servers=services.kafka.bootstrap, group_id=CONSUMER_GROUP)
+        assert all(consumer.committed(TopicPartition(iot, p)) is None for p in range(3))  # nothing committed
+        proxy.heal()
+        result = drain_interval(flaky, iot, H0, H2, batch_size=300)
+        assert result.replayed and result.workers == 2
+        assert result.consumed == produced.by_topic[iot]
+        assert events_of(es, iot) + dead_letters_of(es, iot) == produced.by_topic[iot]
+        assert all(consumer.committed(TopicPartition(iot, p["partition"])) == p["end"] for p in result.partitions)
+        consumer.close()
+    finally:
+        proxy.close()

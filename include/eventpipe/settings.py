@@ -55,6 +55,18 @@ class Section(BaseModel):
 
 class KafkaSettings(Section):
     bootstrap: str = env("EVENTPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:9092", plain=True)
+    drain_workers: int = env(
+        "EVENTPIPE_DRAIN_WORKERS",
+        0,
+        plain=True,
+        description="drain processes per topic: 0 = one per CPU, at most one per partition with records",
+    )
+    drain_parallel_min: int = env(
+        "EVENTPIPE_DRAIN_PARALLEL_MIN_RECORDS",
+        50_000,
+        plain=True,
+        description="intervals with fewer planned records drain in the task process itself",
+    )
 
 
 class ElasticSettings(Section):

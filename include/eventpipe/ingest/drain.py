@@ -8,16 +8,19 @@ Throughput (bench/bench_ingest.py): a bounded pipeline. The main thread polls Ka
 each batch into a pre-serialized bulk body (schema fast path, see ``fast_document``) while up to
 ``inflight`` earlier bulk requests run in a thread pool; their outcomes are settled in order.
 Nothing is committed until every request and every dead letter is acknowledged, so pipelining
-changes no guarantee.
+changes no guarantee. A large interval is split by partition over worker processes, each running
+that pipeline with its own consumer; only the task process commits, after all of them returned.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -70,6 +73,7 @@ class DrainResult:
     prepare_seconds: float = 0.0  # validating and serializing batches (main thread)
     wait_seconds: float = 0.0  # waiting for bulk outcomes and writing dead letters (main thread)
     lag: int = 0  # records beyond the group's committed offsets after this drain (all partitions)
+    workers: int = 1  # processes that drained the plan (the *_seconds above are summed over them)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
@@ -146,29 +150,24 @@ def execute_manifest(
     idle_timeout_s: float,
     inflight: int = INFLIGHT,
 ) -> DrainManifest:
-    """Save the plan, index or dead-letter exactly its ranges, mark it complete, then commit offsets."""
+    """Save the plan, index or dead-letter exactly its ranges, mark it complete, then commit offsets.
+
+    A large plan is split by partition over worker processes (``EVENTPIPE_DRAIN_WORKERS``), each
+    with its own consumer and pipeline: one Python thread cannot keep Elasticsearch busy. Workers
+    never commit; the offsets are committed here, once, after every worker returned.
+    """
     manifest.attempts += 1
     store.save(manifest)  # persist the plan first: a retry replays exactly these ranges
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
     touched: set[datetime] = set()
-    try:
-        sink = LetterSink(producer, read_limits(settings, producer), ClaimCheck(settings))
-        pipeline = _Pipeline(es, sink, manifest.interval_start, touched, result)
-        with ThreadPoolExecutor(max_workers=inflight, thread_name_prefix="drain-bulk") as pool:
-            try:
-                batches = read_ranges(consumer, manifest.ranges(), batch_size, idle_timeout_s)
-                mark = time.perf_counter()
-                for records in batches:
-                    result.read_seconds += time.perf_counter() - mark
-                    pipeline.submit(pool, records, inflight)
-                    mark = time.perf_counter()
-                result.read_seconds += time.perf_counter() - mark
-                pipeline.drain()
-            finally:
-                pipeline.cancel()
-    finally:
-        producer.close()
+    groups = partition_groups(manifest.ranges(), worker_count(settings, manifest.ranges()))
+    if len(groups) > 1:
+        _drain_in_workers(
+            settings, groups, manifest.interval_start, batch_size, idle_timeout_s, inflight, result, touched
+        )
+    else:
+        drain_ranges(settings, es, consumer, manifest.ranges(), manifest.interval_start, batch_size, idle_timeout_s,
+                     inflight, result, touched)  # fmt: skip
 
     result.touched_hours = [hour.isoformat() for hour in sorted(touched)]
     manifest = manifest.model_copy(
@@ -184,6 +183,117 @@ def execute_manifest(
     store.save(manifest)
     commit_offsets(consumer, manifest.ranges())
     return manifest
+
+
+def drain_ranges(
+    settings: Settings,
+    es,
+    consumer: KafkaConsumer,
+    ranges: list[PartitionRange],
+    interval_start: datetime,
+    batch_size: int,
+    idle_timeout_s: float,
+    inflight: int,
+    result: DrainResult,
+    touched: set[datetime],
+) -> None:
+    """Index or dead-letter exactly ``ranges`` through the bounded pipeline; counts go to ``result``."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
+    try:
+        sink = LetterSink(producer, read_limits(settings, producer), ClaimCheck(settings))
+        pipeline = _Pipeline(es, sink, interval_start, touched, result)
+        with ThreadPoolExecutor(max_workers=inflight, thread_name_prefix="drain-bulk") as pool:
+            try:
+                batches = read_ranges(consumer, ranges, batch_size, idle_timeout_s)
+                mark = time.perf_counter()
+                for records in batches:
+                    result.read_seconds += time.perf_counter() - mark
+                    pipeline.submit(pool, records, inflight)
+                    mark = time.perf_counter()
+                result.read_seconds += time.perf_counter() - mark
+                pipeline.drain()
+            finally:
+                pipeline.cancel()
+    finally:
+        producer.close()
+
+
+def worker_count(settings: Settings, ranges: list[PartitionRange]) -> int:
+    """How many processes drain this plan: 1 below the size where a process pays for its start-up."""
+    busy = sum(r.size > 0 for r in ranges)
+    if sum(r.size for r in ranges) < settings.kafka.drain_parallel_min:
+        return 1
+    wanted = settings.kafka.drain_workers or len(os.sched_getaffinity(0))
+    return max(1, min(wanted, busy))
+
+
+def partition_groups(ranges: list[PartitionRange], workers: int) -> list[list[PartitionRange]]:
+    """Split the non-empty ranges into at most ``workers`` groups of similar record counts (largest first)."""
+    groups: list[list[PartitionRange]] = [[] for _ in range(max(1, workers))]
+    sizes = [0] * len(groups)
+    for planned in sorted((r for r in ranges if r.size > 0), key=lambda r: (-r.size, r.partition)):
+        smallest = sizes.index(min(sizes))
+        groups[smallest].append(planned)
+        sizes[smallest] += planned.size
+    return [group for group in groups if group]
+
+
+SUMMED = (
+    "consumed", "indexed", "created", "dead_lettered", "late", "bulk_seconds", "bulk_requests",
+    "bulk_retried_items", "read_seconds", "prepare_seconds", "wait_seconds",
+)  # fmt: skip
+
+
+def _drain_in_workers(
+    settings: Settings,
+    groups: list[list[PartitionRange]],
+    interval_start: datetime,
+    batch_size: int,
+    idle_timeout_s: float,
+    inflight: int,
+    result: DrainResult,
+    touched: set[datetime],
+) -> None:
+    """Run ``drain_ranges`` for each group in its own process; any failure fails the drain (nothing committed)."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding client threads and sockets
+    with ProcessPoolExecutor(max_workers=len(groups), mp_context=context) as pool:
+        futures = [
+            pool.submit(_worker, settings, group, interval_start, batch_size, idle_timeout_s, inflight)
+            for group in groups
+        ]
+        try:
+            parts = [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    for part, hours in parts:
+        for name in SUMMED:
+            setattr(result, name, round(getattr(result, name) + getattr(part, name), 3))
+        touched |= hours
+    result.workers = len(groups)
+
+
+def _worker(
+    settings: Settings,
+    ranges: list[PartitionRange],
+    interval_start: datetime,
+    batch_size: int,
+    idle_timeout_s: float,
+    inflight: int,
+) -> tuple[DrainResult, set[datetime]]:
+    """One worker process: its own Elasticsearch client, consumer (assigned, never committing) and producer."""
+    topic = ranges[0].topic
+    part = DrainResult(topic, "", "", [], False, False)
+    touched: set[datetime] = set()
+    consumer = group_consumer(settings, topic, batch_size)
+    try:
+        drain_ranges(
+            settings, client(settings), consumer, ranges, interval_start, batch_size, idle_timeout_s, inflight,
+            part, touched,
+        )  # fmt: skip
+    finally:
+        consumer.close(autocommit=False)
+    return part, touched
 
 
 @dataclass
