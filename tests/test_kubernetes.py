@@ -15,13 +15,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from elasticsearch import Elasticsearch
+from kubernetes.client import models as k8s
 
 from eventpipe.devstack.k8s_deploy import NAMESPACE, kubernetes_connection, prepare, task_env, xcom_sidecar_image
 from eventpipe.devstack.kubernetes import KubernetesCluster, kubeconfig, kubectl
+from eventpipe.devstack.podnet import BRIDGE, BRIDGE_MAC
 from eventpipe.devstack.runtime import DevstackError
 from eventpipe.devstack.stack import DATA_SERVICES, DEVSTACK_CREDENTIALS, up
 from eventpipe.events.generator import GeneratorConfig, utc
@@ -170,6 +173,9 @@ def test_one_ingest_hour_drained_by_a_pod_gives_exact_counts(
     assert produced.malformed > 0
     args = ["drain", "--start", start.isoformat(), "--end", end.isoformat(), "--topics", ",".join(topics.values())]
     pod = _pod("drain", args, profile="drain")
+    # worker processes even for this small hour: spawn must work on the read-only root (semaphores in /dev/shm)
+    for name, value in (("EVENTPIPE_DRAIN_WORKERS", "2"), ("EVENTPIPE_DRAIN_PARALLEL_MIN_RECORDS", "1")):
+        pod.spec.containers[0].env.append(k8s.V1EnvVar(name=name, value=value))
     env = {e.name: e for e in pod.spec.containers[0].env}
     assert env["AWS_SECRET_ACCESS_KEY"].value is None
     assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "eventpipe-s3"
@@ -182,11 +188,22 @@ def test_one_ingest_hour_drained_by_a_pod_gives_exact_counts(
     assert run.xcom["consumed"] == produced.produced
     assert run.xcom["indexed"] == produced.valid
     assert run.xcom["dead_lettered"] == produced.malformed
+    assert all(topic["workers"] == 2 for topic in run.xcom["topics"])
     es.indices.refresh(index=EVENTS_ALIAS)
     es.indices.refresh(index=DLQ_INDEX)
     indexed = sum(es.count(index=EVENTS_ALIAS, query={"term": {"kafka.topic": t}})["count"] for t in topics.values())
     dead = sum(es.count(index=DLQ_INDEX, query={"term": {"source_topic": t}})["count"] for t in topics.values())
     assert (indexed, dead) == (produced.valid, produced.malformed)
+
+
+def test_node_bridge_mac_stays_fixed_while_pods_come_and_go(cluster: Any) -> None:
+    """Pods reach the host services through the bridge; its MAC must not follow the lowest veth's."""
+    bridge = Path("/sys/class/net") / BRIDGE
+    for _ in range(2):
+        run = _run(cluster, _pod("cli_help", ["--help"]))
+        assert run.exit_code == 0
+        assert (bridge / "addr_assign_type").read_text().strip() == "3"  # set, not inherited from a port
+        assert (bridge / "address").read_text().strip() == BRIDGE_MAC
 
 
 def test_a_pod_whose_secret_is_missing_fails_with_a_clear_error(cluster: Any) -> None:

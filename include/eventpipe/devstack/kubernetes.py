@@ -28,7 +28,7 @@ from string import Template
 
 from eventpipe.devstack import k8s_build, k8s_images
 from eventpipe.devstack.k8s_pki import ensure_pki, write_kubeconfig
-from eventpipe.devstack.podnet import BRIDGE, NODE_IP
+from eventpipe.devstack.podnet import BRIDGE, BRIDGE_MAC, NODE_IP
 from eventpipe.devstack.runtime import (
     REPO_ROOT,
     DevstackError,
@@ -276,6 +276,11 @@ class KubernetesCluster(Service):
             _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         if NODE_IP not in _run(["ip", "-4", "addr", "show", "dev", BRIDGE]).stdout:
             _run(["ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE])
+        # A bridge without an assigned MAC takes the lowest MAC of its ports, so it changed whenever a pod's veth
+        # came or went, and pods whose ARP entry for the node IP was stale lost their connections to the host
+        # services for seconds (seen as S3 connect timeouts). A fixed address (assign type 3, "set") never moves.
+        if Path(f"/sys/class/net/{BRIDGE}/addr_assign_type").read_text().strip() != "3":
+            _run(["ip", "link", "set", BRIDGE, "address", BRIDGE_MAC])
         _run(["ip", "link", "set", BRIDGE, "up"])
         if shutil.which("modprobe", path=_path()):  # built in on some kernels; the sysctl check below tells
             _run(["modprobe", "br_netfilter"], check=False)

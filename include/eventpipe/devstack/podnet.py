@@ -12,6 +12,7 @@ import socket
 
 BRIDGE = "k8sbr0"
 NODE_IP = "10.244.0.1"
+BRIDGE_MAC = "02:65:70:f4:00:01"  # locally administered; fixed, so the node IP's MAC never changes under pods
 KAFKA_POD_PORT = 9094
 
 
