@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import datetime, timedelta
 
@@ -248,3 +249,24 @@ def test_a_failing_worker_fails_the_drain_and_commits_nothing(
         consumer.close()
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize(("cpu_max", "limit"), [("200000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None)])
+def test_available_cpus_follows_the_pod_cpu_limit(tmp_path, cpu_max: str, limit: int | None) -> None:
+    from eventpipe.ingest.drain import available_cpus
+
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(path) == (min(limit, affinity) if limit else affinity)
+    assert available_cpus(tmp_path / "missing") == affinity
+
+
+def test_partition_groups_balance_records_and_skip_empty_partitions() -> None:
+    from eventpipe.ingest.drain import partition_groups
+    from eventpipe.ingest.offsets import PartitionRange
+
+    ranges = [PartitionRange("t", p, 0, size) for p, size in enumerate([400, 300, 299, 0])]
+    assert [[r.partition for r in g] for g in partition_groups(ranges, 2)] == [[0], [1, 2]]
+    assert [[r.partition for r in g] for g in partition_groups(ranges, 8)] == [[0], [1], [2]]
+    assert partition_groups([PartitionRange("t", 0, 5, 5)], 2) == []

@@ -15,6 +15,7 @@ that pipeline with its own consumer; only the task process commits, after all of
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import time
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -223,8 +225,20 @@ def worker_count(settings: Settings, ranges: list[PartitionRange]) -> int:
     busy = sum(r.size > 0 for r in ranges)
     if sum(r.size for r in ranges) < settings.kafka.drain_parallel_min:
         return 1
-    wanted = settings.kafka.drain_workers or len(os.sched_getaffinity(0))
+    wanted = settings.kafka.drain_workers or available_cpus()
     return max(1, min(wanted, busy))
+
+
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: the cgroup v2 quota (a pod's CPU limit) if any, else the affinity mask."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 file here: the affinity mask is all there is
+    return cpus
 
 
 def partition_groups(ranges: list[PartitionRange], workers: int) -> list[list[PartitionRange]]:
