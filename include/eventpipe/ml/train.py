@@ -42,6 +42,7 @@ class TrainParams:
     seed: int = 42
     max_iter: int = 100
     reg_param: float = 1e-4
+    tol: float = 1e-6
     thresholds: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(2, 19))  # tuned on training data
 
 
@@ -107,7 +108,11 @@ def pipeline(params: TrainParams) -> Pipeline:
             OneHotEncoder(inputCols=["metric_idx"], outputCols=["metric_vec"], handleInvalid="keep"),
             VectorAssembler(inputCols=[*FEATURES, "metric_vec"], outputCol="features"),
             LogisticRegression(
-                labelCol="label", featuresCol="features", maxIter=params.max_iter, regParam=params.reg_param
+                labelCol="label",
+                featuresCol="features",
+                maxIter=params.max_iter,
+                regParam=params.reg_param,
+                tol=params.tol,
             ),
         ]
     )
