@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eventpipe.devstack import k8s_deploy, kubernetes, podnet
+from eventpipe.devstack import image, k8s_deploy, kubernetes, podnet
 from eventpipe.devstack.k8s_build import _ldflags
 from eventpipe.devstack.k8s_images import single_binary_archive
 from eventpipe.devstack.kafka import Kafka
+from eventpipe.devstack.runtime import DevstackError
 from eventpipe.k8s.schemas import CRD_SCHEMAS
 
 
@@ -155,3 +156,41 @@ def test_pod_env_points_pods_at_the_node_ip_and_carries_no_credentials() -> None
     assert env["EVENTPIPE_KAFKA_BOOTSTRAP"] == f"{podnet.NODE_IP}:{podnet.KAFKA_POD_PORT}"
     assert env["EVENTPIPE_EXECUTION"] == "kubernetes"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
+
+
+LOST_SNAPSHOT = (
+    "import eventpipe:0.1.0 into the cluster's containerd failed (exit 1):\nctr: failed to prepare extraction snapshot "
+    '"extract-1 sha256:0064": parent snapshot sha256:b1de does not exist: not found'
+)
+
+
+@pytest.mark.parametrize(
+    ("failures", "calls", "imported"),
+    [([LOST_SNAPSHOT], 2, True), (["ctr: permission denied"], 1, False), ([LOST_SNAPSHOT, LOST_SNAPSHOT], 2, False)],
+)
+def test_image_import_retries_once_when_containerd_loses_a_layer_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: list[str], calls: int, imported: bool
+) -> None:
+    """Error handling only (no cluster): the containerd GC race is retried once, any other failure is not."""
+    monkeypatch.setenv("EVENTPIPE_DEVSTACK_HOME", str(tmp_path))
+    monkeypatch.setattr(image, "_size", lambda ref: {"id": "sha256:new"})
+    monkeypatch.setattr(
+        image.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="", stderr="")
+    )
+    attempts: list[str] = []
+
+    def save_into(socket: str, ref: str) -> None:
+        attempts.append(ref)
+        if len(attempts) <= len(failures):
+            raise DevstackError(failures[len(attempts) - 1])
+
+    monkeypatch.setattr(image, "_save_into", save_into)
+    marker = tmp_path / "image" / "imported"
+    if imported:
+        assert image.import_image("/run/containerd.sock", "eventpipe:0.1.0") is True
+        assert marker.read_text() == "docker.io/library/eventpipe:0.1.0 sha256:new"
+    else:
+        with pytest.raises(DevstackError):
+            image.import_image("/run/containerd.sock", "eventpipe:0.1.0")
+        assert not marker.exists()
+    assert len(attempts) == calls

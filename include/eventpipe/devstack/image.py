@@ -276,6 +276,24 @@ def _size(ref: str) -> dict[str, object]:
     return {"size_mb": round(int(out[0]) / 1e6), "id": out[1]} if len(out) == 2 else {}
 
 
+def _save_into(containerd_socket: str, ref: str) -> None:
+    """``docker save ref | ctr images import -``, into the namespace the kubelet uses."""
+    save = subprocess.Popen([DOCKER, "save", ref], stdout=subprocess.PIPE)
+    try:
+        _run(
+            ["ctr", "--address", containerd_socket, "--namespace", "k8s.io", "images", "import", "-"],
+            f"import {ref} into the cluster's containerd",
+            stdin=save.stdout.fileno() if save.stdout else None,
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            if save.stdout:
+                save.stdout.close()
+        save.wait()
+    if save.returncode != 0:
+        raise DevstackError(f"docker save {ref} failed (exit {save.returncode})")
+
+
 def import_image(containerd_socket: str, ref: str = IMAGE) -> bool:
     """Copy ``ref`` into the cluster's containerd unless the same image id is there; True if imported."""
     image_id = _size(ref).get("id")
@@ -292,20 +310,15 @@ def import_image(containerd_socket: str, ref: str = IMAGE) -> bool:
     if name in listing and marker.exists() and marker.read_text() == f"{name} {image_id}":
         return False
     began = time.monotonic()
-    save = subprocess.Popen([DOCKER, "save", ref], stdout=subprocess.PIPE)
     try:
-        _run(
-            ["ctr", "--address", containerd_socket, "--namespace", "k8s.io", "images", "import", "-"],
-            f"import {ref} into the cluster's containerd",
-            stdin=save.stdout.fileno() if save.stdout else None,
-        )
-    finally:
-        with contextlib.suppress(Exception):
-            if save.stdout:
-                save.stdout.close()
-        save.wait()
-    if save.returncode != 0:
-        raise DevstackError(f"docker save {ref} failed (exit {save.returncode})")
+        _save_into(containerd_socket, ref)
+    except DevstackError as exc:
+        # containerd 1.6 can garbage-collect a layer snapshot the replaced tag shared with the new image while
+        # the import unpacks it ("parent snapshot ... does not exist"); the same import then succeeds
+        if "does not exist: not found" not in str(exc):
+            raise
+        _say(f"containerd lost a layer snapshot during the import ({str(exc).splitlines()[-1][:160]}); once more")
+        _save_into(containerd_socket, ref)
     marker.write_text(f"{name} {image_id}")
     _say(f"imported {ref} in {time.monotonic() - began:.1f}s")
     return True
