@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from elasticsearch import Elasticsearch
+from elasticsearch import Elasticsearch, helpers
 
 from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS
 
@@ -21,3 +21,10 @@ def events_of(es: Elasticsearch, topic: str) -> int:
 def dead_letters_of(es: Elasticsearch, topic: str) -> int:
     """Records of ``topic`` in the dead-letter index."""
     return count(es, DLQ_INDEX, "source_topic", topic)
+
+
+def delete_matching(es: Elasticsearch, index: str, query: dict) -> None:
+    """Delete the documents ``query`` matches, refreshed (the devstack node lacks the reindex module, which
+    serves ``_delete_by_query``)."""
+    hits = helpers.scan(es, index=index, query={"query": query}, _source=False, ignore_unavailable=True)
+    helpers.bulk(es, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits), refresh=True)

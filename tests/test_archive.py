@@ -7,7 +7,7 @@ import json
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
-from elasticsearch import Elasticsearch, NotFoundError, helpers
+from elasticsearch import Elasticsearch, NotFoundError
 from kafka import KafkaProducer
 
 from eventpipe.archive.indices import day_bounds, day_index, late_index, snapshot_name
@@ -31,6 +31,7 @@ from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.elastic import EVENTS_ALIAS, MANIFEST_INDEX, client
 from eventpipe.storage.s3 import s3_client
 
+from .es_support import delete_matching
 from .faults import CuttableProxy
 
 pytestmark = pytest.mark.services
@@ -51,10 +52,7 @@ def _forget_day(settings: Settings, day: date) -> None:
     es = client(settings)
     es.indices.delete(index=[day_index(day), late_index(day)], ignore_unavailable=True)
     start, end = day_bounds(day)
-    old = helpers.scan(  # (delete_by_query lives in the reindex module, which the devstack node lacks)
-        es, index=MANIFEST_INDEX, query={"query": {"range": {"interval_start": {"gte": start, "lt": end}}}}
-    )
-    helpers.bulk(es, ({"_op_type": "delete", "_index": MANIFEST_INDEX, "_id": hit["_id"]} for hit in old), refresh=True)
+    delete_matching(es, MANIFEST_INDEX, {"range": {"interval_start": {"gte": start, "lt": end}}})
     cfg = Settings.from_env().archive
     ensure_repository(es, cfg)
     with contextlib.suppress(NotFoundError):

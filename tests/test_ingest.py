@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from elasticsearch import Elasticsearch, helpers
+from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from eventpipe.events.generator import GeneratorConfig, generate, utc
@@ -18,7 +18,7 @@ from eventpipe.ingest.rollup import rollup_hours
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS, ROLLUP_INDEX
 
-from .es_support import dead_letters_of, events_of
+from .es_support import dead_letters_of, delete_matching, events_of
 from .faults import CuttableProxy
 
 pytestmark = pytest.mark.services
@@ -206,9 +206,7 @@ def test_worker_processes_drain_exactly_what_one_process_does(
     H0, _H1, H2, _H3 = _hours(909)
     iot = topics["iot"]
     # the day is this test's own: clear what an earlier run left, so every document must be created anew
-    window = {"range": {"event_time": {"gte": H0.isoformat(), "lt": H2.isoformat()}}}
-    leftovers = helpers.scan(es, index=EVENTS_ALIAS, query={"query": window}, _source=False, ignore_unavailable=True)
-    helpers.bulk(es, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in leftovers), refresh=True)
+    delete_matching(es, EVENTS_ALIAS, {"range": {"event_time": {"gte": H0.isoformat(), "lt": H2.isoformat()}}})
     result = drain_interval(_parallel(services), iot, H0, H2, batch_size=500)
     assert result.workers == 2  # 3 partitions with records, 2 workers asked for
     assert result.consumed == produced.by_topic[iot]
