@@ -9,7 +9,7 @@
 #   airflow (default): the official Apache Airflow image for the pinned Airflow version (needs an image registry).
 #   debian: no image registry at all. DEBIAN_ROOTFS is an image made FROM scratch out of Debian packages
 #     (debootstrap + `docker import`), and Spark's jars come from the build context (spark-jars/) instead of a
-#     Maven container. `eventpipe devstack image` (eventpipe.devstack.image) prepares both and builds with
+#     Maven container. `eventpipe devstack image` (devstack.cluster.image) prepares both and builds with
 #     --network=host (package registries only). Needs BuildKit: unused stages are skipped.
 # Not built in this repository's CI by default; docker-compose.yaml and helm-values.yaml use the airflow base.
 ARG BASE=airflow
@@ -17,7 +17,7 @@ ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11
 ARG DEBIAN_ROOTFS=eventpipe/debian-rootfs:bookworm
 
 # Spark's extra jars (hadoop-aws, AWS SDK v2 modules, Kafka source), pinned in the same pom the devstack
-# resolves (eventpipe.devstack.spark), so Spark jobs find S3A and Kafka in $SPARK_HOME/jars.
+# resolves (devstack.spark), so Spark jobs find S3A and Kafka in $SPARK_HOME/jars.
 FROM maven:3.9-eclipse-temurin-17 AS spark-jars-airflow
 COPY devstack/maven/spark/pom.xml /build/pom.xml
 RUN mvn -q -B -f /build/pom.xml dependency:copy-dependencies -DoutputDirectory=/jars -DincludeScope=runtime

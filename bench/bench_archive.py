@@ -29,10 +29,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import Run
+from devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.archive.indices import day_bounds, day_index, read_index, read_slices
 from eventpipe.archive.layout import ARCHIVE_SCHEMA
 from eventpipe.archive.writer import archive_day
-from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, generate
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import IndexAction, bulk_index, client, ensure_indices

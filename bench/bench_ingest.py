@@ -27,7 +27,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import Run
-from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
+from devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import INFLIGHT, DrainResult, drain_interval

@@ -31,8 +31,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import Run
+from devstack.stack import local_env, up
 from eventpipe.archive.layout import committed_days
-from eventpipe.devstack.stack import local_env, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.ml.features import add_features, explode_metrics, fit_baseline, read_archive
 from eventpipe.ml.registry import PREFIX

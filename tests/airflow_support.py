@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from eventpipe.devstack.airflow import Airflow
-from eventpipe.devstack.airflow_api import AirflowClient, DagRun
-from eventpipe.devstack.stack import up
+from devstack.airflow import Airflow
+from devstack.airflow_api import AirflowClient, DagRun
+from devstack.stack import up
 from eventpipe.events.topics import ensure_topics
 from eventpipe.settings import Settings
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import pytest
 from elasticsearch import Elasticsearch
 
-from eventpipe.devstack.stack import DATA_SERVICES, local_env, up
+from devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import client, ensure_indices
 
 if TYPE_CHECKING:
-    from eventpipe.devstack.airflow import Airflow
-    from eventpipe.devstack.airflow_api import AirflowClient
+    from devstack.airflow import Airflow
+    from devstack.airflow_api import AirflowClient
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +59,7 @@ def airflow(services: Settings) -> Airflow:
 
 @pytest.fixture(scope="module")
 def api(airflow: Airflow) -> Iterator[AirflowClient]:
-    from eventpipe.devstack.airflow_api import AirflowClient
+    from devstack.airflow_api import AirflowClient
 
     with AirflowClient(airflow.url) as client:
         yield client

@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from eventpipe.devstack.elasticsearch import ElasticsearchNode
-from eventpipe.devstack.kafka import Kafka
-from eventpipe.devstack.runtime import Service, pid_of
+from devstack.elasticsearch import ElasticsearchNode
+from devstack.kafka import Kafka
+from devstack.runtime import Service, pid_of
 
 
 class CuttableProxy:

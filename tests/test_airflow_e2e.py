@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from elasticsearch import Elasticsearch
 
-from eventpipe.devstack.airflow import Airflow
-from eventpipe.devstack.airflow_api import AirflowClient
+from devstack.airflow import Airflow
+from devstack.airflow_api import AirflowClient
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.settings import Settings

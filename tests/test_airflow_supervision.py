@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from elasticsearch import Elasticsearch
 
-from eventpipe.devstack.airflow import COMPONENTS, SUPERVISED, Airflow
-from eventpipe.devstack.airflow_api import AirflowClient
-from eventpipe.devstack.runtime import port_open, wait_until
-from eventpipe.devstack.stack import up
+from devstack.airflow import COMPONENTS, SUPERVISED, Airflow
+from devstack.airflow_api import AirflowClient
+from devstack.runtime import port_open, wait_until
+from devstack.stack import up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.settings import Settings

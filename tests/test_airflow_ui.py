@@ -24,9 +24,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from eventpipe.devstack.airflow import ADMIN_PASSWORD, ADMIN_USER, Airflow
-from eventpipe.devstack.airflow_api import AirflowApiError, AirflowClient
-from eventpipe.devstack.runtime import subdir
+from devstack.airflow import ADMIN_PASSWORD, ADMIN_USER, Airflow
+from devstack.airflow_api import AirflowApiError, AirflowClient
+from devstack.runtime import subdir
 
 from .airflow_support import INGEST_DAG, start_airflow
 

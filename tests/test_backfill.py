@@ -14,11 +14,11 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from elasticsearch import Elasticsearch
 
+from devstack.airflow import Airflow
+from devstack.airflow_api import AirflowClient, DagRun
+from devstack.runtime import REPO_ROOT
 from eventpipe.archive.indices import day_bounds, day_index, late_index
 from eventpipe.archive.layout import manifest_key
-from eventpipe.devstack.airflow import Airflow
-from eventpipe.devstack.airflow_api import AirflowClient, DagRun
-from eventpipe.devstack.runtime import REPO_ROOT
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import drain_interval

@@ -461,7 +461,7 @@ def test_dockerfile_matches_pins() -> None:
     for needed in ("requirements.txt", "pyproject.toml", "include", "dags", "plugins", "docker", "devstack"):
         assert needed not in ignored
     for copied in re.findall(r"^COPY (?:--\S+ )*(\S+) ", text, flags=re.M):
-        # "/..." = from a build stage; spark-jars/ is added to the context by eventpipe.devstack.image (BASE=debian)
+        # "/..." = from a build stage; spark-jars/ is added to the context by devstack.cluster.image (BASE=debian)
         assert copied.startswith("/") or copied == "spark-jars/" or (ROOT / copied).exists(), copied
 
 

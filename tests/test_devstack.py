@@ -12,9 +12,9 @@ import sys
 import httpx
 import pytest
 
-from eventpipe.devstack.elasticsearch import ElasticsearchNode
-from eventpipe.devstack.postgres import Postgres
-from eventpipe.devstack.runtime import Service, pid_of, start_process
+from devstack.elasticsearch import ElasticsearchNode
+from devstack.postgres import Postgres
+from devstack.runtime import Service, pid_of, start_process
 from eventpipe.settings import Settings
 
 pytestmark = pytest.mark.services
@@ -101,7 +101,7 @@ def test_up_restarts_a_running_but_unhealthy_service() -> None:
 
 def test_install_lanes_keep_maven_serial_and_airflow_after_postgres() -> None:
     """Installs run in parallel lanes; the lanes encode what may not overlap."""
-    from eventpipe.devstack.stack import SERVICES, _lanes
+    from devstack.stack import SERVICES, _lanes
 
     lanes = _lanes([*SERVICES, "spark", "prometheus"])
     assert sorted(name for lane in lanes for name in lane) == sorted([*SERVICES, "spark", "prometheus"])

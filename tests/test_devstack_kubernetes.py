@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eventpipe.devstack import image, k8s_deploy, kubernetes, podnet
-from eventpipe.devstack.k8s_build import _ldflags
-from eventpipe.devstack.k8s_images import single_binary_archive
-from eventpipe.devstack.kafka import Kafka
-from eventpipe.devstack.runtime import DevstackError
+from devstack.cluster import deploy, image, kubernetes, podnet
+from devstack.cluster.binaries import _ldflags
+from devstack.cluster.system_images import single_binary_archive
+from devstack.kafka import Kafka
+from devstack.runtime import DevstackError
 from eventpipe.k8s.schemas import CRD_SCHEMAS
 
 
@@ -42,8 +42,8 @@ def test_single_binary_archive_is_a_loadable_docker_archive(tmp_path: Path) -> N
 def test_sidecar_archive_carries_the_applet_links_the_xcom_sidecar_runs(tmp_path: Path) -> None:
     binary = tmp_path / "busybox"
     binary.write_bytes(b"\x7fELF not really")
-    links = {f"/bin/{applet}": "busybox" for applet in k8s_deploy.BUSYBOX_APPLETS}
-    files = {"/bin/pgrep": k8s_deploy.PGREP.read_bytes()}
+    links = {f"/bin/{applet}": "busybox" for applet in deploy.BUSYBOX_APPLETS}
+    files = {"/bin/pgrep": deploy.PGREP.read_bytes()}
     archive = single_binary_archive(
         binary,
         "docker.io/eventpipe/xcom-sidecar:t",
@@ -69,7 +69,7 @@ def test_sidecar_archive_carries_the_applet_links_the_xcom_sidecar_runs(tmp_path
 def test_sidecar_pgrep_finds_and_stops_the_sidecar_loop_like_the_provider_does(tmp_path: Path) -> None:
     """The provider's kill command, `kill -2 $(pgrep -u $(id -u) -f PATTERN)`, against a real sidecar loop."""
     pgrep = tmp_path / "pgrep"
-    pgrep.write_bytes(k8s_deploy.PGREP.read_bytes())
+    pgrep.write_bytes(deploy.PGREP.read_bytes())
     pgrep.chmod(0o755)
     marker = f"sidecar-{os.getpid()}-{time.monotonic_ns()}"
     # SIGINT at its default, as for a container's first process: a test run started in the background of a
@@ -99,10 +99,10 @@ def test_sidecar_pgrep_finds_and_stops_the_sidecar_loop_like_the_provider_does(t
         loop.kill()
 
 
-@pytest.mark.parametrize("key", list(k8s_deploy.CRDS))
+@pytest.mark.parametrize("key", list(deploy.CRDS))
 def test_crds_carry_the_stored_schemas(key: tuple[str, str, str, str, bool, bool]) -> None:
     group, version, kind, plural, namespaced, _status = key
-    crd = k8s_deploy.crd(*key, k8s_deploy.CRDS[key])
+    crd = deploy.crd(*key, deploy.CRDS[key])
     assert crd["metadata"]["name"] == f"{plural}.{group}"
     assert crd["spec"]["scope"] == ("Namespaced" if namespaced else "Cluster")
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -111,7 +111,7 @@ def test_crds_carry_the_stored_schemas(key: tuple[str, str, str, str, bool, bool
 
 
 def test_deploy_needs_only_the_crds_the_devstack_installs() -> None:
-    kinds = {(c[0], c[2]) for c in k8s_deploy.CRDS}
+    kinds = {(c[0], c[2]) for c in deploy.CRDS}
     for path in (Path(kubernetes.REPO_ROOT) / "deploy").glob("*.yaml"):
         for doc in yaml.safe_load_all(path.read_text()):
             if (
@@ -152,7 +152,7 @@ def test_kafka_adds_a_pod_listener_only_with_the_bridge(monkeypatch: pytest.Monk
 
 
 def test_pod_env_points_pods_at_the_node_ip_and_carries_no_credentials() -> None:
-    env = k8s_deploy.task_env()
+    env = deploy.task_env()
     assert env["EVENTPIPE_KAFKA_BOOTSTRAP"] == f"{podnet.NODE_IP}:{podnet.KAFKA_POD_PORT}"
     assert env["EVENTPIPE_EXECUTION"] == "kubernetes"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)

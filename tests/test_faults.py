@@ -21,9 +21,9 @@ import pytest
 from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, TopicPartition
 
+from devstack.elasticsearch import snapshot_root
+from devstack.runtime import home as devstack_home
 from eventpipe.archive import snapshot
-from eventpipe.devstack.elasticsearch import snapshot_root
-from eventpipe.devstack.runtime import home as devstack_home
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval

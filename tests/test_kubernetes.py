@@ -22,11 +22,11 @@ import pytest
 from elasticsearch import Elasticsearch
 from kubernetes.client import models as k8s
 
-from eventpipe.devstack.k8s_deploy import NAMESPACE, kubernetes_connection, prepare, task_env, xcom_sidecar_image
-from eventpipe.devstack.kubernetes import KubernetesCluster, kubeconfig, kubectl
-from eventpipe.devstack.podnet import BRIDGE, BRIDGE_MAC
-from eventpipe.devstack.runtime import DevstackError
-from eventpipe.devstack.stack import DATA_SERVICES, DEVSTACK_CREDENTIALS, up
+from devstack.cluster.deploy import NAMESPACE, kubernetes_connection, prepare, task_env, xcom_sidecar_image
+from devstack.cluster.kubernetes import KubernetesCluster, kubeconfig, kubectl
+from devstack.cluster.podnet import BRIDGE, BRIDGE_MAC
+from devstack.runtime import DevstackError
+from devstack.stack import DATA_SERVICES, DEVSTACK_CREDENTIALS, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.settings import PLAIN_ENV, Settings
@@ -390,8 +390,8 @@ def test_airflow_runs_the_ingest_dag_as_pods_with_exact_counts(
     Settings reach the pods as env, S3 keys from the Secret by name (Airflow itself does not hold them), each
     task's XCom comes back through the busybox sidecar, and the pod's own output is in the Airflow task log.
     """
-    from eventpipe.devstack.airflow import EXECUTION_ENV, Airflow
-    from eventpipe.devstack.airflow_api import AirflowClient
+    from devstack.airflow import EXECUTION_ENV, Airflow
+    from devstack.airflow_api import AirflowClient
 
     from .airflow_support import INGEST_DAG, unpaused
 

@@ -28,11 +28,11 @@ import httpx
 import pytest
 import yaml
 
+from devstack.monitoring import ALERTMANAGER_PORT, PROMETHEUS_PORT, pushgateway_url
+from devstack.runtime import REPO_ROOT
+from devstack.stack import GROUPS, up
 from eventpipe.archive.indices import day_bounds
 from eventpipe.archive.snapshot import post_hook
-from eventpipe.devstack.monitoring import ALERTMANAGER_PORT, PROMETHEUS_PORT, pushgateway_url
-from eventpipe.devstack.runtime import REPO_ROOT
-from eventpipe.devstack.stack import GROUPS, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.settings import Settings
@@ -271,7 +271,7 @@ def test_dashboard_queries_match_series_prometheus_receives(
 
 def test_airflow_statsd_reaches_prometheus_with_mapped_labels(monitoring: None) -> None:
     """Airflow's own metrics client, configured by the devstack Airflow's environment, lands in Prometheus."""
-    from eventpipe.devstack.airflow import Airflow
+    from devstack.airflow import Airflow
 
     env = {**os.environ, **Airflow().env()}
     assert env["AIRFLOW__METRICS__STATSD_ON"] == "True"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eventpipe.devstack import monitoring
-from eventpipe.devstack.monitoring import RULES_FILE, ensure_debian_packages, render_rules
+from devstack import monitoring
+from devstack.monitoring import RULES_FILE, ensure_debian_packages, render_rules
 
 TESTS = Path(__file__).parent / "promrules"
 
@@ -111,7 +111,7 @@ def test_devstack_monitoring_config_is_valid_and_wired_to_the_service_ports(prom
 
 
 def test_monitoring_is_an_opt_in_group_on_free_ports() -> None:
-    from eventpipe.devstack.stack import DATA_SERVICES, OPTIONAL_SERVICES, SERVICES, expand, service
+    from devstack.stack import DATA_SERVICES, OPTIONAL_SERVICES, SERVICES, expand, service
 
     members = expand(["kafka", "monitoring"])
     assert members == ["kafka", "statsd-exporter", "pushgateway", "alertmanager", "prometheus"]

@@ -11,9 +11,9 @@ from datetime import timedelta
 import pytest
 from elasticsearch import Elasticsearch
 
-from eventpipe.devstack.airflow import Airflow
-from eventpipe.devstack.airflow_api import FINISHED, AirflowClient, DagRun
-from eventpipe.devstack.runtime import REPO_ROOT, wait_until
+from devstack.airflow import Airflow
+from devstack.airflow_api import FINISHED, AirflowClient, DagRun
+from devstack.runtime import REPO_ROOT, wait_until
 from eventpipe.events.generator import GeneratorConfig, generate, utc
 from eventpipe.events.topics import SOURCE_TOPICS
 from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS

@@ -19,10 +19,10 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from eventpipe.devstack import s3 as s3_module
-from eventpipe.devstack.runtime import DevstackError, pid_of, subdir
-from eventpipe.devstack.s3 import BUCKETS, DATA_FORMAT, SSE_S3_DEFAULT, S3Server
-from eventpipe.devstack.stack import up
+from devstack import s3 as s3_module
+from devstack.runtime import DevstackError, pid_of, subdir
+from devstack.s3 import BUCKETS, DATA_FORMAT, SSE_S3_DEFAULT, S3Server
+from devstack.stack import up
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import arrow_fs, s3_client
 

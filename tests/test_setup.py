@@ -8,8 +8,8 @@ import pytest
 from elasticsearch import Elasticsearch
 from kafka import KafkaAdminClient
 
+from devstack.elasticsearch import snapshot_root
 from eventpipe.bootstrap import run_setup
-from eventpipe.devstack.elasticsearch import snapshot_root
 from eventpipe.events.topics import DLQ_TOPIC, SOURCE_TOPICS
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import ANOMALY_INDEX, DLQ_INDEX, MANIFEST_INDEX, ROLLUP_INDEX

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from eventpipe.devstack.stack import local_env, up
+from devstack.stack import local_env, up
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import K8S_MASTER, build_session, s3a_uri, spark_conf, spark_task_env
 from eventpipe.storage.s3 import arrow_fs, ensure_bucket, s3_client

@@ -22,16 +22,16 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
+from devstack.cluster import csi
+from devstack.cluster.deploy import apply_deploy, prepare
+from devstack.cluster.image import IMAGE
+from devstack.cluster.kubernetes import CONTAINERD_SOCKET, KubernetesCluster, kubeconfig, kubectl
+from devstack.cluster.system_images import image_refs
+from devstack.runtime import DevstackError
+from devstack.stack import DATA_SERVICES, up
 from eventpipe.archive.indices import day_index, existing, snapshot_name
 from eventpipe.archive.snapshot import LIVE_INDICES, post_hook, pre_hook, take_snapshot
 from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
-from eventpipe.devstack import csi
-from eventpipe.devstack.image import IMAGE
-from eventpipe.devstack.k8s_deploy import apply_deploy, prepare
-from eventpipe.devstack.k8s_images import image_refs
-from eventpipe.devstack.kubernetes import CONTAINERD_SOCKET, KubernetesCluster, kubeconfig, kubectl
-from eventpipe.devstack.runtime import DevstackError
-from eventpipe.devstack.stack import DATA_SERVICES, up
 from eventpipe.settings import Settings
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services]

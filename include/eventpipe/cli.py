@@ -16,7 +16,7 @@ import typer
 
 from eventpipe.errors import PERMANENT_EXIT_CODE, InvalidArgument, PermanentError
 from eventpipe.events.generator import GeneratorConfig
-from eventpipe.params import parse_day, parse_instant, parse_interval, parse_topics
+from eventpipe.params import parse_instant, parse_interval, parse_topics
 from eventpipe.results import emit
 from eventpipe.settings import Settings
 
@@ -201,25 +201,6 @@ def ledger(
     )
 
 
-@app.command()
-def demo(
-    day: Annotated[str, typer.Option(help="First day to produce, ingest and archive")] = "2026-01-15",
-    days: Annotated[int, typer.Option(help="Number of days (the last one is the model's hold-out)")] = 3,
-    rate: Annotated[float, typer.Option(help="Events per second of event time")] = 0.2,
-    execution: Annotated[
-        str, typer.Option(help="local: tasks as processes; kubernetes: tasks as pods on the devstack cluster")
-    ] = "local",
-) -> None:
-    """Start everything; produce days; ingest, archive, train and score through Airflow; print a summary."""
-    from eventpipe.demo import run_demo
-
-    if days < 2:
-        raise InvalidArgument("--days must be at least 2 (training needs a hold-out day)")
-    if execution not in {"local", "kubernetes"}:
-        raise InvalidArgument("--execution must be local or kubernetes")
-    run_demo(parse_day(day), rate, days, execution)
-
-
 # Sub-command groups owned by their packages (one line each).
 from eventpipe.archive.cli import app as archive_app  # noqa: E402
 
@@ -227,10 +208,24 @@ app.add_typer(archive_app, name="archive")
 from eventpipe.ml.cli import ml_app  # noqa: E402
 
 app.add_typer(ml_app, name="ml")
-from eventpipe.devstack.cli import app as devstack_app  # noqa: E402
-
-app.add_typer(devstack_app, name="devstack")
 # -- end of sub-command groups
+
+
+def _add_devstack() -> None:
+    """`eventpipe devstack` and `eventpipe demo` come from the dev environment (``devstack/``).
+
+    It is installed in a checkout only, never in task images, so the pipeline package does not depend on it.
+    """
+    try:
+        from devstack.cli import register
+    except ModuleNotFoundError as exc:
+        if exc.name != "devstack":
+            raise
+        return
+    register(app)
+
+
+_add_devstack()
 
 if __name__ == "__main__":
     app()

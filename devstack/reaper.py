@@ -6,7 +6,7 @@ locks, so the restarted scheduler blocks on its first UPDATE and never heartbeat
 component's group before the restart mirrors what Kubernetes does when a container exits (its whole
 cgroup goes). supervisord starts each program as a process-group leader, so the group id is its pid.
 
-Run by supervisord as ``python -m eventpipe.devstack.reaper`` (see ``Airflow.supervisor_config``).
+Run by supervisord as ``python -m devstack.reaper`` (see ``Airflow.supervisor_config``).
 """
 
 from __future__ import annotations

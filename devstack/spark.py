@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, maven_classpath, subdir
+from devstack.runtime import REPO_ROOT, DevstackError, maven_classpath, subdir
 
 POM = REPO_ROOT / "devstack" / "maven" / "spark" / "pom.xml"
 

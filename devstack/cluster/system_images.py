@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from eventpipe.devstack.runtime import DevstackError
+from devstack.runtime import DevstackError
 
 EPOCH = 0  # fixed mtimes: the digest depends on the binary only
 

@@ -26,10 +26,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from string import Template
 
-from eventpipe.devstack import k8s_build, k8s_images
-from eventpipe.devstack.k8s_pki import ensure_pki, write_kubeconfig
-from eventpipe.devstack.podnet import BRIDGE, BRIDGE_MAC, NODE_IP
-from eventpipe.devstack.runtime import (
+from devstack.cluster import binaries, csi, system_images
+from devstack.cluster.node import (  # noqa: F401  (re-exported: the cluster's names)
+    API_PORT,
+    CONTAINERD_SOCKET,
+    DNS_IP,
+    ETCD_CLIENT_PORT,
+    ETCD_PEER_PORT,
+    NODE_NAME,
+    POD_CIDR,
+    RUNTIME_ROOT,
+    RUNTIME_STATE,
+    SERVICE_CIDR,
+    SERVICE_IP,
+    kubeconfig,
+    kubectl,
+    kubectl_binary,
+    pki_dir,
+    state_dir,
+)
+from devstack.cluster.pki import ensure_pki, write_kubeconfig
+from devstack.cluster.podnet import BRIDGE, BRIDGE_MAC, NODE_IP
+from devstack.runtime import (
     REPO_ROOT,
     DevstackError,
     Service,
@@ -43,19 +61,8 @@ from eventpipe.devstack.runtime import (
 )
 
 TEMPLATES = REPO_ROOT / "devstack" / "kubernetes"
-NODE_NAME = "devstack"
-POD_CIDR = "10.244.0.0/24"
-SERVICE_CIDR = "10.96.0.0/16"
-SERVICE_IP = "10.96.0.1"
-DNS_IP = "10.96.0.10"
-API_PORT = 6443
-ETCD_CLIENT_PORT = 22379
-ETCD_PEER_PORT = 22380
-RUNTIME_ROOT = Path("/var/lib/eventpipe-k8s")
-RUNTIME_STATE = Path("/run/eventpipe-k8s")
-CONTAINERD_SOCKET = str(RUNTIME_STATE / "containerd" / "containerd.sock")
-PAUSE_IMAGE = f"docker.io/eventpipe/pause:{k8s_build.PAUSE_VERSION}"
-COREDNS_IMAGE = f"docker.io/eventpipe/coredns:{k8s_build.COREDNS_VERSION.lstrip('v')}"
+PAUSE_IMAGE = f"docker.io/eventpipe/pause:{binaries.PAUSE_VERSION}"
+COREDNS_IMAGE = f"docker.io/eventpipe/coredns:{binaries.COREDNS_VERSION.lstrip('v')}"
 CNI_DIRS = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))
 CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 # host binary -> Debian package that provides it
@@ -79,44 +86,12 @@ FORWARD_RULES = (
 COMPONENTS = ("etcd", "containerd", "apiserver", "controller-manager", "scheduler", "kubelet", "kube-proxy")
 
 
-def state_dir() -> Path:
-    return subdir("kubernetes")
-
-
-def pki_dir() -> Path:
-    return state_dir() / "pki"
-
-
-def kubeconfig() -> Path:
-    """The cluster-admin kubeconfig (for the devstack itself, tests and ``kubectl``)."""
-    return state_dir() / "admin.kubeconfig"
-
-
-def kubectl_binary() -> Path:
-    return k8s_build.bin_dir() / "kubectl"
-
-
 def _proc(component: str) -> str:
     return f"k8s-{component}"
 
 
 def _say(message: str) -> None:
     print(f"[kubernetes] {message}", flush=True)
-
-
-def kubectl(*args: str, stdin: str | None = None, check: bool = True, timeout: float = 120) -> str:
-    """Run the pinned kubectl as cluster admin; raise with its stderr when ``check`` and it fails."""
-    result = subprocess.run(
-        [str(kubectl_binary()), f"--kubeconfig={kubeconfig()}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise DevstackError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
-    return result.stdout
 
 
 def _run(cmd: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -185,12 +160,12 @@ class KubernetesCluster(Service):
     port = API_PORT
 
     def version(self) -> str:
-        return k8s_build.KUBERNETES_VERSION
+        return binaries.KUBERNETES_VERSION
 
     def install(self) -> None:
         check_prerequisites()
         began = time.monotonic()
-        timings = k8s_build.build()
+        timings = binaries.build()
         if timings:
             _say(f"built binaries in {time.monotonic() - began:.0f}s: {timings}")
 
@@ -340,14 +315,16 @@ class KubernetesCluster(Service):
         config = _render("containerd.toml", state_dir() / "containerd.toml")
 
         def ready() -> bool:
-            return Path(CONTAINERD_SOCKET).is_socket() and bool(k8s_images.ctr(CONTAINERD_SOCKET, "version", timeout=5))
+            return Path(CONTAINERD_SOCKET).is_socket() and bool(
+                system_images.ctr(CONTAINERD_SOCKET, "version", timeout=5)
+            )
 
         self._start("containerd", ["containerd", f"--config={config}"], ready)
 
     @staticmethod
     def _images() -> None:
         """pause and CoreDNS images from the local binaries, imported once per version."""
-        present = k8s_images.image_refs(CONTAINERD_SOCKET)
+        present = system_images.image_refs(CONTAINERD_SOCKET)
         for ref, binary, entrypoint in (
             (PAUSE_IMAGE, "pause", ["/pause"]),
             (COREDNS_IMAGE, "coredns", ["/coredns"]),
@@ -355,13 +332,13 @@ class KubernetesCluster(Service):
             if ref in present:
                 continue
             archive = subdir("kubernetes", "images") / f"{binary}.tar"
-            k8s_images.single_binary_archive(k8s_build.bin_dir() / binary, ref, entrypoint, archive)
-            k8s_images.import_archive(CONTAINERD_SOCKET, archive)
+            system_images.single_binary_archive(binaries.bin_dir() / binary, ref, entrypoint, archive)
+            system_images.import_archive(CONTAINERD_SOCKET, archive)
 
     def _apiserver(self) -> None:
         p = pki_dir()
         argv = [
-            str(k8s_build.bin_dir() / "kube-apiserver"),
+            str(binaries.bin_dir() / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
             f"--bind-address={NODE_IP}", f"--advertise-address={NODE_IP}", f"--secure-port={API_PORT}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
@@ -386,7 +363,7 @@ class KubernetesCluster(Service):
         self._start_unwaited(
             "controller-manager",
             [
-                str(k8s_build.bin_dir() / "kube-controller-manager"),
+                str(binaries.bin_dir() / "kube-controller-manager"),
                 f"--kubeconfig={cm}", f"--authentication-kubeconfig={cm}", f"--authorization-kubeconfig={cm}",
                 *common,
                 f"--service-account-private-key-file={p / 'sa.key'}", f"--root-ca-file={p / 'ca.crt'}",
@@ -400,7 +377,7 @@ class KubernetesCluster(Service):
         self._start_unwaited(
             "scheduler",
             [
-                str(k8s_build.bin_dir() / "kube-scheduler"),
+                str(binaries.bin_dir() / "kube-scheduler"),
                 f"--kubeconfig={sched}", f"--authentication-kubeconfig={sched}",
                 f"--authorization-kubeconfig={sched}", *common,
             ],
@@ -419,12 +396,12 @@ class KubernetesCluster(Service):
         self._start_unwaited(
             "kubelet",
             [
-                str(k8s_build.bin_dir() / "kubelet"),
+                str(binaries.bin_dir() / "kubelet"),
                 f"--config={config}", f"--kubeconfig={state_dir() / 'kubelet.kubeconfig'}",
                 f"--root-dir={kubelet_root}", f"--node-ip={NODE_IP}", f"--hostname-override={NODE_NAME}",
             ],
         )  # fmt: skip
-        self._start_unwaited("kube-proxy", [str(k8s_build.bin_dir() / "kube-proxy"), f"--config={proxy}"])
+        self._start_unwaited("kube-proxy", [str(binaries.bin_dir() / "kube-proxy"), f"--config={proxy}"])
 
     def _coredns(self) -> None:
         manifest = _render("coredns.yaml", state_dir() / "coredns.yaml")
@@ -444,14 +421,12 @@ class KubernetesCluster(Service):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and self._tasks():
                 time.sleep(1)
-        from eventpipe.devstack import csi  # its processes serve the kubelet: they go after the pods, before it
-
-        csi.stop()
+        csi.stop()  # its processes serve the kubelet: they go after the pods, before it
         for component in ("kube-proxy", "kubelet"):
             stop_process(_proc(component))
         for task in self._tasks():  # whatever the kubelet did not remove
             with contextlib.suppress(DevstackError):
-                k8s_images.ctr(CONTAINERD_SOCKET, "tasks", "kill", "--signal", "SIGKILL", task, timeout=10)
+                system_images.ctr(CONTAINERD_SOCKET, "tasks", "kill", "--signal", "SIGKILL", task, timeout=10)
         self._stop_apiserver()
         stop_process(_proc("containerd"))
         stop_process(_proc("etcd"))
@@ -468,7 +443,7 @@ class KubernetesCluster(Service):
         if pid_of(_proc("containerd")) is None:
             return []
         try:
-            out = k8s_images.ctr(CONTAINERD_SOCKET, "tasks", "list", "--quiet", timeout=10)
+            out = system_images.ctr(CONTAINERD_SOCKET, "tasks", "list", "--quiet", timeout=10)
         except (DevstackError, subprocess.TimeoutExpired):
             return []
         return out.split()

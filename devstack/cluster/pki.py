@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from eventpipe.devstack.runtime import DevstackError
+from devstack.runtime import DevstackError
 
 DAYS = "3650"
 
@@ -53,7 +53,7 @@ def identities(node_name: str, node_ip: str, service_ip: str) -> list[Identity]:
         Identity("kubelet", f"system:node:{node_name}", "system:nodes"),
         Identity("kube-proxy", "system:kube-proxy", "system:node-proxier"),
         Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
-        # the CSI components (eventpipe.devstack.csi), each bound to its own ClusterRole
+        # the CSI components (devstack.cluster.csi), each bound to its own ClusterRole
         Identity("csi-provisioner", "eventpipe:csi-provisioner"),
         Identity("csi-snapshot-controller", "eventpipe:snapshot-controller"),
         Identity("csi-snapshotter", "eventpipe:csi-snapshotter"),

@@ -7,8 +7,8 @@ import subprocess
 
 from kafka import KafkaAdminClient
 
-from eventpipe.devstack import podnet
-from eventpipe.devstack.runtime import (
+from devstack.cluster import podnet
+from devstack.runtime import (
     REPO_ROOT,
     DevstackError,
     Service,

@@ -18,10 +18,10 @@ from datetime import date, datetime, timedelta, timezone
 from rich.console import Console
 from rich.table import Table
 
+from devstack.stack import DATA_SERVICES, SERVICES, local_env, up
 from eventpipe.archive.indices import day_bounds, day_index, late_index, snapshot_name
 from eventpipe.archive.manifest import is_verified
 from eventpipe.archive.manifest import load as load_manifest
-from eventpipe.devstack.stack import DATA_SERVICES, SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, generate
 from eventpipe.events.produce import ProduceResult, produce, truth_key
 from eventpipe.settings import Settings
@@ -34,7 +34,7 @@ console = Console(stderr=True)
 
 def _run(api, dag_id: str, day: date | None, conf: dict[str, object], timeout: float) -> dict[str, object]:
     """Trigger the DAG for the day; on a rerun, clear the day's existing run instead (what an operator does)."""
-    from eventpipe.devstack.airflow_api import AirflowApiError
+    from devstack.airflow_api import AirflowApiError
 
     api.wait_for_dag(dag_id, timeout=180)
     api.unpause(dag_id)
@@ -99,15 +99,15 @@ def run_demo(
     """``execution="kubernetes"``: the same runs, every task a pod on the devstack cluster (started first)."""
     import os
 
-    from eventpipe.devstack.airflow import EXECUTION_ENV
-    from eventpipe.devstack.airflow_api import AirflowClient
+    from devstack.airflow import EXECUTION_ENV
+    from devstack.airflow_api import AirflowClient
 
     for key, value in local_env().items():  # plumbing: the demo sets the devstack's environment up
         os.environ.setdefault(key, value)
     os.environ[EXECUTION_ENV] = execution  # the devstack Airflow restarts if it runs the other mode
     timings: dict[str, float] = {}
     if execution == "kubernetes":
-        from eventpipe.devstack.k8s_deploy import prepare
+        from devstack.cluster.deploy import prepare
 
         console.rule("starting the data services and the local Kubernetes cluster (tasks run as pods)")
         timings = {**up(DATA_SERVICES), **up(["kubernetes"]), **prepare()}

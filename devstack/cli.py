@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-from eventpipe.devstack.runtime import DevstackError
-from eventpipe.devstack.stack import GROUPS, OPTIONAL_SERVICES, SERVICES, expand
+from devstack.runtime import DevstackError
+from devstack.stack import GROUPS, OPTIONAL_SERVICES, SERVICES, expand
+from eventpipe.errors import InvalidArgument
+from eventpipe.params import parse_day
 from eventpipe.results import emit
 
 app = typer.Typer(
@@ -35,7 +37,7 @@ def _running(value: str) -> list[str]:
 @app.command("install")
 def install(services: Services = "") -> None:
     """Download and build every service (cached under .devstack/)."""
-    from eventpipe.devstack.stack import install
+    from devstack.stack import install
 
     try:
         emit("devstack install (seconds)", install(_services(services, (*SERVICES, "spark"))))
@@ -47,7 +49,7 @@ def install(services: Services = "") -> None:
 @app.command("up")
 def up(services: Services = "") -> None:
     """Start services (idempotent: healthy ones are left alone, unhealthy ones repaired or restarted)."""
-    from eventpipe.devstack.stack import up
+    from devstack.stack import up
 
     try:
         emit("devstack up (seconds)", up(_running(services)))
@@ -66,8 +68,8 @@ def k8s(
     """The kubernetes service plus what eventpipe pods need: host services on the pod bridge, the image
     (Debian base, no registry), CRDs, CSI volumes and snapshots, deploy/ and the Secrets. Idempotent; prints
     each step's time."""
-    from eventpipe.devstack.k8s_deploy import prepare
-    from eventpipe.devstack.stack import up
+    from devstack.cluster.deploy import prepare
+    from devstack.stack import up
 
     try:
         emit("devstack k8s (seconds)", {**up(["kubernetes"]), **prepare(build=build, csi=csi)})
@@ -79,7 +81,7 @@ def k8s(
 @app.command("image")
 def image() -> None:
     """Build the eventpipe image from the Debian base (skipped when its inputs are unchanged)."""
-    from eventpipe.devstack.image import build_image
+    from devstack.cluster.image import build_image
 
     try:
         emit("devstack image", build_image())
@@ -91,7 +93,7 @@ def image() -> None:
 @app.command("down")
 def down(services: Services = "") -> None:
     """Stop services started by `devstack up`."""
-    from eventpipe.devstack.stack import down
+    from devstack.stack import down
 
     emit("devstack down", {"stopped": down(_running(services))})
 
@@ -102,7 +104,7 @@ def status(services: Services = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from eventpipe.devstack.stack import status
+    from devstack.stack import status
 
     rows = status(_running(services))
     table = Table("service", "port", "pid", "healthy", "version", "components", title="devstack")
@@ -122,7 +124,31 @@ def env() -> None:
     Use: eval "$(eventpipe devstack env)"; then `airflow backfill create …` talks to the devstack's
     metadata database and DAGs instead of creating a stray ~/airflow.
     """
-    from eventpipe.devstack.airflow import Airflow
+    from devstack.airflow import Airflow
 
     for key, value in sorted(Airflow().env().items()):
         typer.echo(f"export {key}={shlex.quote(value)}")
+
+
+def demo(
+    day: Annotated[str, typer.Option(help="First day to produce, ingest and archive")] = "2026-01-15",
+    days: Annotated[int, typer.Option(help="Number of days (the last one is the model's hold-out)")] = 3,
+    rate: Annotated[float, typer.Option(help="Events per second of event time")] = 0.2,
+    execution: Annotated[
+        str, typer.Option(help="local: tasks as processes; kubernetes: tasks as pods on the devstack cluster")
+    ] = "local",
+) -> None:
+    """Start everything; produce days; ingest, archive, train and score through Airflow; print a summary."""
+    from devstack.demo import run_demo
+
+    if days < 2:
+        raise InvalidArgument("--days must be at least 2 (training needs a hold-out day)")
+    if execution not in {"local", "kubernetes"}:
+        raise InvalidArgument("--execution must be local or kubernetes")
+    run_demo(parse_day(day), rate, days, execution)
+
+
+def register(root: typer.Typer) -> None:
+    """Hook the dev environment into the ``eventpipe`` CLI: ``eventpipe devstack …`` and ``eventpipe demo``."""
+    root.add_typer(app, name="devstack")
+    root.command("demo")(demo)

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from eventpipe.devstack.runtime import DevstackError, Service, pid_of, port_open, start_process, subdir
+from devstack.runtime import DevstackError, Service, pid_of, port_open, start_process, subdir
 
 PG_MAJOR = "15"  # Debian 12's postgresql
 DATABASE = "airflow"

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from eventpipe.devstack.airflow import ADMIN_PASSWORD, ADMIN_USER
+from devstack.airflow import ADMIN_PASSWORD, ADMIN_USER
 
 FINISHED = frozenset({"success", "failed"})
 

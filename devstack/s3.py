@@ -25,8 +25,8 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from eventpipe.devstack import podnet
-from eventpipe.devstack.runtime import (
+from devstack.cluster import podnet
+from devstack.runtime import (
     DevstackError,
     Service,
     port_open,
@@ -65,7 +65,7 @@ def source() -> str:
 
 
 def _settings() -> Settings:
-    from eventpipe.devstack.stack import local_env  # stack imports this module lazily; avoid a cycle at import time
+    from devstack.stack import local_env  # stack imports this module lazily; avoid a cycle at import time
 
     return Settings.from_env(local_env())
 

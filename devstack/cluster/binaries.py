@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from eventpipe.devstack.runtime import DevstackError, subdir
+from devstack.runtime import DevstackError, subdir
 
 KUBERNETES_VERSION = "v1.34.4"
 STAGING_VERSION = "v0.34.4"  # the k8s.io/* staging modules tagged with the same release

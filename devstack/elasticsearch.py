@@ -16,8 +16,8 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch as EsClient
 
-from eventpipe.devstack import podnet
-from eventpipe.devstack.runtime import (
+from devstack.cluster import podnet
+from devstack.runtime import (
     REPO_ROOT,
     DevstackError,
     Service,

@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from eventpipe.devstack.k8s_pki import ensure_pki, write_kubeconfig
-from eventpipe.devstack.kubernetes import (
+from devstack.cluster.node import (
     API_PORT,
     NODE_NAME,
     RUNTIME_ROOT,
@@ -36,8 +35,9 @@ from eventpipe.devstack.kubernetes import (
     pki_dir,
     state_dir,
 )
-from eventpipe.devstack.podnet import NODE_IP
-from eventpipe.devstack.runtime import (
+from devstack.cluster.pki import ensure_pki, write_kubeconfig
+from devstack.cluster.podnet import NODE_IP
+from devstack.runtime import (
     REPO_ROOT,
     DevstackError,
     log_path,

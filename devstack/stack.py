@@ -7,16 +7,16 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from eventpipe.devstack.elasticsearch import snapshot_root
-from eventpipe.devstack.runtime import Service, progress, subdir
+from devstack.elasticsearch import snapshot_root
+from devstack.runtime import Service, progress, subdir
 
 # name -> "module:Class"; start order matters (Airflow last: its tasks need the others).
 SERVICES: dict[str, str] = {
-    "kafka": "eventpipe.devstack.kafka:Kafka",
-    "elasticsearch": "eventpipe.devstack.elasticsearch:ElasticsearchNode",
-    "s3": "eventpipe.devstack.s3:S3Server",
-    "postgres": "eventpipe.devstack.postgres:Postgres",  # Airflow's metadata database
-    "airflow": "eventpipe.devstack.airflow:Airflow",
+    "kafka": "devstack.kafka:Kafka",
+    "elasticsearch": "devstack.elasticsearch:ElasticsearchNode",
+    "s3": "devstack.s3:S3Server",
+    "postgres": "devstack.postgres:Postgres",  # Airflow's metadata database
+    "airflow": "devstack.airflow:Airflow",
 }
 DATA_SERVICES = ("kafka", "elasticsearch", "s3")
 
@@ -24,11 +24,11 @@ DATA_SERVICES = ("kafka", "elasticsearch", "s3")
 # `devstack up` and the demo start SERVICES. Order: the exporters and Alertmanager before Prometheus.
 OPTIONAL_SERVICES: dict[str, str] = {
     # root, a long first build: the production path, task pods and Spark executors on a real cluster
-    "kubernetes": "eventpipe.devstack.kubernetes:KubernetesCluster",
-    "statsd-exporter": "eventpipe.devstack.monitoring:StatsdExporter",
-    "pushgateway": "eventpipe.devstack.monitoring:Pushgateway",
-    "alertmanager": "eventpipe.devstack.monitoring:Alertmanager",
-    "prometheus": "eventpipe.devstack.monitoring:Prometheus",
+    "kubernetes": "devstack.cluster.kubernetes:KubernetesCluster",
+    "statsd-exporter": "devstack.monitoring:StatsdExporter",
+    "pushgateway": "devstack.monitoring:Pushgateway",
+    "alertmanager": "devstack.monitoring:Alertmanager",
+    "prometheus": "devstack.monitoring:Prometheus",
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "monitoring": ("statsd-exporter", "pushgateway", "alertmanager", "prometheus"),
@@ -74,7 +74,7 @@ def _install_one(name: str) -> float:
     began = time.perf_counter()
     progress(f"install {name} …")
     if name == "spark":
-        from eventpipe.devstack.spark import spark_jars
+        from devstack.spark import spark_jars
 
         spark_jars()
     else:

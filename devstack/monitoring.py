@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, Service, pid_of, run_step, start_process, subdir
+from devstack.runtime import REPO_ROOT, DevstackError, Service, pid_of, run_step, start_process, subdir
 
 CONFIG_DIR = REPO_ROOT / "devstack" / "monitoring"
 RULES_SOURCE = REPO_ROOT / "deploy" / "prometheusrule.yaml"

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, log_path, pid_of, start_process, subdir, tail
+from devstack.runtime import REPO_ROOT, DevstackError, log_path, pid_of, start_process, subdir, tail
 
 IMAGE = "eventpipe:0.1.0"
 DOCKER = "/usr/bin/docker"  # Debian's client matches Debian's dockerd; a newer client may want buildx
@@ -236,7 +236,7 @@ def _context(spark_jars: list[Path]) -> tuple[Path, str]:
 
 def build_image(ref: str = IMAGE) -> dict[str, object]:
     """Build ``ref`` from the Debian base unless an image with the same inputs exists; returns timings."""
-    from eventpipe.devstack.spark import spark_jars
+    from devstack.spark import spark_jars
 
     began = time.monotonic()
     ensure_docker()

@@ -1,7 +1,7 @@
 """Make the devstack cluster ready for eventpipe pods: image, CRDs, ``deploy/``, Secrets, host services.
 
 Idempotent; each step prints its time. The snapshot CRDs are external-snapshotter's own, installed with its
-controller, sidecar and the devstack's host-path CSI driver (``eventpipe.devstack.csi``), so VolumeSnapshots are
+controller, sidecar and the devstack's host-path CSI driver (``devstack.cluster.csi``), so VolumeSnapshots are
 really taken; ``deploy/`` is applied through ``devstack/kubernetes/deploy``, which points the archive's
 VolumeSnapshotClass at that driver. PrometheusRule and ServiceMonitor CRDs (and, with ``csi=False``, the
 snapshot ones) are made from the schemas the project stores (``eventpipe/k8s/schemas``): accepted and
@@ -20,10 +20,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from eventpipe.devstack import image, k8s_images, podnet
-from eventpipe.devstack.kubernetes import CONTAINERD_SOCKET, kubeconfig, kubectl
-from eventpipe.devstack.runtime import REPO_ROOT, DevstackError, subdir
-from eventpipe.devstack.stack import DEVSTACK_CREDENTIALS, local_env, service
+from devstack.cluster import image, podnet, system_images
+from devstack.cluster.kubernetes import CONTAINERD_SOCKET, kubeconfig, kubectl
+from devstack.runtime import REPO_ROOT, DevstackError, subdir
+from devstack.stack import DEVSTACK_CREDENTIALS, local_env, service
 
 NAMESPACE = "eventpipe"
 # (group, version, kind, plural, namespaced, status subresource) -> stored schema file
@@ -157,10 +157,10 @@ def xcom_sidecar_image() -> str:
     binary, version = _busybox()
     applets = hashlib.sha256(" ".join(BUSYBOX_APPLETS).encode() + PGREP.read_bytes()).hexdigest()[:6]
     ref = f"docker.io/eventpipe/xcom-sidecar:busybox-{re.sub(r'[^A-Za-z0-9_.-]', '_', version)}-{applets}"
-    if ref not in k8s_images.image_refs(CONTAINERD_SOCKET):
+    if ref not in system_images.image_refs(CONTAINERD_SOCKET):
         archive = subdir("kubernetes", "images") / "xcom-sidecar.tar"
         links = {f"/bin/{applet}": "busybox" for applet in BUSYBOX_APPLETS}
-        k8s_images.single_binary_archive(
+        system_images.single_binary_archive(
             binary,
             ref,
             ["/bin/busybox"],
@@ -169,7 +169,7 @@ def xcom_sidecar_image() -> str:
             files={"/bin/pgrep": PGREP.read_bytes()},
             path_env="/bin",
         )
-        k8s_images.import_archive(CONTAINERD_SOCKET, archive)
+        system_images.import_archive(CONTAINERD_SOCKET, archive)
     return ref
 
 
@@ -250,7 +250,7 @@ def prepare(*, build: bool = True, csi: bool = True) -> dict[str, float]:
     step("xcom sidecar image", xcom_sidecar_image)
     step("crds", lambda: install_crds(snapshot_crds=not csi))
     if csi:
-        from eventpipe.devstack import csi as csi_stack
+        from devstack.cluster import csi as csi_stack
 
         for name, seconds in csi_stack.install().items():
             timings[f"csi: {name}"] = seconds

@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from eventpipe.devstack.postgres import Postgres
-from eventpipe.devstack.runtime import (
+from devstack.postgres import Postgres
+from devstack.runtime import (
     REPO_ROOT,
     DevstackError,
     Service,
@@ -41,7 +41,7 @@ from eventpipe.devstack.runtime import (
     start_process,
     subdir,
 )
-from eventpipe.devstack.stack import local_env
+from devstack.stack import local_env
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin"  # devstack only: the API binds to 127.0.0.1
@@ -105,14 +105,14 @@ class Airflow(Service):
         """
         if self.execution == "local":
             return local_env()
-        from eventpipe.devstack import k8s_deploy, podnet
-        from eventpipe.devstack.kubernetes import kubeconfig
+        from devstack.cluster import deploy, podnet
+        from devstack.cluster.kubernetes import kubeconfig
 
         if not (kubeconfig().exists() and podnet.present()):
             raise DevstackError("Airflow in kubernetes mode needs the devstack cluster: run `make k8s` first")
         return {
-            **k8s_deploy.task_env(),
-            "AIRFLOW_CONN_KUBERNETES_DEFAULT": k8s_deploy.kubernetes_connection(k8s_deploy.xcom_sidecar_image()),
+            **deploy.task_env(),
+            "AIRFLOW_CONN_KUBERNETES_DEFAULT": deploy.kubernetes_connection(deploy.xcom_sidecar_image()),
         }
 
     def env(self) -> dict[str, str]:
@@ -152,7 +152,7 @@ class Airflow(Service):
         }
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_url()
         # Devstack monitoring (opt-in, `make monitoring`): tasks push to its Pushgateway, Airflow sends StatsD.
-        from eventpipe.devstack.monitoring import monitoring_env
+        from devstack.monitoring import monitoring_env
 
         env.update(monitoring_env())
         # Explicit AIRFLOW__* settings of the caller win (e.g. an external metadata database).
@@ -252,7 +252,7 @@ class Airflow(Service):
             ]
         lines += [  # kills what an exited component left behind before supervisord restarts it
             "[eventlistener:reaper]",
-            f"command={sys.executable} -m eventpipe.devstack.reaper",
+            f"command={sys.executable} -m devstack.reaper",
             "events=PROCESS_STATE_EXITED",
             "autorestart=true",
             f"stderr_logfile={log_path('airflow-reaper')}",

@@ -1,0 +1,1 @@
+"""The devstack's single-node Kubernetes: its binaries, PKI, node, pod network, CSI driver, images and deploy/."""
