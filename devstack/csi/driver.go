@@ -1,23 +1,21 @@
 package main
 
-// The CSI driver: volumes are directories under <root>/volumes, snapshots are tar files of a volume under
-// <root>/snapshots, a restore unpacks one into a new volume. Node publishing is a bind mount; the driver runs
-// on the host (the devstack node), so the kubelet sees its mounts without any propagation settings.
+// The CSI driver's identity and controller. A volume is <root>/volumes/<id>.img, a sparse ext4 image of the
+// requested size (image.go); a snapshot is a sparse copy of that image under <root>/snapshots, taken with the
+// filesystem frozen when it is mounted; a restore copies it back and grows it when the claim is larger.
+// Encrypted volumes stay encrypted in snapshots: the image holds only ciphertext (fscrypt.go).
 
 import (
-	"archive/tar"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
+	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -28,34 +26,45 @@ import (
 
 var safeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
+const paramEncrypted = "encrypted" // StorageClass parameter: "true" puts an fscrypt v2 policy on the volume
+
 type driver struct {
 	csi.UnimplementedIdentityServer
 	csi.UnimplementedControllerServer
 	csi.UnimplementedNodeServer
 
-	name   string
-	nodeID string
-	root   string
-	mu     sync.Mutex // one mutation at a time: CreateVolume/CreateSnapshot are idempotent by name
+	name         string
+	nodeID       string
+	root         string
+	onlineResize bool       // CAP_SYS_RESOURCE held: a mounted ext4 can be grown in place
+	mu           sync.Mutex // one mutation at a time: every call is idempotent by name
 }
 
-// volumeMeta is stored next to each volume so a repeated CreateVolume can be checked for compatibility.
+// volumeMeta is stored next to each image so a repeated CreateVolume can be checked for compatibility.
 type volumeMeta struct {
-	Name     string `json:"name"`
-	Capacity int64  `json:"capacity"`
-	Source   string `json:"source,omitempty"` // snapshot id the volume was restored from
+	Name      string `json:"name"`
+	Capacity  int64  `json:"capacity"`
+	Source    string `json:"source,omitempty"` // snapshot id the volume was restored from
+	Encrypted bool   `json:"encrypted,omitempty"`
 }
 
 type snapshotMeta struct {
 	Name         string    `json:"name"`
 	SourceVolume string    `json:"source_volume"`
-	Size         int64     `json:"size"`
+	Size         int64     `json:"size"`       // the source's capacity: the smallest volume it restores into
+	DataBytes    int64     `json:"data_bytes"` // bytes really copied (the image is sparse)
+	Encrypted    bool      `json:"encrypted,omitempty"`
 	Created      time.Time `json:"created"`
 }
 
-func (d *driver) volumeDir(id string) string   { return filepath.Join(d.root, "volumes", id) }
+func (d *driver) volumeImage(id string) string { return filepath.Join(d.root, "volumes", id+".img") }
 func (d *driver) volumeMeta(id string) string  { return filepath.Join(d.root, "volumes", id+".json") }
-func (d *driver) snapshotTar(id string) string { return filepath.Join(d.root, "snapshots", id+".tar") }
+func (d *driver) stagedState(id string) string {
+	return filepath.Join(d.root, "volumes", id+".staged.json")
+}
+func (d *driver) snapshotImage(id string) string {
+	return filepath.Join(d.root, "snapshots", id+".img")
+}
 func (d *driver) snapshotMeta(id string) string {
 	return filepath.Join(d.root, "snapshots", id+".json")
 }
@@ -81,18 +90,95 @@ func writeJSON(path string, v any) error {
 	return os.Rename(tmp, path)
 }
 
+func (d *driver) loadVolume(id string) (volumeMeta, error) {
+	var meta volumeMeta
+	if !safeID.MatchString(id) {
+		return meta, status.Errorf(codes.InvalidArgument, "volume id %q is not safe", id)
+	}
+	if err := readJSON(d.volumeMeta(id), &meta); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return meta, status.Errorf(codes.NotFound, "volume %q does not exist", id)
+		}
+		return meta, status.Errorf(codes.Internal, "volume %q metadata: %v", id, err)
+	}
+	return meta, nil
+}
+
+// human prints a byte count the way claims are written (Mi/Gi) next to the exact number.
+func human(n int64) string {
+	switch {
+	case n >= gib && n%gib == 0:
+		return fmt.Sprintf("%dGi (%d bytes)", n/gib, n)
+	case n >= gib:
+		return fmt.Sprintf("%.1fGi (%d bytes)", float64(n)/float64(gib), n)
+	default:
+		return fmt.Sprintf("%.0fMi (%d bytes)", float64(n)/float64(mib), n)
+	}
+}
+
+// capacityFor turns a capacity range into the image size: the required bytes rounded up to whole MiB (at least
+// minCapacity, defaultSize when nothing is asked), refused with OutOfRange when the limit does not allow it.
+func capacityFor(r *csi.CapacityRange) (int64, error) {
+	required, limit := r.GetRequiredBytes(), r.GetLimitBytes()
+	if required < 0 || limit < 0 {
+		return 0, status.Errorf(codes.InvalidArgument, "negative capacity range %v", r)
+	}
+	if limit > 0 && required > limit {
+		return 0, status.Errorf(codes.InvalidArgument, "required %d bytes exceed the limit %d", required, limit)
+	}
+	size := required
+	if size == 0 {
+		size = defaultSize
+		if limit > 0 && limit < size {
+			size = limit
+		}
+	}
+	size = max((size+mib-1)/mib*mib, minCapacity)
+	if limit > 0 && size > limit {
+		return 0, status.Errorf(codes.OutOfRange, "the smallest volume this driver makes for %d..%d bytes is %s",
+			required, limit, human(size))
+	}
+	return size, nil
+}
+
+// checkFree refuses a size the node's disk cannot hold (images are sparse, so this is checked, not reserved).
+func (d *driver) checkFree(size int64, what string) error {
+	free, err := freeBytes(d.root)
+	if err != nil {
+		return status.Errorf(codes.Internal, "free space of %s: %v", d.root, err)
+	}
+	if size > free {
+		return status.Errorf(codes.ResourceExhausted,
+			"%s of %s exceeds the free space on node %s: %s available in %s",
+			what, human(size), d.nodeID, human(free), d.root)
+	}
+	return nil
+}
+
 // ---- Identity ----------------------------------------------------------------------------------------------
 
 func (d *driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
 	return &csi.GetPluginInfoResponse{Name: d.name, VendorVersion: version}, nil
 }
 
+// GetPluginCapabilities: expansion is ONLINE only where a mounted ext4 can really be resized here; otherwise
+// OFFLINE (the filesystem grows at the next NodeStageVolume, i.e. when the pod restarts).
 func (d *driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
-	return &csi.GetPluginCapabilitiesResponse{Capabilities: []*csi.PluginCapability{{
-		Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
+	expansion := csi.PluginCapability_VolumeExpansion_OFFLINE
+	if d.onlineResize {
+		expansion = csi.PluginCapability_VolumeExpansion_ONLINE
+	}
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: []*csi.PluginCapability{
+		{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
 			Type: csi.PluginCapability_Service_CONTROLLER_SERVICE,
-		}},
-	}}}, nil
+		}}},
+		{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
+			Type: csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS,
+		}}},
+		{Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
+			Type: expansion,
+		}}},
+	}}, nil
 }
 
 func (d *driver) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
@@ -114,34 +200,72 @@ func (d *driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: []*csi.ControllerServiceCapability{
 		controllerCap(csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME),
 		controllerCap(csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT),
+		controllerCap(csi.ControllerServiceCapability_RPC_EXPAND_VOLUME),
 	}}, nil
 }
 
-func (d *driver) ValidateVolumeCapabilities(_ context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
-	if _, err := os.Stat(d.volumeDir(req.GetVolumeId())); err != nil {
-		return nil, status.Errorf(codes.NotFound, "volume %q: %v", req.GetVolumeId(), err)
-	}
-	for _, c := range req.GetVolumeCapabilities() {
+// checkCapabilities refuses what the driver cannot do: raw block, and multi-node access to a node-local image.
+func checkCapabilities(caps []*csi.VolumeCapability) string {
+	for _, c := range caps {
 		if c.GetBlock() != nil {
-			return &csi.ValidateVolumeCapabilitiesResponse{Message: "block volumes are not supported"}, nil
+			return "block volumes are not supported"
+		}
+		if c.GetMount() == nil {
+			return "a volume capability must have an access type (mount)"
+		}
+		if fsType := c.GetMount().GetFsType(); fsType != "" && fsType != "ext4" {
+			return fmt.Sprintf("fsType %q is not supported (volumes are ext4)", fsType)
+		}
+		switch c.GetAccessMode().GetMode() {
+		case csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER,
+			csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+			csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
+			csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:
+		default:
+			return fmt.Sprintf("access mode %s is not supported (one node)", c.GetAccessMode().GetMode())
 		}
 	}
+	return ""
+}
+
+func (d *driver) ValidateVolumeCapabilities(_ context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	if req.GetVolumeId() == "" || len(req.GetVolumeCapabilities()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "volume id and volume capabilities are required")
+	}
+	if _, err := d.loadVolume(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if msg := checkCapabilities(req.GetVolumeCapabilities()); msg != "" {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: msg}, nil
+	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
 		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
 	}}, nil
 }
 
 func (d *driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	id := req.GetName()
 	if !safeID.MatchString(id) {
-		return nil, status.Errorf(codes.InvalidArgument, "volume name %q is not a safe directory name", id)
+		return nil, status.Errorf(codes.InvalidArgument, "volume name %q is not a safe file name", id)
 	}
-	for _, c := range req.GetVolumeCapabilities() {
-		if c.GetBlock() != nil {
-			return nil, status.Error(codes.InvalidArgument, "block volumes are not supported")
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
+	}
+	if msg := checkCapabilities(req.GetVolumeCapabilities()); msg != "" {
+		return nil, status.Error(codes.InvalidArgument, msg)
+	}
+	capacity, err := capacityFor(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+	encrypted := false
+	if value, ok := req.GetParameters()[paramEncrypted]; ok {
+		if encrypted, err = strconv.ParseBool(value); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "parameter %s=%q is not a boolean", paramEncrypted, value)
 		}
 	}
-	capacity := req.GetCapacityRange().GetRequiredBytes()
 	source := ""
 	if snap := req.GetVolumeContentSource().GetSnapshot(); snap != nil {
 		source = snap.GetSnapshotId()
@@ -152,48 +276,85 @@ func (d *driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	defer d.mu.Unlock()
 	var meta volumeMeta
 	if err := readJSON(d.volumeMeta(id), &meta); err == nil {
-		if meta.Capacity != capacity || meta.Source != source {
-			return nil, status.Errorf(codes.AlreadyExists, "volume %q exists with other parameters", id)
+		if meta.Capacity != capacity || meta.Source != source || meta.Encrypted != encrypted {
+			return nil, status.Errorf(codes.AlreadyExists,
+				"volume %q exists with other parameters (capacity %d, source %q, encrypted %v)",
+				id, meta.Capacity, meta.Source, meta.Encrypted)
 		}
 		return d.volumeResponse(id, meta), nil
 	}
-	dir := d.volumeDir(id)
-	staging := dir + ".partial"
-	if err := os.RemoveAll(staging); err != nil {
-		return nil, status.Errorf(codes.Internal, "clean %s: %v", staging, err)
-	}
-	if err := os.MkdirAll(staging, 0o777); err != nil {
-		return nil, status.Errorf(codes.Internal, "mkdir %s: %v", staging, err)
-	}
-	if err := os.Chmod(staging, 0o777); err != nil { // pods run as non-root users; the umask would narrow it
-		return nil, status.Errorf(codes.Internal, "chmod %s: %v", staging, err)
+	image := d.volumeImage(id)
+	partial := image + ".partial"
+	if err := os.Remove(partial); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, status.Errorf(codes.Internal, "clean %s: %v", partial, err)
 	}
 	if source != "" {
-		if !safeID.MatchString(source) {
-			return nil, status.Errorf(codes.InvalidArgument, "snapshot id %q is not safe", source)
+		if err := d.restoreInto(partial, source, capacity, encrypted); err != nil {
+			os.Remove(partial)
+			return nil, err
 		}
-		if _, err := os.Stat(d.snapshotTar(source)); err != nil {
-			return nil, status.Errorf(codes.NotFound, "snapshot %q: %v", source, err)
+	} else {
+		if err := d.checkFree(capacity, "a volume"); err != nil {
+			return nil, err
 		}
-		if err := untar(d.snapshotTar(source), staging); err != nil {
-			return nil, status.Errorf(codes.Internal, "restore snapshot %q: %v", source, err)
+		if err := makeImage(partial, capacity); err != nil {
+			os.Remove(partial)
+			return nil, status.Errorf(codes.Internal, "make the volume image: %v", err)
 		}
 	}
-	if err := os.Rename(staging, dir); err != nil {
-		return nil, status.Errorf(codes.Internal, "rename %s: %v", staging, err)
+	if err := os.Rename(partial, image); err != nil {
+		return nil, status.Errorf(codes.Internal, "rename %s: %v", partial, err)
 	}
-	meta = volumeMeta{Name: id, Capacity: capacity, Source: source}
+	meta = volumeMeta{Name: id, Capacity: capacity, Source: source, Encrypted: encrypted}
 	if err := writeJSON(d.volumeMeta(id), meta); err != nil {
 		return nil, status.Errorf(codes.Internal, "volume metadata: %v", err)
 	}
-	logf("created volume %s (capacity %d, source %q)", id, capacity, source)
+	logf("created volume %s (%s, encrypted %v, source %q)", id, human(capacity), encrypted, source)
 	return d.volumeResponse(id, meta), nil
+}
+
+// restoreInto copies snapshot source to image and grows it (offline: nothing mounts it yet) to capacity.
+func (d *driver) restoreInto(image, source string, capacity int64, encrypted bool) error {
+	if !safeID.MatchString(source) {
+		return status.Errorf(codes.InvalidArgument, "snapshot id %q is not safe", source)
+	}
+	var snap snapshotMeta
+	if err := readJSON(d.snapshotMeta(source), &snap); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return status.Errorf(codes.NotFound, "snapshot %q does not exist", source)
+		}
+		return status.Errorf(codes.Internal, "snapshot %q metadata: %v", source, err)
+	}
+	if capacity < snap.Size {
+		return status.Errorf(codes.OutOfRange, "a volume of %s cannot hold snapshot %q of %s",
+			human(capacity), source, human(snap.Size))
+	}
+	if snap.Encrypted != encrypted {
+		return status.Errorf(codes.InvalidArgument, "snapshot %q is encrypted=%v; the class asks encrypted=%v",
+			source, snap.Encrypted, encrypted)
+	}
+	if err := d.checkFree(snap.DataBytes+(capacity-snap.Size), "restoring snapshot "+source); err != nil {
+		return err
+	}
+	if _, err := sparseCopy(d.snapshotImage(source), image); err != nil {
+		return status.Errorf(codes.Internal, "copy snapshot %q: %v", source, err)
+	}
+	if capacity > snap.Size {
+		if err := os.Truncate(image, capacity); err != nil {
+			return status.Errorf(codes.Internal, "grow restored image: %v", err)
+		}
+		if err := growOffline(image); err != nil {
+			return status.Errorf(codes.Internal, "grow restored filesystem to %s: %v", human(capacity), err)
+		}
+	}
+	return nil
 }
 
 func (d *driver) volumeResponse(id string, meta volumeMeta) *csi.CreateVolumeResponse {
 	vol := &csi.Volume{
 		VolumeId:           id,
 		CapacityBytes:      meta.Capacity,
+		VolumeContext:      map[string]string{paramEncrypted: strconv.FormatBool(meta.Encrypted)},
 		AccessibleTopology: []*csi.Topology{{Segments: map[string]string{topologyKey: d.nodeID}}},
 	}
 	if meta.Source != "" {
@@ -211,18 +372,62 @@ func (d *driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := os.RemoveAll(d.volumeDir(id)); err != nil {
-		return nil, status.Errorf(codes.Internal, "delete volume %q: %v", id, err)
+	var staged stagedVolume
+	if err := readJSON(d.stagedState(id), &staged); err == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %q is still staged at %s", id, staged.Path)
 	}
-	if err := os.Remove(d.volumeMeta(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, status.Errorf(codes.Internal, "delete volume metadata %q: %v", id, err)
+	for _, path := range []string{d.volumeImage(id), d.volumeMeta(id)} {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, status.Errorf(codes.Internal, "delete volume %q: %v", id, err)
+		}
 	}
 	logf("deleted volume %s", id)
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
+// ControllerExpandVolume makes the image longer; the filesystem grows on the node (NodeExpandVolume, or at the
+// next NodeStageVolume where the host cannot resize a mounted ext4). Lengthening the file is safe while it is
+// mounted: the loop device keeps its size until `losetup -c`. Shrinking is refused: ext4 data would be cut.
+func (d *driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if id == "" || req.GetCapacityRange() == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume id and capacity range are required")
+	}
+	size, err := capacityFor(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	meta, err := d.loadVolume(id)
+	if err != nil {
+		return nil, err
+	}
+	if size < meta.Capacity {
+		return nil, status.Errorf(codes.OutOfRange, "volume %q is %s; shrinking it to %s is not supported",
+			id, human(meta.Capacity), human(size))
+	}
+	if size > meta.Capacity {
+		if err := d.checkFree(size-meta.Capacity, fmt.Sprintf("growing volume %s to %s by", id, human(size))); err != nil {
+			return nil, err
+		}
+		if err := os.Truncate(d.volumeImage(id), size); err != nil {
+			return nil, status.Errorf(codes.Internal, "grow image of %q: %v", id, err)
+		}
+		logf("expanded image of %s from %s to %s", id, human(meta.Capacity), human(size))
+		meta.Capacity = size
+		if err := writeJSON(d.volumeMeta(id), meta); err != nil {
+			return nil, status.Errorf(codes.Internal, "volume metadata: %v", err)
+		}
+	}
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: meta.Capacity, NodeExpansionRequired: true}, nil
+}
+
 func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	id, source := req.GetName(), req.GetSourceVolumeId()
+	if id == "" || source == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot name and source volume id are required")
+	}
 	if !safeID.MatchString(id) || !safeID.MatchString(source) {
 		return nil, status.Errorf(codes.InvalidArgument, "snapshot %q of volume %q: unsafe name", id, source)
 	}
@@ -235,19 +440,41 @@ func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 		}
 		return snapshotResponse(id, meta), nil
 	}
-	if _, err := os.Stat(d.volumeDir(source)); err != nil {
-		return nil, status.Errorf(codes.NotFound, "source volume %q: %v", source, err)
+	vol, err := d.loadVolume(source)
+	if err != nil {
+		return nil, err
+	}
+	image := d.volumeImage(source)
+	used, err := allocatedBytes(image)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "size of %s: %v", image, err)
+	}
+	if err := d.checkFree(used, "a snapshot"); err != nil {
+		return nil, err
 	}
 	began := time.Now()
-	size, err := tarDir(d.volumeDir(source), d.snapshotTar(id))
+	partial := d.snapshotImage(id) + ".partial"
+	var copied int64
+	copyImage := func() (err error) { copied, err = sparseCopy(image, partial); return err }
+	var staged stagedVolume
+	if err := readJSON(d.stagedState(source), &staged); err == nil {
+		err = frozen(staged.Path, copyImage) // mounted: a frozen ext4 is clean and consistent on disk
+	} else {
+		err = copyImage()
+	}
 	if err != nil {
+		os.Remove(partial)
 		return nil, status.Errorf(codes.Internal, "snapshot %q: %v", id, err)
 	}
-	meta = snapshotMeta{Name: id, SourceVolume: source, Size: size, Created: began}
+	if err := os.Rename(partial, d.snapshotImage(id)); err != nil {
+		return nil, status.Errorf(codes.Internal, "snapshot %q: %v", id, err)
+	}
+	meta = snapshotMeta{Name: id, SourceVolume: source, Size: vol.Capacity, DataBytes: copied,
+		Encrypted: vol.Encrypted, Created: began}
 	if err := writeJSON(d.snapshotMeta(id), meta); err != nil {
 		return nil, status.Errorf(codes.Internal, "snapshot metadata: %v", err)
 	}
-	logf("created snapshot %s of %s (%d bytes in %s)", id, source, size, time.Since(began))
+	logf("created snapshot %s of %s (%d data bytes in %s)", id, source, copied, time.Since(began))
 	return snapshotResponse(id, meta), nil
 }
 
@@ -263,241 +490,19 @@ func snapshotResponse(id string, meta snapshotMeta) *csi.CreateSnapshotResponse 
 
 func (d *driver) DeleteSnapshot(_ context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
 	id := req.GetSnapshotId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
+	}
 	if !safeID.MatchString(id) {
-		return nil, status.Errorf(codes.InvalidArgument, "snapshot id %q is not safe", id)
+		return &csi.DeleteSnapshotResponse{}, nil // no such snapshot can exist: deleted already
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, path := range []string{d.snapshotTar(id), d.snapshotMeta(id)} {
+	for _, path := range []string{d.snapshotImage(id), d.snapshotMeta(id)} {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, status.Errorf(codes.Internal, "delete snapshot %q: %v", id, err)
 		}
 	}
 	logf("deleted snapshot %s", id)
 	return &csi.DeleteSnapshotResponse{}, nil
-}
-
-// ---- Node --------------------------------------------------------------------------------------------------
-
-func (d *driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
-	return &csi.NodeGetInfoResponse{
-		NodeId:             d.nodeID,
-		AccessibleTopology: &csi.Topology{Segments: map[string]string{topologyKey: d.nodeID}},
-	}, nil
-}
-
-func (d *driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	return &csi.NodeGetCapabilitiesResponse{}, nil // no staging: publish is a single bind mount
-}
-
-func (d *driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	id, target := req.GetVolumeId(), req.GetTargetPath()
-	if !safeID.MatchString(id) || target == "" || !filepath.IsAbs(target) {
-		return nil, status.Errorf(codes.InvalidArgument, "volume %q target %q", id, target)
-	}
-	if req.GetVolumeCapability().GetBlock() != nil {
-		return nil, status.Error(codes.InvalidArgument, "block volumes are not supported")
-	}
-	source := d.volumeDir(id)
-	if _, err := os.Stat(source); err != nil {
-		return nil, status.Errorf(codes.NotFound, "volume %q: %v", id, err)
-	}
-	if mounted, err := isMountPoint(target); err != nil {
-		return nil, status.Errorf(codes.Internal, "inspect %s: %v", target, err)
-	} else if mounted {
-		return &csi.NodePublishVolumeResponse{}, nil // published already (a retried call)
-	}
-	if err := os.MkdirAll(target, 0o750); err != nil {
-		return nil, status.Errorf(codes.Internal, "mkdir %s: %v", target, err)
-	}
-	if err := syscall.Mount(source, target, "", syscall.MS_BIND, ""); err != nil {
-		return nil, status.Errorf(codes.Internal, "bind mount %s on %s: %v", source, target, err)
-	}
-	if req.GetReadonly() {
-		flags := uintptr(syscall.MS_BIND | syscall.MS_REMOUNT | syscall.MS_RDONLY)
-		if err := syscall.Mount("", target, "", flags, ""); err != nil {
-			_ = syscall.Unmount(target, 0)
-			return nil, status.Errorf(codes.Internal, "remount %s read-only: %v", target, err)
-		}
-	}
-	logf("published volume %s at %s (read-only %v)", id, target, req.GetReadonly())
-	return &csi.NodePublishVolumeResponse{}, nil
-}
-
-func (d *driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	target := req.GetTargetPath()
-	if target == "" || !filepath.IsAbs(target) {
-		return nil, status.Errorf(codes.InvalidArgument, "target %q", target)
-	}
-	for {
-		mounted, err := isMountPoint(target)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "inspect %s: %v", target, err)
-		}
-		if !mounted {
-			break
-		}
-		if err := syscall.Unmount(target, 0); err != nil {
-			return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
-		}
-	}
-	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, status.Errorf(codes.Internal, "remove %s: %v", target, err)
-	}
-	logf("unpublished volume %s from %s", req.GetVolumeId(), target)
-	return &csi.NodeUnpublishVolumeResponse{}, nil
-}
-
-// isMountPoint reads /proc/self/mountinfo: a bind mount of a directory on the same filesystem has the same
-// device as its parent, so comparing st_dev (the usual shortcut) would miss it.
-func isMountPoint(path string) (bool, error) {
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false, err
-	}
-	clean := filepath.Clean(path)
-	for _, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) > 4 && unescapeMount(fields[4]) == clean {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-func unescapeMount(s string) string {
-	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
-}
-
-// ---- snapshot archives ----------------------------------------------------------------------------------
-
-// tarDir writes the tree under dir to dest (via a temp file, renamed when complete); returns the bytes written.
-func tarDir(dir, dest string) (int64, error) {
-	tmp := dest + ".partial"
-	out, err := os.Create(tmp)
-	if err != nil {
-		return 0, err
-	}
-	defer os.Remove(tmp)
-	tw := tar.NewWriter(out)
-	walkErr := filepath.WalkDir(dir, func(path string, entry fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, path)
-		if err != nil || rel == "." {
-			return err
-		}
-		info, err := entry.Info()
-		if err != nil {
-			return err
-		}
-		link := ""
-		if info.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(path); err != nil {
-				return err
-			}
-		}
-		hdr, err := tar.FileInfoHeader(info, link)
-		if err != nil {
-			return err
-		}
-		hdr.Name = filepath.ToSlash(rel)
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if !info.Mode().IsRegular() {
-			return nil
-		}
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		_, err = io.Copy(tw, f)
-		return err
-	})
-	if walkErr != nil {
-		out.Close()
-		return 0, walkErr
-	}
-	if err := tw.Close(); err != nil {
-		out.Close()
-		return 0, err
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return 0, err
-	}
-	size, err := out.Seek(0, io.SeekCurrent)
-	if err != nil {
-		out.Close()
-		return 0, err
-	}
-	if err := out.Close(); err != nil {
-		return 0, err
-	}
-	return size, os.Rename(tmp, dest)
-}
-
-// untar unpacks src into dir, refusing entries that would land outside it.
-func untar(src, dir string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tr := tar.NewReader(in)
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		target := filepath.Join(dir, filepath.FromSlash(hdr.Name))
-		if !strings.HasPrefix(target, filepath.Clean(dir)+string(os.PathSeparator)) {
-			return fmt.Errorf("entry %q escapes the volume", hdr.Name)
-		}
-		mode := fs.FileMode(hdr.Mode).Perm()
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := os.MkdirAll(target, mode); err != nil {
-				return err
-			}
-		case tar.TypeReg:
-			f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
-			if err != nil {
-				return err
-			}
-			if _, err := io.Copy(f, tr); err != nil {
-				f.Close()
-				return err
-			}
-			if err := f.Close(); err != nil {
-				return err
-			}
-		case tar.TypeSymlink:
-			if err := os.Symlink(hdr.Linkname, target); err != nil {
-				return err
-			}
-		default:
-			continue // devices, fifos: not data a pipeline volume holds
-		}
-		if err := os.Lchown(target, hdr.Uid, hdr.Gid); err != nil {
-			return err
-		}
-		if hdr.Typeflag != tar.TypeSymlink {
-			if err := os.Chmod(target, mode); err != nil {
-				return err
-			}
-			if err := os.Chtimes(target, hdr.ModTime, hdr.ModTime); err != nil {
-				return err
-			}
-		}
-	}
 }

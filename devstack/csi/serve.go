@@ -65,7 +65,7 @@ func runDriver(name, endpoint, nodeID, root, registry string) error {
 			return err
 		}
 	}
-	d := &driver{name: name, nodeID: nodeID, root: root}
+	d := &driver{name: name, nodeID: nodeID, root: root, onlineResize: canResizeOnline()}
 	csiListener, err := listenUnix(endpoint)
 	if err != nil {
 		return fmt.Errorf("CSI socket: %w", err)
@@ -86,7 +86,8 @@ func runDriver(name, endpoint, nodeID, root, registry string) error {
 	errs := make(chan error, 2)
 	go func() { errs <- csiServer.Serve(csiListener) }()
 	go func() { errs <- regServer.Serve(regListener) }()
-	logf("driver %s %s serving %s (registration %s, data %s)", name, version, endpoint, regPath, root)
+	logf("driver %s %s serving %s (registration %s, data %s, online ext4 resize %v)",
+		name, version, endpoint, regPath, root, d.onlineResize)
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	select {
