@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 var safeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -201,7 +202,17 @@ func (d *driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		controllerCap(csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME),
 		controllerCap(csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT),
 		controllerCap(csi.ControllerServiceCapability_RPC_EXPAND_VOLUME),
+		controllerCap(csi.ControllerServiceCapability_RPC_GET_CAPACITY),
 	}}, nil
+}
+
+// GetCapacity is the node's free space: images are sparse, so that is what a new volume may still claim.
+func (d *driver) GetCapacity(context.Context, *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	free, err := freeBytes(d.root)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "free space of %s: %v", d.root, err)
+	}
+	return &csi.GetCapacityResponse{AvailableCapacity: free, MinimumVolumeSize: wrapperspb.Int64(minCapacity)}, nil
 }
 
 // checkCapabilities refuses what the driver cannot do: raw block, and multi-node access to a node-local image.
