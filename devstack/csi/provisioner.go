@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -76,7 +78,11 @@ func (p *provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
 		}},
-		Parameters: opts.StorageClass.Parameters,
+		Parameters: driverParameters(opts.StorageClass.Parameters),
+	}
+	stageSecret, err := nodeStageSecret(opts.StorageClass.Parameters, claim, opts.PVName)
+	if err != nil {
+		return nil, controller.ProvisioningFinished, err
 	}
 	capacity := claim.Spec.Resources.Requests[v1.ResourceStorage]
 	req.CapacityRange = &csi.CapacityRange{RequiredBytes: capacity.Value()}
@@ -121,8 +127,11 @@ func (p *provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 			MountOptions:                  opts.StorageClass.MountOptions,
 			VolumeMode:                    &filesystem,
 			PersistentVolumeSource: v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{
-				Driver:       p.name,
-				VolumeHandle: resp.GetVolume().GetVolumeId(),
+				Driver:             p.name,
+				VolumeHandle:       resp.GetVolume().GetVolumeId(),
+				VolumeAttributes:   resp.GetVolume().GetVolumeContext(),
+				NodeStageSecretRef: stageSecret,
+				FSType:             "ext4",
 			}},
 			// the data lives on this node's disk: pods using it must land here
 			NodeAffinity: &v1.VolumeNodeAffinity{Required: &v1.NodeSelector{NodeSelectorTerms: []v1.NodeSelectorTerm{{
@@ -134,6 +143,38 @@ func (p *provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 	}
 	logf("provisioned %s for %s/%s (source %v)", opts.PVName, claim.Namespace, claim.Name, source != nil)
 	return pv, controller.ProvisioningFinished, nil
+}
+
+const (
+	reservedPrefix       = "csi.storage.k8s.io/"
+	stageSecretName      = reservedPrefix + "node-stage-secret-name"
+	stageSecretNamespace = reservedPrefix + "node-stage-secret-namespace"
+)
+
+// driverParameters drops the CO's reserved csi.storage.k8s.io/ keys, as external-provisioner does.
+func driverParameters(params map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range params {
+		if !strings.HasPrefix(k, reservedPrefix) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// nodeStageSecret resolves the class's node-stage Secret (templates ${pvc.name}, ${pvc.namespace}, ${pv.name});
+// an encrypted class must name one: without it no node could ever unlock the volume.
+func nodeStageSecret(params map[string]string, claim *v1.PersistentVolumeClaim, pvName string) (*v1.SecretReference, error) {
+	name, namespace := params[stageSecretName], params[stageSecretNamespace]
+	if name == "" || namespace == "" {
+		if encrypted, _ := strconv.ParseBool(params[paramEncrypted]); encrypted {
+			return nil, fmt.Errorf("the StorageClass sets %s=true but not %s and %s: no node could unlock the volume",
+				paramEncrypted, stageSecretName, stageSecretNamespace)
+		}
+		return nil, nil
+	}
+	expand := strings.NewReplacer("${pvc.name}", claim.Name, "${pvc.namespace}", claim.Namespace, "${pv.name}", pvName)
+	return &v1.SecretReference{Name: expand.Replace(name), Namespace: expand.Replace(namespace)}, nil
 }
 
 func (p *provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error {
@@ -175,6 +216,7 @@ func runProvisioner(name, endpoint, nodeID, kubeconfig string) error {
 		controller.FailedProvisionThreshold(0),
 		controller.AddFinalizer(true),
 	)
+	go (&resizer{name: p.name, csi: p.csi, client: clientset}).run(ctx)
 	host, _ := os.Hostname()
 	logf("provisioner for %s %s running on %s (CSI %s)", name, version, host, endpoint)
 	pc.Run(ctx)
