@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EP := $(BIN)/eventpipe
 
-.PHONY: help setup install services monitoring demo test test-fast lint bench down status clean k8s test-k8s
+.PHONY: help setup install services monitoring demo test test-fast lint bench down status clean k8s test-k8s test-csi
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -53,7 +53,7 @@ demo: install  ## everything up (incl. Airflow), produce events, run the pipelin
 
 test: services browser  ## everything up, then the whole test suite against the real services
 	$(BIN)/ruff check include dags plugins tests bench
-	$(BIN)/python -m pytest -ra -m "not k8s"  # k8s: make test-k8s (opt-in, see docs)
+	$(BIN)/python -m pytest -ra -m "not k8s and not csi"  # k8s, csi: make test-k8s / test-csi (opt-in, see docs)
 
 .PHONY: browser
 browser:  ## headless Chromium + chromedriver from Debian packages, for the Airflow UI test (idempotent)
@@ -62,7 +62,7 @@ browser:  ## headless Chromium + chromedriver from Debian packages, for the Airf
 	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }; fi
 
 test-fast: setup  ## tests that need no services
-	$(BIN)/python -m pytest -ra -m "not services and not airflow and not k8s"
+	$(BIN)/python -m pytest -ra -m "not services and not airflow and not k8s and not csi"
 
 lint: setup
 	$(BIN)/ruff check include dags plugins tests bench
@@ -90,7 +90,10 @@ k8s: install k8s-host  ## opt-in: local Kubernetes (built from the Go proxy on f
 	$(EP) devstack k8s
 
 test-k8s: k8s  ## the k8s-marked tests against the local cluster
-	$(BIN)/python -m pytest -ra -m k8s
+	$(BIN)/python -m pytest -ra -m "k8s or csi"
+
+test-csi: install  ## the CSI driver's Go tests and csi-sanity, as root, without a cluster
+	$(BIN)/python -m pytest -ra -s -m csi tests/test_csi_driver.py
 
 status:
 	$(EP) devstack status

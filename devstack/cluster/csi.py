@@ -56,6 +56,10 @@ SNAPSHOTTER_VERSION = "v8.7.0"
 SNAPSHOTTER_BINARIES = ("snapshot-controller", "csi-snapshotter")
 DRIVER_NAME = "hostpath.csi.eventpipe.io"
 STORAGE_CLASS = "eventpipe-hostpath"
+STORAGE_CLASS_ENCRYPTED = "eventpipe-hostpath-encrypted"
+VOLUME_KEY_SECRET = "eventpipe-volume-key"  # per namespace: the encrypted class's node-stage Secret
+SANITY_MODULE = "github.com/kubernetes-csi/csi-test/v5"
+SANITY_VERSION = "v5.6.0"
 SOURCE = REPO_ROOT / "devstack" / "csi"
 DATA_ROOT = RUNTIME_ROOT / "csi"  # volumes and snapshots: outside any work tree, next to the kubelet's state
 KUBELET_ROOT = RUNTIME_ROOT / "kubelet"
@@ -222,6 +226,7 @@ def provisioner_role() -> dict[str, Any]:
     rules = [
         ("", ["persistentvolumes"], ["get", "list", "watch", "create", "delete", "update", "patch"]),
         ("", ["persistentvolumeclaims"], ["get", "list", "watch", "update"]),
+        ("", ["persistentvolumeclaims/status"], ["update", "patch"]),  # the resizer's NodeResizePending
         ("", ["events"], ["list", "watch", "create", "update", "patch"]),
         ("", ["nodes"], ["get", "list", "watch"]),
         ("storage.k8s.io", ["storageclasses"], ["get", "list", "watch"]),
@@ -261,15 +266,54 @@ def cluster_objects() -> list[dict[str, Any]]:
                 "fsGroupPolicy": "File",
             },
         },
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": STORAGE_CLASS, "labels": labels},
-            "provisioner": DRIVER_NAME,
-            "reclaimPolicy": "Delete",
-            "volumeBindingMode": "WaitForFirstConsumer",
-        },
+        *storage_classes(),
     ]
+
+
+def storage_classes() -> list[dict[str, Any]]:
+    """The devstack's classes, plain and encrypted (``devstack/csi/storageclasses.yaml``, documented there)."""
+    import yaml
+
+    return [d for d in yaml.safe_load_all((SOURCE / "storageclasses.yaml").read_text()) if d]
+
+
+def volume_key_secret(namespace: str) -> bool:
+    """The encrypted class's key Secret in ``namespace``, created once with 32 random bytes; True if created.
+
+    Never replaced: a new key would lock every encrypted volume of the namespace for good.
+    """
+    import secrets
+
+    if kubectl("-n", namespace, "get", "secret", VOLUME_KEY_SECRET, "-o", "name", check=False, timeout=15):
+        return False
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": VOLUME_KEY_SECRET, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "eventpipe-devstack"}},
+        "type": "Opaque",
+        "stringData": {"key": secrets.token_hex(32)},
+    }  # fmt: skip
+    kubectl("create", "-f", "-", stdin=json.dumps(secret))
+    return True
+
+
+def build_sanity(go: str) -> Path:
+    """csi-sanity (kubernetes-csi/csi-test) from the module proxy, cached like the other binaries."""
+    marker, binary = bin_dir() / ".csi-sanity", bin_dir() / "csi-sanity"
+    if not _cached(marker, SANITY_VERSION, ["csi-sanity"]):
+        source = module_dir(go, SANITY_MODULE, SANITY_VERSION)
+        _say(f"building csi-sanity {SANITY_VERSION} (first time only)")
+        _go_build(go, source, SANITY_VERSION, str(binary), ["./cmd/csi-sanity"],
+                  what=f"go build csi-sanity {SANITY_VERSION}", goflags="-mod=mod")  # fmt: skip
+        marker.write_text(SANITY_VERSION + "\n")
+    return binary
+
+
+def build_driver_binary() -> Path:
+    """The driver binary (cached by source hash), for running it outside the cluster (csi-sanity)."""
+    build_driver(_go())
+    return bin_dir() / "eventpipe-csi"
 
 
 def _kubeconfig_for(process: str) -> Path:

@@ -256,5 +256,7 @@ def prepare(*, build: bool = True, csi: bool = True) -> dict[str, float]:
             timings[f"csi: {name}"] = seconds
     step("apply -k deploy", lambda: apply_deploy(devstack_overlay=csi))
     step("secrets", secrets)
+    if csi:
+        step("volume key secret", lambda: csi_stack.volume_key_secret(NAMESPACE))  # the encrypted class's key
     step("snapshot repository claim", snapshot_repository_claim)
     return timings
