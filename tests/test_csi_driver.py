@@ -227,7 +227,9 @@ def test_encrypted_volume_has_no_plaintext_and_a_missing_or_wrong_key_stops_the_
     assert _finished(ns, "writer") == "Succeeded", _logs(ns, "writer")
     assert _logs(ns, "writer").strip() == record
     image = _image_of(ns, "secret")
-    _wait_for(lambda: not [m for m in Path("/proc/mounts").read_text().splitlines() if image.stem in m], "unstaged")
+    _kubectl("-n", ns, "delete", "pod", "writer", "--wait=true", "--timeout=60s")
+    staged = image.with_name(f"{image.stem}.staged.json")  # the driver's record of a staged volume
+    _wait_for(lambda: not staged.exists(), "volume unstaged")
     raw = image.read_bytes()
     assert record.encode() not in raw and b"records" not in raw  # contents and file names are ciphertext
     before = raw
