@@ -91,6 +91,17 @@ func writeJSON(path string, v any) error {
 	return os.Rename(tmp, path)
 }
 
+// staged returns where the volume is mounted on this node; a record whose mount is gone (the node restarted)
+// does not count.
+func (d *driver) staged(id string) (stagedVolume, bool) {
+	var staged stagedVolume
+	if err := readJSON(d.stagedState(id), &staged); err != nil {
+		return staged, false
+	}
+	mounted, err := isMountPoint(staged.Path)
+	return staged, err == nil && mounted
+}
+
 func (d *driver) loadVolume(id string) (volumeMeta, error) {
 	var meta volumeMeta
 	if !safeID.MatchString(id) {
@@ -383,11 +394,11 @@ func (d *driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var staged stagedVolume
-	if err := readJSON(d.stagedState(id), &staged); err == nil {
+	if staged, ok := d.staged(id); ok {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %q is still staged at %s", id, staged.Path)
 	}
-	for _, path := range []string{d.volumeImage(id), d.volumeMeta(id)} {
+	_ = detachLoop(d.volumeImage(id)) // a loop device left unmounted by a node restart
+	for _, path := range []string{d.volumeImage(id), d.volumeMeta(id), d.stagedState(id)} {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, status.Errorf(codes.Internal, "delete volume %q: %v", id, err)
 		}
@@ -467,8 +478,7 @@ func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 	partial := d.snapshotImage(id) + ".partial"
 	var copied int64
 	copyImage := func() (err error) { copied, err = sparseCopy(image, partial); return err }
-	var staged stagedVolume
-	if err := readJSON(d.stagedState(source), &staged); err == nil {
+	if staged, ok := d.staged(source); ok {
 		err = frozen(staged.Path, copyImage) // mounted: a frozen ext4 is clean and consistent on disk
 	} else {
 		err = copyImage()
