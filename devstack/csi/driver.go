@@ -214,6 +214,9 @@ func (d *driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		controllerCap(csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT),
 		controllerCap(csi.ControllerServiceCapability_RPC_EXPAND_VOLUME),
 		controllerCap(csi.ControllerServiceCapability_RPC_GET_CAPACITY),
+		controllerCap(csi.ControllerServiceCapability_RPC_LIST_VOLUMES),
+		controllerCap(csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS),
+		controllerCap(csi.ControllerServiceCapability_RPC_GET_SNAPSHOT),
 	}}, nil
 }
 
