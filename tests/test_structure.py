@@ -63,7 +63,7 @@ def test_no_import_cycles(package: str) -> None:
 
     def visit(node: str, trail: tuple[str, ...]) -> None:
         if node in trail:
-            cycle = trail[trail.index(node) :] + (node,)
+            cycle = (*trail[trail.index(node) :], node)
             pytest.fail(f"import cycle: {' -> '.join(cycle)}")
         if node in done:
             return
