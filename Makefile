@@ -52,7 +52,7 @@ demo: install  ## everything up (incl. Airflow), produce events, run the pipelin
 	$(EP) demo --execution $(EXECUTION)
 
 test: services browser  ## everything up, then the whole test suite against the real services
-	$(BIN)/ruff check include dags plugins tests bench
+	$(BIN)/ruff check include devstack dags plugins tests bench
 	$(BIN)/python -m pytest -ra -m "not k8s and not csi"  # k8s, csi: make test-k8s / test-csi (opt-in, see docs)
 
 .PHONY: browser
@@ -65,8 +65,8 @@ test-fast: setup  ## tests that need no services
 	$(BIN)/python -m pytest -ra -m "not services and not airflow and not k8s and not csi"
 
 lint: setup
-	$(BIN)/ruff check include dags plugins tests bench
-	$(BIN)/ruff format --check include dags plugins tests bench
+	$(BIN)/ruff check include devstack dags plugins tests bench
+	$(BIN)/ruff format --check include devstack dags plugins tests bench
 
 bench: services  ## benchmarks: ratios against ceilings measured in the same run; JSON + PNG in bench/results/
 	$(BIN)/python bench/bench_ingest.py
