@@ -26,6 +26,8 @@ import pytest
 
 from devstack.cluster import csi
 
+from .k8s_support import apply_objects, get_object, wait_for
+
 SANITY_SIZE = 64 << 20  # csi-sanity's volumes (default 10 GiB: sparse, but needless)
 
 
@@ -100,25 +102,6 @@ def _kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
     return kubectl(*args, stdin=stdin, check=check)
 
 
-def _apply(*objects: dict[str, Any]) -> None:
-    _kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
-
-
-def _get(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-    scope = ["-n", namespace] if namespace else []
-    return json.loads(_kubectl(*scope, "get", kind, name, "-o", "json"))
-
-
-def _wait_for(check: Any, what: str, timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"{what} not reached in {timeout:.0f}s")
-
-
 def _claim(name: str, namespace: str, size: str, klass: str = csi.STORAGE_CLASS, source: str | None = None) -> dict:
     spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "storageClassName": klass,
                             "resources": {"requests": {"storage": size}}}  # fmt: skip
@@ -148,7 +131,7 @@ def _pod(name: str, namespace: str, claim: str, script: str) -> dict[str, Any]:
 
 
 def _phase(namespace: str, pod: str) -> str:
-    return _get("pod", pod, namespace)["status"].get("phase", "")
+    return get_object("pod", pod, namespace)["status"].get("phase", "")
 
 
 def _logs(namespace: str, pod: str) -> str:
@@ -161,11 +144,11 @@ def _events(namespace: str, name: str) -> list[str]:
 
 
 def _finished(namespace: str, pod: str) -> str:
-    return _wait_for(lambda: _phase(namespace, pod) in ("Succeeded", "Failed") and _phase(namespace, pod), pod)
+    return wait_for(lambda: _phase(namespace, pod) in ("Succeeded", "Failed") and _phase(namespace, pod), pod)
 
 
 def _image_of(namespace: str, claim: str) -> Path:
-    handle = _get("pv", _get("pvc", claim, namespace)["spec"]["volumeName"])["spec"]["csi"]["volumeHandle"]
+    handle = get_object("pv", get_object("pvc", claim, namespace)["spec"]["volumeName"])["spec"]["csi"]["volumeHandle"]
     return csi.DATA_ROOT / "volumes" / f"{handle}.img"
 
 
@@ -196,7 +179,7 @@ def ns(csi_cluster: None) -> Iterator[str]:
 @pytest.mark.k8s
 def test_a_write_past_the_claim_gets_enospc_in_the_pod(ns: str) -> None:
     script = "dd if=/dev/zero of=/data/fill bs=1M count=64 2>&1; echo rc=$?; df -k /data | tail -1"
-    _apply(_claim("small", ns, "16Mi"), _pod("filler", ns, "small", script))
+    apply_objects(_claim("small", ns, "16Mi"), _pod("filler", ns, "small", script))
     _finished(ns, "filler")
     logs = _logs(ns, "filler")
     assert "No space left on device" in logs and "rc=1" in logs, logs
@@ -206,10 +189,10 @@ def test_a_write_past_the_claim_gets_enospc_in_the_pod(ns: str) -> None:
 
 @pytest.mark.k8s
 def test_a_claim_larger_than_the_node_fails_with_both_sizes(ns: str) -> None:
-    _apply(_claim("huge", ns, "100Ti"), _pod("waiting", ns, "huge", "true"))
-    event = _wait_for(lambda: [e for e in _events(ns, "huge") if "exceeds the free space" in e], "ProvisioningFailed")
+    apply_objects(_claim("huge", ns, "100Ti"), _pod("waiting", ns, "huge", "true"))
+    event = wait_for(lambda: [e for e in _events(ns, "huge") if "exceeds the free space" in e], "ProvisioningFailed")
     assert "ResourceExhausted" in event[0] and "102400Gi" in event[0] and "available" in event[0], event
-    assert _get("pvc", "huge", ns)["status"]["phase"] == "Pending"
+    assert get_object("pvc", "huge", ns)["status"]["phase"] == "Pending"
 
 
 def _key_secret(ns: str, key_hex: str) -> dict[str, Any]:
@@ -222,53 +205,55 @@ def test_encrypted_volume_has_no_plaintext_and_a_missing_or_wrong_key_stops_the_
     record = f"eventpipe-record-{uuid.uuid4().hex}"
     key = os.urandom(32).hex()
     write = f"for i in $(seq 200); do echo {record}; done > /data/records; sync; head -1 /data/records"
-    _apply(_key_secret(ns, key), _claim("secret", ns, "32Mi", csi.STORAGE_CLASS_ENCRYPTED),
+    apply_objects(_key_secret(ns, key), _claim("secret", ns, "32Mi", csi.STORAGE_CLASS_ENCRYPTED),
            _pod("writer", ns, "secret", write))  # fmt: skip
     assert _finished(ns, "writer") == "Succeeded", _logs(ns, "writer")
     assert _logs(ns, "writer").strip() == record
     image = _image_of(ns, "secret")
     _kubectl("-n", ns, "delete", "pod", "writer", "--wait=true", "--timeout=60s")
     staged = image.with_name(f"{image.stem}.staged.json")  # the driver's record of a staged volume
-    _wait_for(lambda: not staged.exists(), "volume unstaged")
+    wait_for(lambda: not staged.exists(), "volume unstaged")
     raw = image.read_bytes()
     assert record.encode() not in raw and b"records" not in raw  # contents and file names are ciphertext
     before = raw
 
     _kubectl("-n", ns, "delete", "secret", csi.VOLUME_KEY_SECRET)
-    _apply(_pod("nokey", ns, "secret", "cat /data/records"))
-    missing = _wait_for(lambda: [e for e in _events(ns, "nokey") if "FailedMount" in e], "FailedMount (no Secret)")
+    apply_objects(_pod("nokey", ns, "secret", "cat /data/records"))
+    missing = wait_for(lambda: [e for e in _events(ns, "nokey") if "FailedMount" in e], "FailedMount (no Secret)")
     assert csi.VOLUME_KEY_SECRET in missing[0] and "not found" in missing[0], missing
 
-    _apply(_key_secret(ns, os.urandom(32).hex()), _pod("wrongkey", ns, "secret", "cat /data/records"))
-    wrong = _wait_for(lambda: [e for e in _events(ns, "wrongkey") if "wrong encryption key" in e], "wrong-key event")
+    apply_objects(_key_secret(ns, os.urandom(32).hex()), _pod("wrongkey", ns, "secret", "cat /data/records"))
+    wrong = wait_for(lambda: [e for e in _events(ns, "wrongkey") if "wrong encryption key" in e], "wrong-key event")
     assert "FailedMount" in wrong[0] and "PermissionDenied" in wrong[0], wrong
     assert _phase(ns, "wrongkey") == "Pending"
     _kubectl("-n", ns, "delete", "pod", "nokey", "wrongkey", "--wait=true", "--timeout=60s")
     assert image.read_bytes() == before  # refused keys touched nothing
 
-    _apply(_key_secret(ns, key), _pod("reader", ns, "secret", "head -1 /data/records"))
+    apply_objects(_key_secret(ns, key), _pod("reader", ns, "secret", "head -1 /data/records"))
     assert _finished(ns, "reader") == "Succeeded" and _logs(ns, "reader").strip() == record
 
 
 @pytest.mark.k8s
 def test_offline_expansion_restarts_the_pod_once_with_data_intact_and_shrink_is_refused(ns: str) -> None:
     token = uuid.uuid4().hex
-    _apply(_claim("grow", ns, "32Mi"), _pod("first", ns, "grow", f"echo {token} > /data/marker; sleep 3600"))
-    _wait_for(lambda: _phase(ns, "first") == "Running", "first pod running")
+    apply_objects(_claim("grow", ns, "32Mi"), _pod("first", ns, "grow", f"echo {token} > /data/marker; sleep 3600"))
+    wait_for(lambda: _phase(ns, "first") == "Running", "first pod running")
     began = time.monotonic()
     _kubectl("-n", ns, "patch", "pvc", "grow", "--type=merge", "-p",
              '{"spec":{"resources":{"requests":{"storage":"96Mi"}}}}')  # fmt: skip
-    conditions = _wait_for(lambda: [c["type"] for c in _get("pvc", "grow", ns)["status"].get("conditions", [])
+    conditions = wait_for(lambda: [c["type"] for c in get_object("pvc", "grow", ns)["status"].get("conditions", [])
                                     if c["type"] == "FileSystemResizePending"], "FileSystemResizePending")  # fmt: skip
     assert conditions
-    assert _get("pv", _get("pvc", "grow", ns)["spec"]["volumeName"])["spec"]["capacity"]["storage"] == "96Mi"
+    assert (
+        get_object("pv", get_object("pvc", "grow", ns)["spec"]["volumeName"])["spec"]["capacity"]["storage"] == "96Mi"
+    )
     _kubectl("-n", ns, "delete", "pod", "first", "--wait=true", "--timeout=60s")  # the one restart
-    _apply(_pod("second", ns, "grow", "cat /data/marker; df -k /data | tail -1"))
+    apply_objects(_pod("second", ns, "grow", "cat /data/marker; df -k /data | tail -1"))
     assert _finished(ns, "second") == "Succeeded"
     lines = _logs(ns, "second").strip().splitlines()
     assert lines[0] == token, lines
     assert int(lines[-1].split()[1]) > 80 << 10, lines
-    _wait_for(lambda: _get("pvc", "grow", ns)["status"]["capacity"]["storage"] == "96Mi", "claim capacity 96Mi")
+    wait_for(lambda: get_object("pvc", "grow", ns)["status"]["capacity"]["storage"] == "96Mi", "claim capacity 96Mi")
     print(f"\noffline expansion 32Mi -> 96Mi with one pod restart: {time.monotonic() - began:.1f}s")
 
     from devstack.runtime import DevstackError
@@ -281,18 +266,18 @@ def test_offline_expansion_restarts_the_pod_once_with_data_intact_and_shrink_is_
 @pytest.mark.k8s
 def test_a_snapshot_restores_into_a_larger_volume(ns: str) -> None:
     token = uuid.uuid4().hex
-    _apply(_claim("src", ns, "32Mi"), _pod("src-writer", ns, "src", f"echo {token} > /data/marker"))
+    apply_objects(_claim("src", ns, "32Mi"), _pod("src-writer", ns, "src", f"echo {token} > /data/marker"))
     assert _finished(ns, "src-writer") == "Succeeded"
     snapshot = {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
                 "metadata": {"name": "snap", "namespace": ns},
                 "spec": {"volumeSnapshotClassName": "eventpipe-archive",
                          "source": {"persistentVolumeClaimName": "src"}}}  # fmt: skip
-    _apply(snapshot)
-    _wait_for(lambda: _get("volumesnapshot", "snap", ns).get("status", {}).get("readyToUse"), "snapshot ready")
-    _apply(_claim("bigger", ns, "128Mi", source="snap"),
+    apply_objects(snapshot)
+    wait_for(lambda: get_object("volumesnapshot", "snap", ns).get("status", {}).get("readyToUse"), "snapshot ready")
+    apply_objects(_claim("bigger", ns, "128Mi", source="snap"),
            _pod("restored", ns, "bigger", "cat /data/marker; df -k /data | tail -1"))  # fmt: skip
     assert _finished(ns, "restored") == "Succeeded", _logs(ns, "restored")
     lines = _logs(ns, "restored").strip().splitlines()
     assert lines[0] == token and int(lines[-1].split()[1]) > 100 << 10, lines
-    content = _get("volumesnapshot", "snap", ns)["status"]["boundVolumeSnapshotContentName"]
+    content = get_object("volumesnapshot", "snap", ns)["status"]["boundVolumeSnapshotContentName"]
     _kubectl("patch", "volumesnapshotcontent", content, "--type=merge", "-p", '{"spec":{"deletionPolicy":"Delete"}}')

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from eventpipe.archive.indices import day_index, existing, snapshot_name
 from eventpipe.archive.snapshot import LIVE_INDICES, post_hook, pre_hook, take_snapshot
 from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
 from eventpipe.settings import Settings
+
+from .k8s_support import apply_objects, get_object, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services]
 
@@ -79,23 +82,7 @@ def _pod(name: str, namespace: str, claim: str, script: str) -> dict[str, Any]:
     }
 
 
-def _apply(*objects: dict[str, Any]) -> None:
-    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
-
-
-def _get(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-    scope = ["-n", namespace] if namespace else []
-    return json.loads(kubectl(*scope, "get", kind, name, "-o", "json"))
-
-
-def _wait_for(check: Any, what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not reached in {timeout:.0f}s")
+_wait_for = partial(wait_for, timeout=120, every=0.5)  # this file's pace: quicker polls, shorter waits
 
 
 def _exec(namespace: str, pod: str, script: str) -> str:
@@ -150,15 +137,15 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
 
     # the workload: a labelled PVC, a pod writing a marker into it; an unlabelled PVC must not be snapshotted
     script = f"echo {token} > /data/marker && mkdir -p /data/d && echo nested > /data/d/file && sync && sleep 3600"
-    _apply(
+    apply_objects(
         _claim("state", namespace, {**SNAPSHOT_LABEL, "app": "workload"}),
         _claim("scratch", namespace, {"app": "workload"}),
         _pod("workload", namespace, "state", script),
     )
-    _wait_for(lambda: _get("pod", "workload", namespace)["status"].get("phase") == "Running", "workload Running")
+    _wait_for(lambda: get_object("pod", "workload", namespace)["status"].get("phase") == "Running", "workload Running")
     _wait_for(lambda: token in _exec(namespace, "workload", "cat /data/marker 2>/dev/null || true"), "marker")
-    pv = _get("pvc", "state", namespace)["spec"]["volumeName"]
-    assert _get("pv", pv)["spec"]["csi"]["driver"] == csi.DRIVER_NAME
+    pv = get_object("pvc", "state", namespace)["spec"]["volumeName"]
+    assert get_object("pv", pv)["spec"]["csi"]["driver"] == csi.DRIVER_NAME
 
     cfg = services.archive.model_copy(update={"volume_snapshots": True, "snapshot_ready_timeout_s": 120})
     in_namespace = services.updated(kubernetes={"namespace": namespace, "kubeconfig": str(kubeconfig())})
@@ -174,7 +161,7 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
         assert held and all(_write_blocked(es, index) for index in held), hold
         name = f"state-{day:%Y%m%d}"
         assert result.volume_snapshots == [name]
-        snapshot = _get("volumesnapshot", name, namespace)
+        snapshot = get_object("volumesnapshot", name, namespace)
         assert snapshot["status"]["readyToUse"] is True
         assert snapshot["spec"]["volumeSnapshotClassName"] == cfg.volume_snapshot_class == "eventpipe-archive"
     finally:
@@ -186,7 +173,7 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
     assert result.snapshot == snapshot_name(day) and day_index(day) in result.indices
 
     # the snapshot is a real copy of the volume's data on the driver's disk
-    content = _get("volumesnapshotcontent", snapshot["status"]["boundVolumeSnapshotContentName"])
+    content = get_object("volumesnapshotcontent", snapshot["status"]["boundVolumeSnapshotContentName"])
     assert content["spec"]["driver"] == csi.DRIVER_NAME and content["spec"]["deletionPolicy"] == "Retain"
     handle = content["status"]["snapshotHandle"]
     archive = csi.DATA_ROOT / "snapshots" / f"{handle}.img"  # a copy of the volume's ext4 image
@@ -196,23 +183,23 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
     # the workload goes on writing; the restore must show the snapshot's state, not this
     _exec(namespace, "workload", "echo after > /data/after && echo changed > /data/marker && sync")
 
-    _apply(
+    apply_objects(
         _claim("restored", namespace, {"app": "restore-check"}, source=name),
         _pod("reader", namespace, "restored", "cat /data/marker; cat /data/d/file; ls /data"),
     )
     done = _wait_for(
-        lambda: _get("pod", "reader", namespace)["status"].get("phase") in ("Succeeded", "Failed"), "reader done"
+        lambda: get_object("pod", "reader", namespace)["status"].get("phase") in ("Succeeded", "Failed"), "reader done"
     )
     assert done
-    reader = _get("pod", "reader", namespace)
+    reader = get_object("pod", "reader", namespace)
     logs = kubectl("-n", namespace, "logs", "reader")
     assert reader["status"]["phase"] == "Succeeded", logs
     lines = logs.split()
     assert lines[:2] == [token, "nested"], logs
     assert "after" not in lines, logs
-    restored_pv = _get("pv", _get("pvc", "restored", namespace)["spec"]["volumeName"])
-    assert restored_pv["spec"]["csi"]["volumeHandle"] != _get("pv", pv)["spec"]["csi"]["volumeHandle"]
-    assert _get("pvc", "scratch", namespace)["status"]["phase"] == "Pending"  # unlabelled, no consumer: untouched
+    restored_pv = get_object("pv", get_object("pvc", "restored", namespace)["spec"]["volumeName"])
+    assert restored_pv["spec"]["csi"]["volumeHandle"] != get_object("pv", pv)["spec"]["csi"]["volumeHandle"]
+    assert get_object("pvc", "scratch", namespace)["status"]["phase"] == "Pending"  # unlabelled, no consumer: untouched
 
     # released with deletionPolicy Delete, the driver deletes the snapshot's data (DeleteSnapshot)
     kubectl("patch", "volumesnapshotcontent", content["metadata"]["name"], "--type=merge",
@@ -226,10 +213,10 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
 
 def test_volume_snapshot_custom_objects_match_the_archive_constants(cluster: None) -> None:
     """The archive talks to the CRDs external-snapshotter installed (served version and plural it uses)."""
-    crd = _get("crd", f"{PLURAL}.{GROUP}")
+    crd = get_object("crd", f"{PLURAL}.{GROUP}")
     served = {v["name"] for v in crd["spec"]["versions"] if v["served"]}
     assert VERSION in served
     assert crd["metadata"]["annotations"]["api-approved.kubernetes.io"].startswith("https://")  # upstream's CRD
-    klass = _get("volumesnapshotclass", "eventpipe-archive")
+    klass = get_object("volumesnapshotclass", "eventpipe-archive")
     assert klass["driver"] == csi.DRIVER_NAME and klass["deletionPolicy"] == "Retain"
     assert csi.healthy()
