@@ -36,6 +36,7 @@ from eventpipe.events.schema import fast_document, parse_event
 from eventpipe.ingest.dlq import ClaimCheck, DeadLetter, DlqLimits, read_limits, write_dead_letters
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore
 from eventpipe.ingest.offsets import PartitionRange, interval_ranges
+from eventpipe.lifetime import die_with_parent
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import EVENTS_PREFIX, BulkOutcome, IndexAction, bulk_index, client
 
@@ -272,7 +273,10 @@ def _drain_in_workers(
 ) -> None:
     """Run ``drain_ranges`` for each group in its own process; any failure fails the drain (nothing committed)."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding client threads and sockets
-    with ProcessPoolExecutor(max_workers=len(groups), mp_context=context) as pool:
+    pool = ProcessPoolExecutor(  # workers end with this process, even a SIGKILLed one (eventpipe.lifetime)
+        max_workers=len(groups), mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+    )
+    with pool:
         futures = [pool.submit(_worker, settings, group, how) for group in groups]
         try:
             parts = [future.result() for future in futures]
