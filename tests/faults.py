@@ -1,4 +1,5 @@
-"""A loopback TCP proxy that can cut a real service off, or freeze it, mid-conversation (fault injection)."""
+"""Fault injection: a loopback TCP proxy that can cut a real service off, or freeze it, mid-conversation;
+private service instances to kill; and the processes a killed process leaves behind (issue #25)."""
 
 from __future__ import annotations
 
@@ -142,14 +143,16 @@ class SpareService:
             self.service.start()
 
     def kill(self) -> None:
-        """SIGKILL the service's process group, as an OOM kill or a node loss would."""
+        """SIGKILL the service's process group, as an OOM kill or a node loss would; none of its processes survive."""
         with self.own_home():
             pid = pid_of(self.service.name)
             assert pid is not None, f"the spare {self.service.name} is not running"
+            spawned = descendants(pid)  # e.g. Elasticsearch's native controller
             os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             pid_of(self.service.name)  # drops the stale pidfile
+            wait_until_gone(spawned, 10.0)
 
     def stop(self) -> None:
         with self.own_home():

@@ -214,6 +214,35 @@ def test_task_process_killed_mid_drain_with_workers_leaves_no_process_and_retry_
     _assert_exact(services, es, iot, produced.by_topic[iot])
 
 
+SPARK_TASK = """
+import time
+from eventpipe.settings import Settings
+from eventpipe.sparkjobs.session import build_session
+spark = build_session(Settings(), "eventpipe-orphan-check")
+assert spark.sparkContext.parallelize(range(1000), 2).map(lambda x: x * 2).sum() == 999000  # Python workers
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_spark_task_killed_leaves_no_jvm_or_python_worker(stack_env: dict[str, str]) -> None:
+    """Issue #25: a SIGKILLed Spark task takes its local JVM (and the JVM's pyspark workers) with it.
+
+    The guard is pyspark's own: the JVM gateway exits when its stdin pipe from the task reads
+    end-of-file, which needs the task to be the only holder of that pipe (no fork-started children).
+    """
+    proc = subprocess.Popen([sys.executable, "-c", SPARK_TASK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        spawned = descendants(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert any("org.apache.spark.deploy.SparkSubmit" in p.cmdline for p in spawned), spawned  # the JVM
+    assert any("pyspark.daemon" in p.cmdline for p in spawned), spawned  # its Python workers
+    wait_until_gone(spawned, ORPHAN_GRACE_S)
+
+
 @pytest.fixture(scope="module")
 def private_kafka(tmp_path_factory: pytest.TempPathFactory, services: Settings) -> Iterator[SpareService]:
     broker = spare_kafka(tmp_path_factory.mktemp("spare-kafka"), devstack_home())
