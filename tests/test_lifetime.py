@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -76,3 +78,25 @@ def test_a_child_without_guards_outlives_its_parent(spawned: list[ProcessRef]) -
     _orphan("none", spawned)
     with pytest.raises(AssertionError, match="still running 2s after their parent died"):
         wait_until_gone(spawned, 2.0)
+
+
+@linux_only
+def test_local_operator_task_killed_takes_its_cli_process_with_it(spawned: list[ProcessRef]) -> None:
+    """The embedded default's task process runs the CLI as a child: a SIGKILLed task leaves no CLI behind."""
+    marker = f"eventpipe-lifetime-{uuid.uuid4().hex[:8]}"
+    task = textwrap.dedent(f"""
+        import sys
+        from eventpipe.orchestration.local import LocalCliOperator
+        argv = [sys.executable, "-c", "import time; time.sleep(600)", {marker!r}]
+        task = LocalCliOperator(task_id="t", cmds=argv[:1], arguments=argv[1:], env_vars={{}}, secret_env_names=[])
+        task.execute({{}})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", task])
+    deadline = time.monotonic() + 60
+    while not any(marker in p.cmdline for p in descendants(proc.pid)):
+        assert time.monotonic() < deadline and proc.poll() is None, "the operator never started its CLI"
+        time.sleep(0.1)
+    spawned += descendants(proc.pid)
+    proc.kill()
+    proc.wait(10)
+    wait_until_gone(spawned, 2.0)
