@@ -101,7 +101,9 @@ def drain(
 ) -> None:
     """Drain the Kafka records of [start, end) into Elasticsearch; dead-letter the rest."""
     from eventpipe.ingest.drain import drain_interval
-    from eventpipe.metrics import push
+    from eventpipe.metrics import push, push_shard_usage
+    from eventpipe.storage.elastic import client
+    from eventpipe.storage.shards import shard_usage
 
     lo, hi = parse_interval(start, end)
     settings = Settings.from_env()
@@ -121,6 +123,12 @@ def drain(
                 },
                 {"topic": result.topic},
             )
+    if not dry_run:
+        es = client(settings)
+        try:
+            push_shard_usage(settings, shard_usage(es))  # the drain is what creates daily indices
+        finally:
+            es.close()
     emit(
         "drain",
         {

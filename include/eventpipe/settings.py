@@ -67,6 +67,20 @@ class KafkaSettings(Section):
         plain=True,
         description="intervals with fewer planned records drain in the task process itself",
     )
+    # The event-time window (docs/schema.md): event_time must lie within these bounds of the record's
+    # own Kafka timestamp, else the record is dead-lettered (event_time_out_of_window).
+    event_time_max_past_hours: float = env(
+        "EVENTPIPE_EVENT_TIME_MAX_PAST_HOURS",
+        168.0,
+        plain=True,
+        description="how far event_time may lie before the record's Kafka timestamp (7 days)",
+    )
+    event_time_max_future_minutes: float = env(
+        "EVENTPIPE_EVENT_TIME_MAX_FUTURE_MINUTES",
+        60.0,
+        plain=True,
+        description="how far event_time may lie after the record's Kafka timestamp (1 hour)",
+    )
 
 
 class ElasticSettings(Section):
