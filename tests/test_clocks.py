@@ -8,31 +8,41 @@ hours of 2025 chosen per run; indices for the skewed days it creates are deleted
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from elasticsearch import Elasticsearch
 from kafka import KafkaProducer
 
+from devstack.monitoring import PROMETHEUS_PORT, pushgateway_url
+from devstack.stack import GROUPS, service, up
 from eventpipe.events.generator import utc
 from eventpipe.events.schema import MAX_EXACT_INTEGER
 from eventpipe.ingest.dlq import letter_raw
 from eventpipe.ingest.drain import drain_interval, existing_event_indices
 from eventpipe.ingest.window import BUDGET_EXCEEDED, INDEX_CREATION, OUT_OF_WINDOW, EventTimeWindow
+from eventpipe.metrics import push_shard_usage
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS, EVENTS_PREFIX
-from eventpipe.storage.shards import shard_usage
+from eventpipe.storage.shards import MAX_SHARDS_SETTING, shard_usage
 
 from .es_support import delete_matching
 
 pytestmark = pytest.mark.services
 
 WINDOW = EventTimeWindow()  # the defaults: 7 days back, 1 hour ahead
+EVENTPIPE = str(Path(sys.executable).parent / "eventpipe")
 
 
 def _hour() -> datetime:
@@ -319,3 +329,89 @@ def test_an_index_elasticsearch_refuses_to_create_is_its_own_dead_letter_kind_an
 
     rerun = drain_interval(services, topic, hour, hour + timedelta(hours=1))
     assert rerun.replayed and (rerun.indexed, rerun.dead_lettered, rerun.new_indices) == (5, 0, [index])
+
+
+def _prometheus(path: str, **params: str) -> Any:
+    response = httpx.get(f"http://127.0.0.1:{PROMETHEUS_PORT}{path}", params=params, timeout=10.0)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+def _budget_alerts() -> list[dict[str, Any]]:
+    alerts = _prometheus("/api/v1/alerts")["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == "EventpipeShardBudgetHigh"]
+
+
+def _eventually(probe: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := probe():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout:.0f}s: {what}")
+
+
+def _rule_groups() -> list[dict[str, Any]] | None:
+    try:
+        return _prometheus("/api/v1/rules")["groups"]
+    except httpx.ConnectError:
+        return None  # another test session is (re)starting the shared monitoring
+
+
+def _setup(env: dict[str, str]) -> dict[str, Any]:
+    run = subprocess.run([EVENTPIPE, "setup"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _scraped_open(value: int) -> bool:
+    found = _prometheus("/api/v1/query", query='eventpipe_es_shards_open{job="eventpipe",task="shards"}')["result"]
+    return bool(found) and int(float(found[0]["value"][1])) == value
+
+
+@pytest.mark.monitoring
+def test_shard_budget_alert_fires_in_prometheus_when_the_budget_is_nearly_used(
+    services: Settings, stack_env: dict[str, str], es: Elasticsearch
+) -> None:
+    """`eventpipe setup` reports the real usage (alert absent); a reading at ~90 % of the limit makes
+    EventpipeShardBudgetHigh fire; the next `eventpipe setup` resolves it.
+
+    The nearly used budget is real: ``cluster.max_shards_per_node`` is lowered until the open shards are
+    ~90 % of the limit, read and pushed exactly as setup does, and restored at once (under a second, so
+    other tests creating indices meanwhile are not refused).
+    """
+    up(GROUPS["monitoring"])
+    rules = _eventually(_rule_groups, "Prometheus answering its API")
+    if not any(rule["name"] == "EventpipeShardBudgetHigh" for group in rules for rule in group["rules"]):
+        service("prometheus").reload()  # started earlier from rules without this alert
+    env = {**os.environ, **stack_env, "EVENTPIPE_PUSHGATEWAY_URL": pushgateway_url()}
+    pushing = Settings.from_env(env)
+
+    reported = _setup(env)["shards"]
+    usage = shard_usage(es)
+    assert reported["limit"] == usage.limit == usage.max_shards_per_node * usage.data_nodes
+    assert reported["used_percent"] < 80
+    _eventually(lambda: _scraped_open(reported["open"]), "the setup's reading in Prometheus")
+    time.sleep(4)  # two rule evaluations and the devstack's 2 s `for:` past the scrape
+    assert _budget_alerts() == []
+
+    original = es.cluster.get_settings(flat_settings=True)["persistent"].get(MAX_SHARDS_SETTING)
+    per_node = max(1, int(usage.open / 0.9 / usage.data_nodes))
+    try:
+        es.cluster.put_settings(persistent={MAX_SHARDS_SETTING: per_node})
+        nearly_full = shard_usage(es)
+    finally:
+        es.cluster.put_settings(persistent={MAX_SHARDS_SETTING: original})
+    assert nearly_full.limit == per_node * usage.data_nodes and 0.8 < nearly_full.ratio <= 1.0
+    try:
+        assert push_shard_usage(pushing, nearly_full)
+        firing = _eventually(
+            lambda: [a for a in _budget_alerts() if a["state"] == "firing"], "EventpipeShardBudgetHigh firing"
+        )
+        assert firing[0]["labels"]["severity"] == "warning"
+        assert firing[0]["annotations"]["summary"].startswith("Elasticsearch has ")
+        assert firing[0]["annotations"]["runbook_url"] == "docs/runbook.md#eventpipeshardbudgethigh"
+    finally:
+        after = _setup(env)["shards"]  # the real reading again
+    assert after["limit"] == usage.limit
+    _eventually(lambda: not _budget_alerts(), "the alert resolving after setup's next reading")
