@@ -115,7 +115,7 @@ def run_demo(
     timings.update(up(SERVICES))
     settings = Settings.from_env()
     es = client(settings)
-    ensure_indices(es)
+    ensure_indices(es, replicas=settings.elastic.replicas)
 
     demo_days = [first_day + timedelta(days=n) for n in range(days)]
     start, end = day_bounds(demo_days[0])[0], day_bounds(demo_days[-1])[1]

@@ -81,6 +81,16 @@ class KafkaSettings(Section):
         plain=True,
         description="how far event_time may lie after the record's Kafka timestamp (1 hour)",
     )
+    # Topics are created by the setup task (and the generator) when missing; existing topics are never altered.
+    topic_partitions: int = env(
+        "EVENTPIPE_KAFKA_TOPIC_PARTITIONS", 3, plain=True, description="partitions of a new source topic"
+    )
+    replication_factor: int = env(
+        "EVENTPIPE_KAFKA_REPLICATION_FACTOR", 1, plain=True, description="replicas of a new topic: 1 suits one broker"
+    )
+    min_insync_replicas: int = env(
+        "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS", 1, plain=True, description="min.insync.replicas of a new topic"
+    )
 
 
 class ElasticSettings(Section):
