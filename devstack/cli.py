@@ -124,10 +124,15 @@ def env() -> None:
     Use: eval "$(eventpipe devstack env)"; then `airflow backfill create …` talks to the devstack's
     metadata database and DAGs instead of creating a stray ~/airflow.
     """
+    for key, value in sorted(devstack_env().items()):
+        typer.echo(f"export {key}={shlex.quote(value)}")
+
+
+def devstack_env() -> dict[str, str]:
+    """What `eventpipe devstack env` exports; a hand-run `eventpipe` loads the same (eventpipe.devstack_env)."""
     from devstack.airflow import Airflow
 
-    for key, value in sorted(Airflow().env().items()):
-        typer.echo(f"export {key}={shlex.quote(value)}")
+    return Airflow().env()
 
 
 def demo(

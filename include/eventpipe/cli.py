@@ -7,14 +7,17 @@ from the environment (see ``eventpipe.settings``). Exit codes follow ``eventpipe
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
-from eventpipe.errors import PERMANENT_EXIT_CODE, InvalidArgument, PermanentError
+from eventpipe.devstack_env import load_devstack_env, require_s3_keys
+from eventpipe.errors import PERMANENT_EXIT_CODE, InvalidArgument, InvalidConfiguration, PermanentError
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.params import parse_instant, parse_interval, parse_topics
 from eventpipe.results import emit
@@ -34,7 +37,7 @@ class ContractApp(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except PermanentError as exc:
-            if not isinstance(exc, InvalidArgument):  # a bad argument needs its message, not a stack
+            if not isinstance(exc, InvalidArgument | InvalidConfiguration):  # its message says it all, not a stack
                 traceback.print_exc(file=sys.stderr)
             print(f"eventpipe: permanent failure, not retried: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(exc.exit_code) from exc
@@ -49,6 +52,11 @@ app = ContractApp(no_args_is_help=True, add_completion=False, help=__doc__)
 Start = Annotated[str, typer.Option("--start", help="Interval start, ISO-8601 (UTC if naive)")]
 End = Annotated[str, typer.Option("--end", help="Interval end (exclusive), ISO-8601")]
 Topics = Annotated[str, typer.Option("--topics", help="Comma-separated source topics (default: all)")]
+
+
+# Commands of the dev environment (they bring their own settings) and those that never touch S3.
+DEVSTACK_COMMANDS = frozenset({"devstack", "demo"})
+WITHOUT_S3 = frozenset({"rollup"})
 
 
 @app.callback()
@@ -226,6 +234,33 @@ def _add_devstack() -> None:
 
 
 _add_devstack()
+
+
+def _settings_first(command: str, callback: Callable[..., Any]) -> Callable[..., Any]:
+    """``callback`` preceded by the settings check: after its arguments parsed, before any work."""
+
+    @functools.wraps(callback)  # typer reads the parameters through __wrapped__
+    def run(*args: Any, **kwargs: Any) -> Any:
+        load_devstack_env()  # a hand-run command in a checkout whose devstack runs; never in a deployment
+        if command not in WITHOUT_S3:
+            require_s3_keys()
+        return callback(*args, **kwargs)
+
+    return run
+
+
+def _check_settings_first(group: typer.Typer) -> None:
+    """Every pipeline command checks its settings first (the devstack's own commands bring theirs)."""
+    for info in group.registered_commands:
+        name = info.name or (info.callback.__name__ if info.callback else "")
+        if info.callback and name not in DEVSTACK_COMMANDS:
+            info.callback = _settings_first(name, info.callback)
+    for sub in group.registered_groups:
+        if sub.name not in DEVSTACK_COMMANDS and sub.typer_instance is not None:
+            _check_settings_first(sub.typer_instance)
+
+
+_check_settings_first(app)
 
 if __name__ == "__main__":
     app()
