@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
 from eventpipe.errors import InvalidConfiguration
@@ -49,9 +49,13 @@ def devstack_running(home: Path) -> bool:
     return True
 
 
-def load_devstack_env(environ: MutableMapping[str, str] | None = None) -> Path | None:
+def load_devstack_env(
+    exports: Callable[[], Mapping[str, str]] | None, environ: MutableMapping[str, str] | None = None
+) -> Path | None:
     """Fill ``environ`` (the process's) from the running devstack when the S3 keys are missing.
 
+    ``exports`` computes what `eventpipe devstack env` prints; the CLI passes it in from the dev environment
+    (None where that is not installed: task images), since the pipeline package never imports it.
     Only names not set already are added. Returns the devstack home it loaded from, or None when it left
     ``environ`` alone: keys present, a pod, an explicit connection setting, or no running devstack here.
     """
@@ -59,19 +63,14 @@ def load_devstack_env(environ: MutableMapping[str, str] | None = None) -> Path |
     if all(environ.get(k) for k in S3_KEYS) or in_pod(environ) or any(environ.get(k) for k in CONNECTION_ENV):
         return None
     home = devstack_home(environ)
-    if home is None or not devstack_running(home):
-        return None
-    try:  # the dev environment ships with the checkout only; without it there is no devstack to load
-        from devstack.cli import devstack_env
-        from devstack.runtime import DevstackError
-    except ModuleNotFoundError:
+    if exports is None or home is None or not devstack_running(home):
         return None
     try:
-        exports = devstack_env()
-    except DevstackError as exc:
+        values = exports()
+    except RuntimeError as exc:  # DevstackError: e.g. kubernetes execution asked for without the cluster
         print(f"eventpipe: the devstack in {home} runs, but its settings could not be read: {exc}", file=sys.stderr)
         return None
-    for key, value in exports.items():
+    for key, value in values.items():
         environ.setdefault(key, value)
     print(
         f"eventpipe: no S3 keys or connection settings given; using the running devstack's settings from {home} "
