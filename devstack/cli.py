@@ -92,28 +92,31 @@ def image() -> None:
 
 @app.command("down")
 def down(services: Services = "") -> None:
-    """Stop services started by `devstack up`."""
+    """Stop every service this devstack started: the default ones, monitoring, the cluster, and a Docker daemon
+    it started for image builds (one it found running stays). With --services: only those."""
     from devstack.stack import down
 
-    emit("devstack down", {"stopped": down(_running(services))})
+    emit("devstack down", {"stopped": down(_running(services) if services else None)})
 
 
 @app.command("status")
 def status(services: Services = "") -> None:
-    """Health, pid and version of each service, and the state of each Airflow component."""
+    """Health, pid and version of each service and of every process the devstack started, and the state of each
+    Airflow component. Fails when a started service is unhealthy (or a named one); a service started on demand
+    (Airflow, PostgreSQL) may be not started."""
     from rich.console import Console
     from rich.table import Table
 
     from devstack.stack import status
 
-    rows = status(_running(services))
+    rows = status(_running(services) if services else None)
     table = Table("service", "port", "pid", "healthy", "version", "components", title="devstack")
     for row in rows:
         components = row.get("components") or {}
         detail = ", ".join(f"{name} {state}" for name, state in components.items())  # type: ignore[union-attr]
         table.add_row(*(str(row[k]) for k in ("service", "port", "pid", "healthy", "version")), detail)
     Console().print(table)
-    if not all(row["healthy"] for row in rows):
+    if any(not row["healthy"] and (services or row["pid"] is not None) for row in rows):
         raise typer.Exit(1)
 
 
