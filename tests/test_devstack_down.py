@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from devstack.monitoring import ALERTMANAGER_PORT, PROMETHEUS_PORT, PUSHGATEWAY_PORT, STATSD_EXPORTER_PORT, STATSD_PORT
+from devstack.monitoring import (
+    ALERTMANAGER_PORT,
+    PROMETHEUS_PORT,
+    PUSHGATEWAY_PORT,
+    STATSD_EXPORTER_PORT,
+    STATSD_PORT,
+    StatsdExporter,
+)
 from devstack.runtime import REPO_ROOT, home, port_open
 from devstack.stack import GROUPS
 from eventpipe.settings import Settings
@@ -70,10 +77,7 @@ def _listening(port: int) -> bool:
 
 @pytest.fixture()
 def own_devstack(tmp_path: Path) -> dict[str, str]:
-    """Environment of a devstack in ``tmp_path``, with the shared one's StatsD exporter build (a Go build) reused."""
-    cached = home() / "monitoring" / "bin"
-    if cached.is_dir():
-        shutil.copytree(cached, tmp_path / "monitoring" / "bin", symlinks=True)
+    """Environment of a devstack of its own in ``tmp_path``."""
     return {**os.environ, "EVENTPIPE_DEVSTACK_HOME": str(tmp_path)}
 
 
@@ -85,6 +89,10 @@ def test_make_down_leaves_no_process_or_port_of_the_monitoring_group_and_dockerd
     busy = [port for port in MONITORING_PORTS if _listening(port)]
     if busy:
         pytest.skip(f"ports {busy} are in use (the shared devstack's monitoring?); a second group cannot start")
+    # the StatsD exporter's Go build (minutes) goes to the checkout devstack's cache, where the monitoring
+    # tests and `make monitoring` find it too (installing starts nothing), and is copied from there
+    StatsdExporter().install()
+    shutil.copytree(home() / "monitoring" / "bin", tmp_path / "monitoring" / "bin", symlinks=True)
     started = subprocess.run(
         [sys.executable, "-m", "eventpipe.cli", "devstack", "up", "--services", "monitoring"],
         env=own_devstack,
