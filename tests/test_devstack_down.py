@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,9 +77,12 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture()
-def own_devstack(tmp_path: Path) -> dict[str, str]:
-    """Environment of a devstack of its own in ``tmp_path``."""
-    return {**os.environ, "EVENTPIPE_DEVSTACK_HOME": str(tmp_path)}
+def own_devstack(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment of a devstack of its own in ``tmp_path``; whatever a failed test left running is stopped after."""
+    env = {**os.environ, "EVENTPIPE_DEVSTACK_HOME": str(tmp_path)}
+    yield env
+    down = [sys.executable, "-m", "eventpipe.cli", "devstack", "down"]
+    subprocess.run(down, env=env, capture_output=True, timeout=300)
 
 
 @pytest.mark.monitoring
