@@ -36,6 +36,7 @@ from eventpipe.events.schema import fast_document, parse_event
 from eventpipe.ingest.dlq import ClaimCheck, DeadLetter, DlqLimits, read_limits, write_dead_letters
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore
 from eventpipe.ingest.offsets import PartitionRange, interval_ranges
+from eventpipe.ingest.waiting import records_waiting
 from eventpipe.ingest.window import (
     BUDGET_EXCEEDED,
     INDEX_CREATION,
@@ -90,6 +91,7 @@ class DrainResult:
     lag: int = 0  # records beyond the group's committed offsets after this drain (all partitions)
     workers: int = 1  # processes that drained the plan (the *_seconds above are summed over them)
     seconds: float = 0.0
+    waiting: dict[str, object] | None = None  # empty plan: records of the interval beyond the last drained offset
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -128,6 +130,12 @@ def drain_interval(
                 topic=topic, interval_start=start, interval_end=end, partitions=[r.as_dict() for r in ranges]
             )
         result = DrainResult(topic, start.isoformat(), end.isoformat(), manifest.partitions, replayed, dry_run)
+        if not any(r.size for r in manifest.ranges()):  # nothing planned: say if the interval's records wait later
+            planned_end = {r.partition: r.end for r in manifest.ranges()}
+            waiting = records_waiting(settings, store, consumer, topic, start, end, planned_end)
+            if waiting is not None:
+                log.warning("drain: %s", waiting.message(topic, start, end))
+                result.waiting = waiting.as_dict()
         if dry_run:
             result.consumed = sum(r.size for r in manifest.ranges())
             result.seconds = round(time.perf_counter() - started, 3)
