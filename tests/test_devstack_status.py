@@ -18,7 +18,9 @@ def _row(service: str, *, pid: int | None, healthy: bool) -> dict[str, object]:
 
 
 def _status(monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, object]], *args: str) -> int:
-    monkeypatch.setattr(devstack.stack, "status", lambda names: [r for r in rows if r["service"] in names])
+    monkeypatch.setattr(
+        devstack.stack, "status", lambda names: [r for r in rows if names is None or r["service"] in names]
+    )
     return CliRunner().invoke(app, ["status", *args]).exit_code
 
 
