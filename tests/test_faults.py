@@ -71,13 +71,12 @@ def _wait_for(check, timeout: float, what: str) -> None:
 
 
 def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
-    services: Settings, es: Elasticsearch, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
 ) -> None:
     """A SIGSTOPped node as its clients see it: open connections, no answers; then it resumes."""
     _, produced = _produce(services, topics, seed=120, malformed_rate=0.01, rate=1.0)
     h0, _h1, h2, _ = _hours(120)
     iot = topics["iot"]
-    monkeypatch.setenv("EVENTPIPE_ES_TIMEOUT", "3")
     proxy = CuttableProxy(int(services.elastic.url.rsplit(":", 1)[1]), freeze_after_bytes=250_000)
     frozen_for = 8.0
 
@@ -90,7 +89,9 @@ def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
     thawer.start()
     try:
         started = time.monotonic()
-        result = drain_interval(services.updated(elastic={"url": proxy.url}), iot, h0, h2, batch_size=300)
+        result = drain_interval(
+            services.updated(elastic={"url": proxy.url, "timeout_s": 3.0}), iot, h0, h2, batch_size=300
+        )
         elapsed = time.monotonic() - started
     finally:
         proxy.thaw()
@@ -298,13 +299,14 @@ def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
     private_es: SpareService,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    private = services.updated(elastic={"url": f"http://127.0.0.1:{private_es.port}"})
+    private = services.updated(elastic={"url": f"http://127.0.0.1:{private_es.port}", "retries": 2})
     es = client(private)
-    ensure_indices(es)  # what the DAG's setup task does; the drain itself no longer bootstraps
+    ensure_indices(
+        es, replicas=private.elastic.replicas
+    )  # what the DAG's setup task does; the drain itself no longer bootstraps
     h0, _h1, h2, _ = _hours(160)
     iot = topics["iot"]
     _, produced = _produce(services, topics, seed=160, malformed_rate=0.01, rate=2.0)
-    monkeypatch.setenv("EVENTPIPE_ES_RETRIES", "2")
     failure: list[BaseException] = []
 
     def drain() -> None:
