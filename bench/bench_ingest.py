@@ -30,7 +30,9 @@ from bench.report import Run
 from devstack.stack import DATA_SERVICES, local_env, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
-from eventpipe.ingest.drain import INFLIGHT, DrainResult, drain_interval
+from eventpipe.ingest.bulk_pipeline import INFLIGHT
+from eventpipe.ingest.drain import drain_interval
+from eventpipe.ingest.result import DrainResult
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import EVENTS_PREFIX, client, ensure_indices
 

@@ -29,8 +29,9 @@ from devstack.monitoring import PROMETHEUS_PORT, pushgateway_url
 from devstack.stack import GROUPS, service, up
 from eventpipe.events.generator import utc
 from eventpipe.events.schema import MAX_EXACT_INTEGER
+from eventpipe.ingest.bulk_pipeline import existing_event_indices
 from eventpipe.ingest.dlq import letter_raw
-from eventpipe.ingest.drain import drain_interval, existing_event_indices
+from eventpipe.ingest.drain import drain_interval
 from eventpipe.ingest.window import BUDGET_EXCEEDED, INDEX_CREATION, OUT_OF_WINDOW, EventTimeWindow
 from eventpipe.metrics import push_shard_usage
 from eventpipe.settings import Settings

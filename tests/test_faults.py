@@ -26,7 +26,8 @@ from devstack.runtime import home as devstack_home
 from eventpipe.archive import snapshot
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
-from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
+from eventpipe.ingest.drain import drain_interval
+from eventpipe.ingest.kafka_io import CONSUMER_GROUP
 from eventpipe.ingest.manifest import ManifestStore
 from eventpipe.settings import ArchiveSettings, Settings
 from eventpipe.storage.elastic import EVENTS_ALIAS, client, ensure_indices

@@ -13,7 +13,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from eventpipe.events.generator import GeneratorConfig, generate, utc
 from eventpipe.events.produce import produce
-from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
+from eventpipe.ingest.drain import drain_interval
+from eventpipe.ingest.kafka_io import CONSUMER_GROUP
 from eventpipe.ingest.rollup import rollup_hours
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS, ROLLUP_INDEX
@@ -254,7 +255,7 @@ def test_a_failing_worker_fails_the_drain_and_commits_nothing(
 
 @pytest.mark.parametrize(("cpu_max", "limit"), [("200000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None)])
 def test_available_cpus_follows_the_pod_cpu_limit(tmp_path, cpu_max: str, limit: int | None) -> None:
-    from eventpipe.ingest.drain import available_cpus
+    from eventpipe.ingest.workers import available_cpus
 
     path = tmp_path / "cpu.max"
     path.write_text(cpu_max)
@@ -264,8 +265,8 @@ def test_available_cpus_follows_the_pod_cpu_limit(tmp_path, cpu_max: str, limit:
 
 
 def test_partition_groups_balance_records_and_skip_empty_partitions() -> None:
-    from eventpipe.ingest.drain import partition_groups
     from eventpipe.ingest.offsets import PartitionRange
+    from eventpipe.ingest.workers import partition_groups
 
     ranges = [PartitionRange("t", p, 0, size) for p, size in enumerate([400, 300, 299, 0])]
     assert [[r.partition for r in g] for g in partition_groups(ranges, 2)] == [[0], [1, 2]]

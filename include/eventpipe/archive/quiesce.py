@@ -2,7 +2,7 @@
 
 After the block, the day's index no longer changes, so the snapshot, the Parquet export and
 the verification all see the same documents. Events that arrive later for that day are
-indexed into the day's late index by the drain (see ``eventpipe.ingest.drain``).
+indexed into the day's late index by the drain (see ``eventpipe.ingest.bulk_pipeline``).
 
 Offsets no complete manifest covers (holes the offset ledger has not drained yet, see
 ``eventpipe.ingest.ledger``) may hold records of any day, so they keep every day open: the

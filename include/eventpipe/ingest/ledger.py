@@ -21,9 +21,11 @@ from datetime import datetime, timezone
 
 from kafka import KafkaConsumer, TopicPartition
 
-from eventpipe.ingest.drain import DrainResult, execute_manifest, group_consumer
+from eventpipe.ingest.drain import execute_manifest
+from eventpipe.ingest.kafka_io import group_consumer
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore, ledger_manifest_id
 from eventpipe.ingest.offsets import PartitionRange
+from eventpipe.ingest.result import DrainResult
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import client
 
