@@ -84,6 +84,7 @@ def drain_interval(
         return result
     finally:
         consumer.close(autocommit=False)
+        es.close()  # its connection pool: a long-lived process (Airflow worker, scheduler) runs many drains
 
 
 def execute_manifest(

@@ -95,9 +95,11 @@ def _worker(settings: Settings, ranges: list[PartitionRange], how: DrainPass) ->
     topic = ranges[0].topic
     part = DrainResult(topic, "", "", [], False, False)
     touched: set[datetime] = set()
+    es = client(settings)
     consumer = group_consumer(settings, topic, how.batch_size)
     try:
-        drain_ranges(settings, client(settings), consumer, ranges, how, part, touched)
+        drain_ranges(settings, es, consumer, ranges, how, part, touched)
     finally:
         consumer.close(autocommit=False)
+        es.close()
     return part, touched
