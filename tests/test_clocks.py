@@ -259,7 +259,7 @@ def test_replayed_records_are_judged_by_their_own_timestamp_not_the_interval(
         assert hit["_index"] == _day_index(when)
     [letter] = _letters(es, topic)[OUT_OF_WINDOW]
     assert letter_raw(letter) == sender.sent[f"late8-{tag}"]
-    assert "is 8.0 days before the record's Kafka timestamp" in str(letter["reason"])
+    assert "is 8 days, 0:03:00 before the record's Kafka timestamp" in str(letter["reason"])
 
 
 def test_boolean_and_inexact_metrics_are_dead_lettered_with_their_reason(
