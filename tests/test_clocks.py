@@ -2,7 +2,7 @@
 new-index budget, index-creation failures as their own dead-letter kind, and stricter metric values.
 
 Each test writes to a topic of its own (one partition used, so offsets follow the send order) and to
-hours of 2025 chosen per run; indices for the skewed days it creates are deleted afterwards.
+hours of 2018 chosen per run; indices for the skewed days it creates are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ EVENTPIPE = str(Path(sys.executable).parent / "eventpipe")
 
 
 def _hour() -> datetime:
-    """An hour of 2025 picked per run (other modules use 2023/2024/2026 days)."""
-    return utc("2025-01-10T07:00:00") + timedelta(days=random.randrange(330), hours=random.randrange(12))
+    """An hour of 2018 picked per run: no other module uses that year (index-creation test deletes its day)."""
+    return utc("2018-01-10T07:00:00") + timedelta(days=random.randrange(330), hours=random.randrange(12))
 
 
 def _iso(when: datetime) -> str:
