@@ -105,9 +105,9 @@ def _iso(ms: int) -> str:
 
 
 def _span(ms: float) -> str:
-    seconds = ms / 1000
-    if seconds >= 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds:.0f} seconds"
+    """Exact, so a value just past the bound never reads like the bound ("7 days, 0:00:00.001")."""
+    try:
+        text = str(timedelta(milliseconds=ms))
+    except OverflowError:
+        return f"{ms / 86_400_000:.0f} days"
+    return text[:-3] if "." in text else text  # microseconds -> milliseconds
