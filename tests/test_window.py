@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from eventpipe.events.generator import utc
-from eventpipe.ingest.drain import _is_creation_failure
+from eventpipe.ingest.bulk_pipeline import _is_creation_failure
 from eventpipe.ingest.window import EventTimeWindow, IndexBudget, share
 from eventpipe.settings import Settings
 
