@@ -194,6 +194,31 @@ def test_dry_run_writes_nothing(services: Settings, es: Elasticsearch, topics: d
     assert all(events_of(es, t) == 0 for t in topics.values())
 
 
+def test_the_drain_closes_the_elasticsearch_client_it_creates(
+    services: Settings, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-lived process (an Airflow worker, the ledger) runs many drains: each closes its client's pool."""
+    from eventpipe.ingest import drain as drain_module
+    from eventpipe.storage.elastic import client as real_client
+
+    made: list[Elasticsearch] = []
+    closed: list[Elasticsearch] = []
+
+    def tracked(settings: Settings) -> Elasticsearch:
+        es = real_client(settings)  # the real client, its close() observed
+        close = es.close
+        es.close = lambda: (closed.append(es), close())[-1]  # type: ignore[method-assign]
+        made.append(es)
+        return es
+
+    monkeypatch.setattr(drain_module, "client", tracked)
+    _, produced = _produce(services, topics, seed=929)
+    H0, _H1, H2, _H3 = _hours(929)
+    result = drain_interval(services, topics["iot"], H0, H2)
+    assert result.consumed == produced.by_topic[topics["iot"]] > 0
+    assert len(made) == 1 and closed == made
+
+
 def _parallel(settings: Settings) -> Settings:
     """Worker processes even for a test-sized interval."""
     return settings.updated(kafka={"drain_workers": 2, "drain_parallel_min": 1})
