@@ -43,10 +43,26 @@ def es(services: Settings) -> Iterator[Elasticsearch]:
 
 
 @pytest.fixture()
-def topics() -> dict[str, str]:
-    """Fresh source topics per test, so offsets, manifests and counts are isolated."""
+def topics(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Fresh source topics per test, so offsets, manifests and counts are isolated.
+
+    Afterwards the events and dead letters of these topics leave Elasticsearch (tests that use the
+    services), so hours they wrote into hold nothing of them for a later test's time-window counts.
+    """
     tag = uuid.uuid4().hex[:8]
-    return {"iot": f"test-{tag}.iot", "business": f"test-{tag}.business"}
+    owned = {"iot": f"test-{tag}.iot", "business": f"test-{tag}.business"}
+    yield owned
+    if "services" in request.fixturenames:
+        from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS
+
+        from .es_support import delete_matching
+
+        es = client(request.getfixturevalue("services"))
+        try:
+            delete_matching(es, EVENTS_ALIAS, {"terms": {"kafka.topic": sorted(owned.values())}})
+            delete_matching(es, DLQ_INDEX, {"terms": {"source_topic": sorted(owned.values())}})
+        finally:
+            es.close()
 
 
 @pytest.fixture(scope="module")
