@@ -46,21 +46,18 @@ def es(services: Settings) -> Iterator[Elasticsearch]:
 def topics(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """Fresh source topics per test, so offsets, manifests and counts are isolated.
 
-    Afterwards the events and dead letters of these topics leave Elasticsearch (tests that use the
-    services), so hours they wrote into hold nothing of them for a later test's time-window counts.
+    Afterwards the events and dead letters of these topics leave Elasticsearch (tests that reach the
+    devstack), so the hours they wrote into hold nothing of them for a later test's time-window counts.
     """
     tag = uuid.uuid4().hex[:8]
     owned = {"iot": f"test-{tag}.iot", "business": f"test-{tag}.business"}
     yield owned
-    if "services" in request.fixturenames:
-        from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS
+    if "stack_env" in request.fixturenames:  # the test reached the devstack (services, or the CLI with its env)
+        from .es_support import forget_topics
 
-        from .es_support import delete_matching
-
-        es = client(request.getfixturevalue("services"))
+        es = client(Settings.from_env(request.getfixturevalue("stack_env")))
         try:
-            delete_matching(es, EVENTS_ALIAS, {"terms": {"kafka.topic": sorted(owned.values())}})
-            delete_matching(es, DLQ_INDEX, {"terms": {"source_topic": sorted(owned.values())}})
+            forget_topics(es, sorted(owned.values()))
         finally:
             es.close()
 

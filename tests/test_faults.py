@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from elastic_transport import ConnectionError as TransportConnectionError
 from botocore.exceptions import ConnectionClosedError
+from elastic_transport import ConnectionError as TransportConnectionError
 from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, TopicPartition
 

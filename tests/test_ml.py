@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -14,11 +17,12 @@ from elasticsearch import Elasticsearch
 
 from eventpipe.archive.indices import day_bounds
 from eventpipe.archive.layout import manifest_key
+from eventpipe.errors import PERMANENT_EXIT_CODE
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.schema import daily_index
 from eventpipe.ml.features import add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import PREFIX, Registry
-from eventpipe.ml.score import anomaly_id, read_archive_interval, score
+from eventpipe.ml.score import ScorerMissing, anomaly_id, read_archive_interval, score
 from eventpipe.ml.scorer import score_readings
 from eventpipe.ml.train import predict, train
 from eventpipe.settings import Settings
@@ -228,3 +232,60 @@ def _flagged_ids(es: Elasticsearch, version: int, lo: datetime, hi: datetime) ->
         source_includes=["event_id"],
     )["hits"]["hits"]
     return {h["_source"]["event_id"] for h in hits}
+
+
+@pytest.fixture()
+def without_scorer(ml_settings: Settings, first_training) -> Iterator[Settings]:
+    """A registry of its own holding the module's models and champion, but no scorer.json (an older version)."""
+    settings = ml_settings.updated(s3={"bucket": f"ml-noscorer-{uuid.uuid4().hex[:8]}"})
+    ensure_bucket(settings, settings.s3.bucket)
+    s3 = s3_client(ml_settings)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=ml_settings.s3.bucket, Prefix=PREFIX):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/scorer.json"):
+                source = {"Bucket": ml_settings.s3.bucket, "Key": obj["Key"]}
+                s3.copy_object(Bucket=settings.s3.bucket, Key=obj["Key"], CopySource=source)
+    yield settings
+    delete_bucket(s3, settings.s3.bucket)
+
+
+def test_python_engine_without_scorer_fails_permanently(
+    without_scorer: Settings, stack_env: dict[str, str], es: Elasticsearch
+) -> None:
+    """No scorer.json: a retry finds the same registry, so the task fails at once (exit 3), never retried."""
+    champion = Registry(without_scorer).champion()
+    assert champion is not None and Registry(without_scorer).scorer(champion.version) is None
+    lo = START + timedelta(days=2, hours=6)
+    with pytest.raises(ScorerMissing, match=f"champion v{champion.version} has no scorer.json"):
+        score(without_scorer, lo, lo + timedelta(hours=1), engine="python", es=es)
+    env = {**os.environ, **stack_env, "EVENTPIPE_S3_BUCKET": without_scorer.s3.bucket}
+    argv = [sys.executable, "-m", "eventpipe.cli", "ml", "score", "--start", lo.isoformat()]
+    argv += ["--end", (lo + timedelta(hours=1)).isoformat(), "--engine", "python"]
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == PERMANENT_EXIT_CODE, run.stderr[-2000:]
+    assert "has no scorer.json" in run.stderr
+
+
+def test_auto_engine_without_scorer_falls_back_to_spark(
+    without_scorer: Settings, ml_settings: Settings, archive: GeneratedArchive, es: Elasticsearch, spark
+) -> None:
+    """``auto`` on a champion without scorer.json scores with Spark: the same anomalies as the python engine."""
+    lo = START + timedelta(days=2, hours=14)
+    hi = lo + timedelta(hours=2)
+    indexed = _index_events(es, archive, lo, hi)
+    by_python = score(ml_settings, lo, hi, engine="python", es=es)
+    fallback = score(without_scorer, lo, hi, engine="auto", spark=spark, es=es)
+    assert (fallback.status, fallback.engine, fallback.events) == ("scored", "spark", indexed)
+    assert (fallback.model_version, fallback.readings, fallback.anomalies) == (
+        by_python.model_version,
+        by_python.readings,
+        by_python.anomalies,
+    )
+
+
+def test_score_of_an_interval_without_events_says_so(ml_settings: Settings, first_training, es: Elasticsearch) -> None:
+    """An hour no test writes into (1999): status no_events, nothing written, for either engine's path."""
+    lo = utc("1999-01-01T00:00:00")
+    result = score(ml_settings, lo, lo + timedelta(hours=1), engine="python", es=es)
+    assert (result.status, result.events, result.anomalies, result.created) == ("no_events", 0, 0, 0)
+    assert result.message == f"no events in [{lo.isoformat()}, {(lo + timedelta(hours=1)).isoformat()})"
