@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 import pytest
 from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import MessageSizeTooLargeError
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
@@ -117,6 +118,30 @@ def test_the_broker_refusing_a_letter_fails_the_write(services: Settings, es: El
         producer.close()
     assert isinstance(e.value.__cause__, MessageSizeTooLargeError)  # the broker's answer, not a client bug
     assert dead_letters_of(es, fake_topic) == 0  # never indexed without the topic's acknowledgement
+
+
+def test_no_broker_for_the_letter_fails_the_write_with_its_coordinates(
+    services: Settings, es: Elasticsearch, fake_topic: str
+) -> None:
+    """The DLQ producer finds no broker (a closed port): the send's own timeout carries the letter's coordinates."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        closed = sock.getsockname()[1]
+    producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{closed}", max_block_ms=2000, api_version=(3, 0))
+    limits = DlqLimits(topic_max_message_bytes=1_048_588, producer_max_request_size=1_048_576)
+    try:
+        with pytest.raises(DeadLetterError, match=rf"topic {fake_topic} partition 0 offset 13 to {DLQ_TOPIC}") as e:
+            write_dead_letters(
+                [_letter(fake_topic, b"{", offset=13)],
+                es=es,
+                producer=producer,
+                interval_start=_hour(3),
+                limits=limits,
+                claims=ClaimCheck(services),
+            )
+    finally:
+        producer.close(timeout=5)
+    assert isinstance(e.value.__cause__, KafkaTimeoutError)
+    assert dead_letters_of(es, fake_topic) == 0
 
 
 def test_the_index_rejecting_a_letter_fails_the_write(

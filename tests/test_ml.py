@@ -258,7 +258,7 @@ def test_python_engine_without_scorer_fails_permanently(
     lo = START + timedelta(days=2, hours=6)
     with pytest.raises(ScorerMissing, match=f"champion v{champion.version} has no scorer.json"):
         score(without_scorer, lo, lo + timedelta(hours=1), engine="python", es=es)
-    env = {**os.environ, **stack_env, "EVENTPIPE_S3_BUCKET": without_scorer.s3.bucket}
+    env = {**os.environ, **stack_env, "EVENTPIPE_ARCHIVE_BUCKET": without_scorer.s3.bucket}
     argv = [sys.executable, "-m", "eventpipe.cli", "ml", "score", "--start", lo.isoformat()]
     argv += ["--end", (lo + timedelta(hours=1)).isoformat(), "--engine", "python"]
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
