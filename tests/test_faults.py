@@ -30,6 +30,7 @@ from devstack.runtime import home as devstack_home
 from eventpipe.archive import snapshot
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
+from eventpipe.ingest.dlq import DeadLetterError
 from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
 from eventpipe.ingest.manifest import ManifestStore
 from eventpipe.settings import ArchiveSettings, Settings
@@ -68,11 +69,17 @@ def _assert_exact(settings: Settings, es: Elasticsearch, topic: str, produced: i
 
 
 def _assert_failed_with(
-    failure: list[BaseException], kind: type[BaseException] | tuple[type[BaseException], ...]
+    failure: list[BaseException],
+    kind: type[BaseException] | tuple[type[BaseException], ...],
+    wrapped_by: type[BaseException] | None = None,
 ) -> None:
-    """The fault ended the task with exactly the error it causes (not a bug's TypeError, not success)."""
+    """The fault ended the task with exactly the error it causes (not a bug's TypeError, not success);
+    ``wrapped_by``: the project's error that may carry it as its cause."""
     assert len(failure) == 1, f"expected one {kind}, got {failure!r}"
-    assert isinstance(failure[0], kind), "".join(traceback.format_exception(failure[0]))
+    error = failure[0]
+    if wrapped_by is not None and isinstance(error, wrapped_by):
+        error = error.__cause__
+    assert isinstance(error, kind), "".join(traceback.format_exception(failure[0]))
 
 
 def _wait_for(check, timeout: float, what: str) -> None:
@@ -211,8 +218,7 @@ def test_kafka_broker_killed_mid_drain_then_retry_is_exact(
 ) -> None:
     private = services.updated(kafka={"bootstrap": f"127.0.0.1:{private_kafka.port}"})
     h0, _h1, h2, _ = _hours(150)
-    # no malformed records: nothing to dead-letter, so the consumer is the client that meets the dead broker
-    config = GeneratorConfig(h0, h2, rate_per_s=2.0, seed=150, malformed_rate=0.0)
+    config = GeneratorConfig(h0, h2, rate_per_s=2.0, seed=150, malformed_rate=0.01)
     produced = produce(private, config, topics=topics, truth=False)
     iot = topics["iot"]
     failure: list[BaseException] = []
@@ -230,8 +236,9 @@ def test_kafka_broker_killed_mid_drain_then_retry_is_exact(
     worker.join(180)
     assert not worker.is_alive()
     # the Kafka client's connection or timeout error, by whichever call meets the dead broker first: the
-    # consumer's poll (nothing, until the drain's idle TimeoutError), its position/offset lookups (refused)
-    _assert_failed_with(failure, (TimeoutError, KafkaConnectionError, KafkaTimeoutError))
+    # consumer's poll (nothing, until the drain's idle TimeoutError), its offset lookups (refused), or a
+    # dead letter's send (no metadata), which the DLQ wraps with the letter's coordinates
+    _assert_failed_with(failure, (TimeoutError, KafkaConnectionError, KafkaTimeoutError), wrapped_by=DeadLetterError)
     partial = events_of(es, iot)
     assert 0 < partial < produced.by_topic[iot]
 

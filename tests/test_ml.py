@@ -27,9 +27,10 @@ from eventpipe.ml.scorer import score_readings
 from eventpipe.ml.train import predict, train
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import build_session
-from eventpipe.storage.elastic import ANOMALY_INDEX, EVENTS_PREFIX, IndexAction, bulk_index
+from eventpipe.storage.elastic import ANOMALY_INDEX, EVENTS_ALIAS, EVENTS_PREFIX, IndexAction, bulk_index
 from eventpipe.storage.s3 import ensure_bucket, s3_client
 
+from .es_support import delete_matching
 from .ml_archive import GeneratedArchive, delete_bucket, write_generated_archive
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -159,6 +160,9 @@ def test_score_without_champion_says_so(services: Settings) -> None:
 
 
 def _index_events(es: Elasticsearch, archive: GeneratedArchive, lo: datetime, hi: datetime) -> int:
+    """Index the archive's events of [lo, hi) into a window cleared first: scoring counts the window's events,
+    and a run of other code (another generator, another test) may have left its own there."""
+    delete_matching(es, EVENTS_ALIAS, {"range": {"event_time": {"gte": lo.isoformat(), "lt": hi.isoformat()}}})
     events = [e for day in archive.days for e in archive.events[day] if lo <= e.event_time < hi]
     outcome = bulk_index(
         es, [IndexAction(daily_index(EVENTS_PREFIX, e.event_time), e.event_id, e.document()) for e in events]
