@@ -160,9 +160,11 @@ def test_score_without_champion_says_so(services: Settings) -> None:
 
 
 def _index_events(es: Elasticsearch, archive: GeneratedArchive, lo: datetime, hi: datetime) -> int:
-    """Index the archive's events of [lo, hi) into a window cleared first: scoring counts the window's events,
-    and a run of other code (another generator, another test) may have left its own there."""
-    delete_matching(es, EVENTS_ALIAS, {"range": {"event_time": {"gte": lo.isoformat(), "lt": hi.isoformat()}}})
+    """Index the archive's events of [lo, hi) into a window cleared first: scoring counts the window's events
+    and anomalies, and a run of other code (another generator, another test) may have left its own there."""
+    window = {"range": {"event_time": {"gte": lo.isoformat(), "lt": hi.isoformat()}}}
+    delete_matching(es, EVENTS_ALIAS, window)
+    delete_matching(es, ANOMALY_INDEX, window)  # and the anomalies scored from them
     events = [e for day in archive.days for e in archive.events[day] if lo <= e.event_time < hi]
     outcome = bulk_index(
         es, [IndexAction(daily_index(EVENTS_PREFIX, e.event_time), e.event_id, e.document()) for e in events]
