@@ -33,8 +33,9 @@ from eventpipe.ingest.dlq import (
     letter_raw,
     write_dead_letters,
 )
-from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval
+from eventpipe.ingest.drain import CONSUMER_GROUP, drain_interval, group_consumer, read_ranges
 from eventpipe.ingest.ledger import check_ledger
+from eventpipe.ingest.offsets import PartitionRange
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import DLQ_INDEX
 from eventpipe.storage.s3 import s3_client
@@ -206,6 +207,25 @@ def test_tombstones_mid_batch_are_dead_lettered_and_the_rest_lands(
     letters = _letters_of(es, iot)
     assert [d["size"] for d in letters] == [0, 0] and all(d["error_kind"] == "schema" for d in letters)
     assert all(letter_raw(d) == b"" for d in letters)
+
+
+def test_a_plan_past_the_log_end_fails_on_the_idle_timeout_with_the_positions(
+    services: Settings, topics: dict[str, str]
+) -> None:
+    """A planned range the log no longer reaches (as after a truncation): the reader gives up, naming where."""
+    iot = topics["iot"]
+    _send(services, iot, [(b"dev-00001", b"{}")] * 3, _hour(10))  # offsets 0, 1, 2 of partition 0
+    consumer = group_consumer(services, iot, 100)
+    read: list[int] = []
+    try:
+        with pytest.raises(
+            TimeoutError, match=rf"no records for 2s while draining; position/end: {{'{iot}/0': \(3, 5\)}}"
+        ):
+            for batch in read_ranges(consumer, [PartitionRange(iot, 0, 0, 5)], 100, idle_timeout_s=2):
+                read += [record.offset for record in batch]
+    finally:
+        consumer.close(autocommit=False)
+    assert read == [0, 1, 2]  # every record there was, then the timeout
 
 
 def test_an_earlier_interval_never_rewinds_the_committed_offsets(
