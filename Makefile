@@ -8,7 +8,7 @@ EP := $(BIN)/eventpipe
 .PHONY: help setup install services monitoring demo test test-random test-fast lint bench down status clean k8s test-k8s test-csi
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-11s %s\n", $$1, $$2 }'
 
 # The venv in two stages, so the service downloads need not wait for Airflow and Spark:
 # stage 1 is the eventpipe package with its own dependencies (what `eventpipe devstack install` imports),
@@ -48,7 +48,12 @@ monitoring: setup  ## opt-in: Prometheus :9090, Pushgateway :9091, Alertmanager 
 	$(EP) devstack up --services monitoring
 
 EXECUTION ?= local
-demo: install  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary (EXECUTION=kubernetes: tasks as pods)
+ifeq ($(filter $(EXECUTION),local kubernetes),)
+$(error EXECUTION must be local or kubernetes, not "$(EXECUTION)")
+endif
+# kubernetes: the demo starts the cluster and deploys itself (what `make k8s` does); the host packages come first
+DEMO_NEEDS := $(if $(filter kubernetes,$(EXECUTION)),k8s-host)
+demo: install $(DEMO_NEEDS)  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary (EXECUTION=kubernetes: tasks as pods, cluster included)
 	$(EP) demo --execution $(EXECUTION)
 
 test: services browser  ## everything up, then the whole test suite against the real services
@@ -64,10 +69,10 @@ browser:  ## headless Chromium + chromedriver from Debian packages, for the Airf
 	else apt-get install -y -q --no-install-recommends chromium chromium-driver || \
 	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }; fi
 
-test-fast: setup  ## tests that need no services
-	$(BIN)/python -m pytest -ra -m "not services and not airflow and not k8s and not csi"
+test-fast: setup  ## tests that need no services and install nothing (no apt-get: promtool's rule tests run in make test)
+	$(BIN)/python -m pytest -ra -m "not services and not airflow and not k8s and not csi and not packages"
 
-lint: setup
+lint: setup  ## ruff check and ruff format --check
 	$(BIN)/ruff check include devstack dags plugins tests bench
 	$(BIN)/ruff format --check include devstack dags plugins tests bench
 
@@ -98,11 +103,11 @@ test-k8s: k8s  ## the k8s-marked tests against the local cluster
 test-csi: install  ## the CSI driver's Go tests and csi-sanity, as root, without a cluster
 	$(BIN)/python -m pytest -ra -s -m csi tests/test_csi_driver.py
 
-status:
+status:  ## health of each local service (exit 1 if a data service or a running one is unhealthy)
 	$(EP) devstack status
 
 down:  ## stop every local service
 	$(EP) devstack down
 
-clean: down
+clean: down  ## stop every local service and delete .devstack/ (downloads, builds, data)
 	rm -rf .devstack

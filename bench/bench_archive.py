@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import Run
 from devstack.stack import DATA_SERVICES, local_env, up
-from eventpipe.archive.indices import day_bounds, day_index, read_index, read_slices
+from eventpipe.archive.indices import day_bounds, day_index, read_index
 from eventpipe.archive.layout import ARCHIVE_SCHEMA
 from eventpipe.archive.writer import archive_day
 from eventpipe.events.generator import GeneratorConfig, generate
@@ -106,7 +106,7 @@ def main() -> None:
     up([s for s in DATA_SERVICES if not (args.read_only and s == "s3")])
     settings = Settings.from_env()
     es = client(settings)
-    ensure_indices(es)
+    ensure_indices(es, replicas=settings.elastic.replicas)
     cfg = Settings.from_env().archive
     day = date(2024, 6, 1) + timedelta(days=args.events % 97)
     console = Console()
@@ -130,7 +130,7 @@ def main() -> None:
     scan_s = min(scans)
     read_by_slices = {n: min(v) for n, v in reads.items()}
     best_slices = min(read_by_slices, key=read_by_slices.get)
-    default = read_slices()
+    default = settings.archive.read_slices
     read_s = read_by_slices[default] if default in read_by_slices else read_by_slices[best_slices]
     legacy_s = min(legacy)
     assert table is not None and table.equals(legacy_table), "sliced read differs from the scroll read"

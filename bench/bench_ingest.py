@@ -126,7 +126,7 @@ def main() -> None:
     env = local_env()
     up(DATA_SERVICES)
     settings = Settings.from_env(env)
-    ensure_indices(client(settings))
+    ensure_indices(client(settings), replicas=settings.elastic.replicas)
     tag = uuid.uuid4().hex[:6]
     topics = {"iot": f"bench-{tag}.iot", "business": f"bench-{tag}.business"}
     span_s = max(3600, args.events // 300)
@@ -162,7 +162,7 @@ def main() -> None:
     for workers in (int(w) for w in args.workers.split(",")):
         # every variant writes into empty day indices (an overwrite costs Elasticsearch more than a create)
         es.indices.delete(index=f"{EVENTS_PREFIX}-2024.01.*", allow_no_indices=True)
-        ensure_indices(es)
+        ensure_indices(es, replicas=settings.elastic.replicas)
         tuned = settings.updated(kafka={"drain_workers": workers})
         with console.status(f"drain, workers={workers or 'default'}"):
             got = drain_interval(tuned, topic, DAY, end, batch_size=args.batch_size, inflight=args.inflight)

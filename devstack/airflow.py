@@ -42,6 +42,7 @@ from devstack.runtime import (
     subdir,
 )
 from devstack.stack import local_env
+from eventpipe.lifetime import child_preexec
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin"  # devstack only: the API binds to 127.0.0.1
@@ -187,8 +188,14 @@ class Airflow(Service):
         """
         env = {**os.environ, **self.env()}
         for attempt in range(4):
-            result = subprocess.run(
-                [airflow_bin(), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+            result = subprocess.run(  # ends with a killed devstack (eventpipe.lifetime)
+                [airflow_bin(), *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                preexec_fn=child_preexec(),
             )
             if result.returncode == 0 or "database is locked" not in result.stderr:
                 break

@@ -27,6 +27,7 @@ from devstack.runtime import (
     start_process,
     subdir,
 )
+from eventpipe.lifetime import child_preexec
 
 POM = REPO_ROOT / "devstack" / "maven" / "elasticsearch" / "pom.xml"
 LAUNCHER = REPO_ROOT / "devstack" / "java" / "EventpipeNode.java"
@@ -121,6 +122,7 @@ class ElasticsearchNode(Service):
             capture_output=True,
             text=True,
             check=False,
+            preexec_fn=child_preexec(),  # a JVM: ends with a killed devstack
         )
         if result.returncode != 0:
             raise DevstackError(f"compiling {source.name} for Elasticsearch failed:\n{result.stderr[-3000:]}")

@@ -18,6 +18,7 @@ from devstack.runtime import (
     start_process,
     subdir,
 )
+from eventpipe.lifetime import child_preexec
 
 POM = REPO_ROOT / "devstack" / "maven" / "kafka" / "pom.xml"
 CLUSTER_ID = "ZXZlbnRwaXBlLWRldnN0YQ"  # fixed: the devstack's storage is formatted once for this id
@@ -113,6 +114,7 @@ class Kafka(Service):
                 capture_output=True,
                 text=True,
                 check=False,
+                preexec_fn=child_preexec(),  # a JVM: ends with a killed devstack
             )
             if result.returncode != 0 and "already formatted" not in result.stdout + result.stderr:
                 raise DevstackError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")

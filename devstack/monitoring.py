@@ -73,10 +73,13 @@ def ensure_debian_packages(binaries: dict[str, str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
     with _no_service_starts():
-        result = run_step(cmd, f"apt-get install {' '.join(missing)}", env=env)
+        # a package install is better finished than cut: it does not end with a killed devstack
+        result = run_step(cmd, f"apt-get install {' '.join(missing)}", env=env, end_with_parent=False)
         if result.returncode != 0:  # stale package lists: refresh once and retry
-            run_step(["apt-get", "update", "-q"], "apt-get update", env=env)
-            result = run_step(cmd, f"apt-get install {' '.join(missing)} (after update)", env=env)
+            run_step(["apt-get", "update", "-q"], "apt-get update", env=env, end_with_parent=False)
+            result = run_step(
+                cmd, f"apt-get install {' '.join(missing)} (after update)", env=env, end_with_parent=False
+            )
     if result.returncode != 0:
         raise DevstackError(f"apt-get install {' '.join(missing)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
 

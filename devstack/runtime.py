@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from eventpipe.lifetime import child_preexec
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,16 +43,29 @@ def progress(message: str) -> None:
 
 
 def run_step(
-    cmd: Sequence[str], what: str, *, env: dict[str, str] | None = None, timeout: float | None = None
+    cmd: Sequence[str],
+    what: str,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    end_with_parent: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run a long install step, printing what it does and its elapsed time every few seconds.
 
     Output is captured (shown only when the step fails), so a cold build is neither silent nor noisy.
+    The step ends with this process if it is killed (a build or download nobody waits for is an
+    orphan); ``end_with_parent=False`` is for steps better finished than cut, like a package install.
     """
     began = time.monotonic()
     progress(f"{what} …")
     with subprocess.Popen(
-        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=child_preexec() if end_with_parent else None,
     ) as proc:
         while True:
             try:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from devstack.elasticsearch import snapshot_root
-from devstack.runtime import Service, progress, subdir
+from devstack.runtime import Service, pid_of, progress, stop_process, subdir
 
 # name -> "module:Class"; start order matters (Airflow last: its tasks need the others).
 SERVICES: dict[str, str] = {
@@ -132,9 +132,44 @@ def up(names: Iterable[str]) -> dict[str, float]:
     return timings
 
 
-def down(names: Iterable[str]) -> list[str]:
-    return [name for name in reversed(list(names)) if service(name).stop()]
+# Started on demand by another step, not by `devstack up`: the Docker daemon `devstack k8s` starts for image
+# builds when none runs. Only one the devstack started has a pidfile, so one found running is never stopped.
+HELPER_PROCESSES: dict[str, int | None] = {"dockerd": None}  # name -> port (dockerd: a unix socket)
 
 
-def status(names: Iterable[str]) -> list[dict[str, object]]:
-    return [service(name).status() for name in names]
+def every_service() -> list[str]:
+    """All services in start order: the defaults, then the opt-in ones (monitoring, kubernetes)."""
+    return [*SERVICES, *OPTIONAL_SERVICES]
+
+
+def running(name: str) -> bool:
+    """Whether this devstack started ``name`` and it still runs (a live pidfile; the cluster: any component)."""
+    if name == "kubernetes":
+        from devstack.cluster.kubernetes import COMPONENTS, _proc
+
+        return any(pid_of(_proc(c)) for c in COMPONENTS)
+    return pid_of(name) is not None
+
+
+def down(names: Iterable[str] | None = None) -> list[str]:
+    """Stop the named services in reverse start order; None: everything this devstack started, helpers too."""
+    chosen = every_service() if names is None else list(names)
+    stopped = [name for name in reversed(chosen) if name not in HELPER_PROCESSES and service(name).stop()]
+    helpers = HELPER_PROCESSES if names is None else [n for n in chosen if n in HELPER_PROCESSES]
+    return stopped + [name for name in helpers if stop_process(name)]
+
+
+def status(names: Iterable[str] | None = None) -> list[dict[str, object]]:
+    """One row per service; None: the default services, and every opt-in service and helper that runs."""
+    if names is None:
+        names = [n for n in every_service() if n in SERVICES or running(n)]
+        names += [n for n in HELPER_PROCESSES if running(n)]
+    rows = []
+    for name in names:
+        if name in HELPER_PROCESSES:
+            pid = pid_of(name)
+            rows.append({"service": name, "port": HELPER_PROCESSES[name], "pid": pid, "healthy": pid is not None})
+            rows[-1]["version"] = "?"
+        else:
+            rows.append(service(name).status())
+    return rows

@@ -31,7 +31,7 @@ def stack_env() -> dict[str, str]:
 def services(stack_env: dict[str, str]) -> Settings:
     up(DATA_SERVICES)
     settings = Settings.from_env(stack_env)
-    ensure_indices(client(settings))
+    ensure_indices(client(settings), replicas=settings.elastic.replicas)
     return settings
 
 

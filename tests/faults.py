@@ -1,4 +1,5 @@
-"""A loopback TCP proxy that can cut a real service off, or freeze it, mid-conversation (fault injection)."""
+"""Fault injection: a loopback TCP proxy that can cut a real service off, or freeze it, mid-conversation;
+private service instances to kill; and the processes a killed process leaves behind (issue #25)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.elasticsearch import ElasticsearchNode
@@ -141,14 +143,16 @@ class SpareService:
             self.service.start()
 
     def kill(self) -> None:
-        """SIGKILL the service's process group, as an OOM kill or a node loss would."""
+        """SIGKILL the service's process group, as an OOM kill or a node loss would; none of its processes survive."""
         with self.own_home():
             pid = pid_of(self.service.name)
             assert pid is not None, f"the spare {self.service.name} is not running"
+            spawned = descendants(pid)  # e.g. Elasticsearch's native controller
             os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             pid_of(self.service.name)  # drops the stale pidfile
+            wait_until_gone(spawned, 10.0)
 
     def stop(self) -> None:
         with self.own_home():
@@ -170,3 +174,59 @@ def spare_elasticsearch(home: Path, shared_home: Path) -> SpareService:
         transport_port = 19300
 
     return SpareService(home, SpareNode(), shared_home, ("elasticsearch/jars",))
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """One process, named by pid and start time (a reused pid is another process) and its command line."""
+
+    pid: int
+    started: int  # clock ticks after boot, /proc/<pid>/stat field 22
+    cmdline: str
+
+    def running(self) -> bool:
+        """Still this process and not a zombie (an orphan's zombie waits for a reaper, it holds no memory)."""
+        stat = _stat(self.pid)
+        return stat is not None and stat[2] != "Z" and int(stat[21]) == self.started
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat as fields numbered as in proc(5) minus one; None once the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    head, _, tail = raw.rpartition(")")  # the command name may hold spaces and parentheses
+    return [head.split(" (", 1)[0], head.split(" (", 1)[1], *tail.split()]
+
+
+def descendants(pid: int) -> list[ProcessRef]:
+    """Every process below ``pid`` now (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(int(stat[3]), []).append(int(entry.name))
+    found: list[ProcessRef] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        stat = _stat(child)
+        if stat is None:
+            continue
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        found.append(ProcessRef(child, int(stat[21]), cmdline))
+        todo += children.get(child, [])
+    return found
+
+
+def wait_until_gone(processes: list[ProcessRef], timeout: float) -> float:
+    """Seconds until none of ``processes`` runs; AssertionError naming the survivors after ``timeout``."""
+    began = time.monotonic()
+    while survivors := [p for p in processes if p.running()]:
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"still running {timeout:.0f}s after their parent died: {survivors}")
+        time.sleep(0.05)
+    return time.monotonic() - began

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,12 +29,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from devstack.airflow import ADMIN_PASSWORD, ADMIN_USER, Airflow
 from devstack.airflow_api import AirflowApiError, AirflowClient
-from devstack.runtime import subdir
+from devstack.runtime import REPO_ROOT, subdir
 
-from .airflow_support import INGEST_DAG, start_airflow
+from .airflow_support import ARCHIVE_DAG, INGEST_DAG, start_airflow
+from .test_dag_integrity import pictured_shapes
 
 pytestmark = pytest.mark.airflow
 
+RESTORE_DRILL = "eventpipe_restore_drill"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
@@ -160,14 +165,40 @@ def _trigger_through_the_ui(airflow: Airflow, api: AirflowClient, browser: WebDr
 
 
 SCREENSHOTS = {
-    "dag-list": ("/dags", "eventpipe_ingest"),
+    "dag-list": ("/dags", INGEST_DAG),
     "ingest-dag": (f"/dags/{INGEST_DAG}", INGEST_DAG),
-    "archive-dag": ("/dags/eventpipe_archive_nightly", "eventpipe_archive_nightly"),
+    "archive-dag": (f"/dags/{ARCHIVE_DAG}", ARCHIVE_DAG),
+    "restore-drill": (f"/dags/{RESTORE_DRILL}", RESTORE_DRILL),
 }
+DOCS_IMG = REPO_ROOT / "docs" / "img"
+
+
+def _not_a_clean_demo(api: AirflowClient) -> list[str]:
+    """Why this Airflow's pages are not the ones to show people (empty: a clean `make demo`, untouched by tests)."""
+    problems = [
+        f"{dag_id}: {len(failed)} failed runs"
+        for dag_id in (INGEST_DAG, ARCHIVE_DAG, RESTORE_DRILL, "eventpipe_train_anomaly_model")
+        if (failed := api.dag_runs(dag_id, state="failed"))
+    ]
+    for dag_id in (INGEST_DAG, ARCHIVE_DAG, RESTORE_DRILL):
+        green = api.dag_runs(dag_id, state="success")
+        if not green:
+            problems.append(f"{dag_id}: no successful run")
+        elif {"setup"} - {t["task_id"] for t in api.task_instances(dag_id, green[0].dag_run_id)}:
+            problems.append(f"{dag_id}: its latest green run has no setup task")
+    return problems
 
 
 def test_screenshots_for_people(airflow: Airflow, api: AirflowClient, browser: WebDriver) -> None:
-    """Pictures of the DAG list, the ingest grid and the archive runs (curated copies live in docs/img/)."""
+    """The DAG list, a green ingest run with setup, the archive DAG and the restore drill, in .devstack/artifacts/ui/.
+
+    With EVENTPIPE_SCREENSHOTS=docs they also replace docs/img/ (the README's pictures), with the pictured DAGs'
+    shapes in docs/img/dag-shapes.json, which tests/test_dag_integrity.py compares with the DAGs: only from a
+    clean `make demo` that no test run has touched, so the first picture a newcomer sees has no red in it.
+    """
+    to_docs = os.environ.get("EVENTPIPE_SCREENSHOTS") == "docs"
+    if to_docs and (problems := _not_a_clean_demo(api)):
+        pytest.fail(f"docs/img pictures a clean `make demo`; this Airflow is not one: {problems}")
     folder = subdir("artifacts", "ui")
     browser.get(f"{airflow.url}/")
     _type(browser, By.NAME, "username", ADMIN_USER)
@@ -181,3 +212,7 @@ def test_screenshots_for_people(airflow: Airflow, api: AirflowClient, browser: W
         shot = folder / f"{name}.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 20_000, f"{shot} looks empty"
+        if to_docs:
+            shutil.copyfile(shot, DOCS_IMG / shot.name)
+    if to_docs:
+        (DOCS_IMG / "dag-shapes.json").write_text(json.dumps(pictured_shapes(), indent=2) + "\n")

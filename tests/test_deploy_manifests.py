@@ -45,6 +45,7 @@ ALERTS = {
     "EventpipeDagRunFailed",
     "EventpipeLedgerFoundUncoveredOffsets",
     "EventpipeLedgerOffsetsRemain",
+    "EventpipeShardBudgetHigh",
 }
 
 

@@ -39,7 +39,7 @@ from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS, client, ensure_in
 from eventpipe.storage.s3 import delete_keys, s3_client
 
 from .es_support import dead_letters_of, events_of
-from .faults import CuttableProxy, SpareService, spare_elasticsearch, spare_kafka
+from .faults import CuttableProxy, SpareService, descendants, spare_elasticsearch, spare_kafka, wait_until_gone
 from .test_ingest import _hours, _produce
 
 pytestmark = pytest.mark.services
@@ -91,13 +91,12 @@ def _wait_for(check, timeout: float, what: str) -> None:
 
 
 def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
-    services: Settings, es: Elasticsearch, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
 ) -> None:
     """A SIGSTOPped node as its clients see it: open connections, no answers; then it resumes."""
     _, produced = _produce(services, topics, seed=120, malformed_rate=0.01, rate=1.0)
     h0, _h1, h2, _ = _hours(120)
     iot = topics["iot"]
-    monkeypatch.setenv("EVENTPIPE_ES_TIMEOUT", "3")
     proxy = CuttableProxy(int(services.elastic.url.rsplit(":", 1)[1]), freeze_after_bytes=250_000)
     frozen_for = 8.0
 
@@ -110,7 +109,9 @@ def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
     thawer.start()
     try:
         started = time.monotonic()
-        result = drain_interval(services.updated(elastic={"url": proxy.url}), iot, h0, h2, batch_size=300)
+        result = drain_interval(
+            services.updated(elastic={"url": proxy.url, "timeout_s": 3.0}), iot, h0, h2, batch_size=300
+        )
         elapsed = time.monotonic() - started
     finally:
         proxy.thaw()
@@ -168,10 +169,13 @@ def test_flood_stage_block_during_drain_is_waited_out_exactly(
     assert produced.by_topic[iot] > in_interval  # the second hour is left for its own interval
 
 
-def _drain_process(topic: str, start: str, end: str) -> subprocess.Popen[bytes]:
+def _drain_process(topic: str, start: str, end: str, **env: str) -> subprocess.Popen[bytes]:
     eventpipe = Path(sys.executable).with_name("eventpipe")
     argv = [str(eventpipe), "drain", "--start", start, "--end", end, "--topics", topic, "--batch-size", "200"]
-    return subprocess.Popen(argv, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+ORPHAN_GRACE_S = 10.0  # a killed task's processes are all gone within this (issue #25)
 
 
 def test_task_process_killed_mid_batch_then_retry_is_exact(
@@ -187,9 +191,11 @@ def test_task_process_killed_mid_batch_then_retry_is_exact(
         return events_of(es, iot) > 0 or proc.poll() is not None
 
     _wait_for(some_indexed, 120, "the drain to index its first batch")
+    spawned = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)  # as the kubelet does on OOM or node loss
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
+    wait_until_gone(spawned, ORPHAN_GRACE_S)
     partial = events_of(es, iot)
     assert 0 < partial < produced.by_topic[iot]
     assert all(c is None for c in _committed(services, iot).values())  # nothing committed
@@ -203,6 +209,72 @@ def test_task_process_killed_mid_batch_then_retry_is_exact(
     assert manifest is not None and manifest.status == "complete" and manifest.attempts == 2
     assert manifest.consumed == produced.by_topic[iot]
     _assert_exact(services, es, iot, produced.by_topic[iot])
+
+
+def test_task_process_killed_mid_drain_with_workers_leaves_no_process_and_retry_is_exact(
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
+) -> None:
+    """Issue #25: the drain's worker processes and the resource tracker end with the SIGKILLed task."""
+    _, produced = _produce(services, topics, seed=145, malformed_rate=0.01, rate=4.0)
+    h0, _h1, h2, _ = _hours(145)
+    iot = topics["iot"]
+    workers = {"EVENTPIPE_DRAIN_WORKERS": "2", "EVENTPIPE_DRAIN_PARALLEL_MIN_RECORDS": "1"}
+    proc = _drain_process(iot, h0.isoformat(), h2.isoformat(), **workers)
+
+    def workers_indexing() -> bool:
+        if proc.poll() is not None:
+            return True
+        es.indices.refresh(index=EVENTS_ALIAS, ignore_unavailable=True)
+        return events_of(es, iot) > 0 and len(descendants(proc.pid)) == 3
+
+    _wait_for(workers_indexing, 120, "the drain's workers to index their first batches")
+    spawned = descendants(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, "the drain ended before it could be killed mid-drain"
+    kinds = sorted("resource_tracker" if "resource_tracker" in p.cmdline else "spawn_main" for p in spawned)
+    assert kinds == ["resource_tracker", "spawn_main", "spawn_main"], spawned  # two workers, one tracker
+    wait_until_gone(spawned, ORPHAN_GRACE_S)
+    manifest = ManifestStore(es).get(iot, h0, h2)
+    assert manifest is not None and manifest.status == "planned"  # killed mid-drain: nothing committed
+    assert all(c is None for c in _committed(services, iot).values())
+
+    retry = _drain_process(iot, h0.isoformat(), h2.isoformat(), **workers)
+    _out, err = retry.communicate(timeout=300)
+    assert retry.returncode == 0, err.decode()[-2000:]
+    manifest = ManifestStore(es).get(iot, h0, h2)
+    assert manifest is not None and manifest.status == "complete" and manifest.attempts == 2
+    assert manifest.consumed == produced.by_topic[iot]
+    _assert_exact(services, es, iot, produced.by_topic[iot])
+
+
+SPARK_TASK = """
+import time
+from eventpipe.settings import Settings
+from eventpipe.sparkjobs.session import build_session
+spark = build_session(Settings(), "eventpipe-orphan-check")
+assert spark.sparkContext.parallelize(range(1000), 2).map(lambda x: x * 2).sum() == 999000  # Python workers
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_spark_task_killed_leaves_no_jvm_or_python_worker(stack_env: dict[str, str]) -> None:
+    """Issue #25: a SIGKILLed Spark task takes its local JVM (and the JVM's pyspark workers) with it.
+
+    The guard is pyspark's own: the JVM gateway exits when its stdin pipe from the task reads
+    end-of-file, which needs the task to be the only holder of that pipe (no fork-started children).
+    """
+    proc = subprocess.Popen([sys.executable, "-c", SPARK_TASK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        spawned = descendants(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert any("org.apache.spark.deploy.SparkSubmit" in p.cmdline for p in spawned), spawned  # the JVM
+    assert any("pyspark.daemon" in p.cmdline for p in spawned), spawned  # its Python workers
+    wait_until_gone(spawned, ORPHAN_GRACE_S)
 
 
 @pytest.fixture(scope="module")
@@ -263,13 +335,14 @@ def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
     private_es: SpareService,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    private = services.updated(elastic={"url": f"http://127.0.0.1:{private_es.port}"})
+    private = services.updated(elastic={"url": f"http://127.0.0.1:{private_es.port}", "retries": 2})
     es = client(private)
-    ensure_indices(es)  # what the DAG's setup task does; the drain itself no longer bootstraps
+    ensure_indices(
+        es, replicas=private.elastic.replicas
+    )  # what the DAG's setup task does; the drain itself no longer bootstraps
     h0, _h1, h2, _ = _hours(160)
     iot = topics["iot"]
     _, produced = _produce(services, topics, seed=160, malformed_rate=0.01, rate=2.0)
-    monkeypatch.setenv("EVENTPIPE_ES_RETRIES", "2")
     failure: list[BaseException] = []
 
     def drain() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from pydantic import ValidationError
 
-from eventpipe.events.generator import GeneratorConfig, generate, utc
+from eventpipe.events.generator import CLOCK_SKEW_KINDS, GeneratorConfig, generate, utc
 from eventpipe.events.schema import parse_event
+from eventpipe.ingest.window import EventTimeWindow
 
 CONFIG = GeneratorConfig(utc("2026-11-20T00:00:00"), utc("2026-11-20T00:30:00"), rate_per_s=2, malformed_rate=0.05)
 
@@ -29,14 +32,38 @@ def test_records_stay_in_span_and_ids_are_unique() -> None:
 def test_malformed_records_fail_validation_and_valid_ones_pass() -> None:
     records = list(generate(CONFIG))
     malformed = [r for r in records if r.malformed]
-    assert len(malformed) > 50
-    assert {r.malformed for r in malformed} == {"not-json", "missing-field", "wrong-type", "bad-time", "non-finite"}
+    kinds = Counter(r.malformed for r in malformed)
+    assert kinds == {
+        "not-json": 29,
+        "missing-field": 11,
+        "wrong-type": 34,
+        "bad-time": 27,
+        "non-finite": 18,
+        "epoch-reset": 23,
+        "far-future": 24,
+        "slow-drift": 23,
+    }
     for record in malformed:
+        if record.malformed in CLOCK_SKEW_KINDS:
+            continue
         with pytest.raises((ValidationError, ValueError)):
             parse_event(record.value)
     for record in records:
         if record.event:
             assert parse_event(record.value) == record.event
+
+
+def test_clock_skew_records_are_valid_events_outside_the_default_window() -> None:
+    """A broken clock writes a valid event; only its distance from the (true) Kafka timestamp gives it away."""
+    window = EventTimeWindow()
+    skewed = [r for r in generate(CONFIG) if r.malformed in CLOCK_SKEW_KINDS]
+    years = {}
+    for record in skewed:
+        event_time = parse_event(record.value).event_time
+        event_ms = int(event_time.timestamp() * 1000)
+        assert window.reason(event_ms, record.timestamp_ms) is not None, record.value
+        years.setdefault(record.malformed, set()).add(event_time.year)
+    assert years == {"epoch-reset": {1970}, "far-future": {9999}, "slow-drift": {2026}}
 
 
 def test_anomalies_are_far_from_normal_values() -> None:

@@ -165,14 +165,13 @@ def test_elasticsearch_rejection_goes_to_dlq_and_rest_of_batch_lands(
 
 
 def test_elasticsearch_outage_mid_drain_fails_then_retry_is_exact(
-    services: Settings, es: Elasticsearch, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    services: Settings, es: Elasticsearch, topics: dict[str, str]
 ) -> None:
     _, produced = _produce(services, topics, seed=707, malformed_rate=0.01, rate=1.0)
     H0, _H1, H2, _H3 = _hours(707)
     iot = topics["iot"]
-    monkeypatch.setenv("EVENTPIPE_ES_RETRIES", "2")
     proxy = CuttableProxy(int(services.elastic.url.rsplit(":", 1)[1]), cut_after_bytes=300_000)
-    flaky = services.updated(elastic={"url": proxy.url})
+    flaky = services.updated(elastic={"url": proxy.url, "retries": 2})
     try:
         with pytest.raises(TransportConnectionError):  # the cut connection, after the bulk retries: the task fails
             drain_interval(flaky, iot, H0, H2, batch_size=300)

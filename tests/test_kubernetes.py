@@ -1,8 +1,8 @@
 """The production path on a real local cluster: the image, task pods built by the project's own factory,
 Secrets by name, XCom through the sidecar, and least-privilege RBAC.
 
-``make test-k8s`` (opt-in: root, and a 15-25 minute first build of Kubernetes). The fixture brings the
-cluster up idempotently; a missing prerequisite is an error here, never a silent skip.
+``make test-k8s`` (opt-in: root, and a first build of about an hour, docs/kubernetes.md#first-build-time). The
+fixture brings the cluster up idempotently; a missing prerequisite is an error here, never a silent skip.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ import yaml
 from devstack import monitoring
 from devstack.monitoring import RULES_FILE, ensure_debian_packages, render_rules
 
+pytestmark = pytest.mark.packages  # promtool and amtool come from Debian's prometheus packages (apt-get)
+
 TESTS = Path(__file__).parent / "promrules"
 
 

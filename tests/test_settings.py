@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from eventpipe.orchestration.command import plain_env
-from eventpipe.settings import PLAIN_ENV, SECRET_ENV, SPARK_TASK_ENV, Settings, env_fields
+from eventpipe.settings import PLAIN_ENV, SECRET_ENV, SECTIONS, SPARK_TASK_ENV, Settings, env_fields
 
 
 def test_documented_names_fill_the_sections() -> None:
@@ -72,9 +74,77 @@ def test_copies_name_their_section() -> None:
         s.updated(elasticsearch={"url": "x"})
 
 
-def test_every_setting_is_documented() -> None:
-    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
-    assert [var for _, _, var, _ in env_fields() if f"`{var}`" not in text] == []
+ROOT = Path(__file__).resolve().parents[1]
+DEVSTACK_TABLE = "## Devstack only"
+
+
+def _tables(text: str) -> dict[str, list[list[str]]]:
+    """Markdown table rows (cells, stripped) under each ``## `` heading whose first column is a variable."""
+    out: dict[str, list[list[str]]] = {}
+    heading = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = DEVSTACK_TABLE if line.startswith(DEVSTACK_TABLE) else line
+        elif line.startswith("| `") and re.match(r"\| `[A-Z][A-Z0-9_]+` \|", line):
+            out.setdefault(heading, []).append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    return out
+
+
+def _forwarded(meta: dict[str, object]) -> str:
+    where = [name for flag, name in (("plain", "every task"), ("spark", "Spark tasks")) if meta.get(flag)]
+    return ", ".join(where) or "no"
+
+
+def test_configuration_doc_matches_the_model_both_ways() -> None:
+    """Each field has one row with its default and where it travels; each row is a field or a devstack variable."""
+    tables = _tables((ROOT / "docs" / "configuration.md").read_text())
+    rows = {row[0].strip("`"): row for heading, rows in tables.items() if heading != DEVSTACK_TABLE for row in rows}
+    secrets = {var for keys in SECRET_ENV.values() for var in keys.values()}
+    fields = {var: (section, name, meta) for section, name, var, meta in env_fields() if var not in secrets}
+    assert sorted(set(fields) - set(rows)) == []  # every field documented in a settings table
+    assert sorted(set(rows) - set(fields)) == []  # every documented variable is a field
+    wrong = []
+    for var, (section, name, meta) in fields.items():
+        _, default, forwarded, _meaning = rows[var]
+        model = SECTIONS[section]
+        expected = model.model_fields[name].default
+        if default.startswith("unset"):
+            documented = None
+        else:
+            literal = re.match(r"`([^`]*)`", default)
+            assert literal, f"{var}: default {default!r} is neither `value` nor unset"
+            documented = getattr(model.model_validate({var: literal.group(1)}), name)
+        if documented != expected or forwarded != _forwarded(meta):
+            wrong.append((var, default, forwarded, expected, _forwarded(meta)))
+    assert wrong == []
+
+
+def test_devstack_variables_are_exactly_the_devstack_table() -> None:
+    """The devstack's own variables: read somewhere under devstack/, never fields of the model."""
+    documented = {
+        row[0].strip("`") for row in _tables((ROOT / "docs" / "configuration.md").read_text())[DEVSTACK_TABLE]
+    }
+    fields = {var for _, _, var, _ in env_fields()}
+    source = "\n".join(path.read_text() for path in (ROOT / "devstack").rglob("*.py"))
+    read = {name for name in re.findall(r"[\"'](EVENTPIPE_[A-Z0-9_]+)[\"']", source) if name not in fields}
+    assert documented == read
+
+
+def test_dag_params_are_documented() -> None:
+    """Every DAG param has a row in the params table, and every row is a param of that DAG."""
+    documented = set(
+        re.findall(r"^\| `(eventpipe_\w+)`[^|]*\| `(\w+)` \|", (ROOT / "docs" / "configuration.md").read_text(), re.M)
+    )
+    declared = set()
+    for path in (ROOT / "dags").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DAG"):
+            kwargs = {k.arg: k.value for k in call.keywords}
+            dag_id = ast.literal_eval(kwargs["dag_id"])
+            params = kwargs.get("params")
+            if isinstance(params, ast.Dict):
+                declared |= {(dag_id, ast.literal_eval(key)) for key in params.keys if key is not None}
+    assert declared and documented == declared
 
 
 def test_from_env_reads_only_the_mapping(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,14 @@ def test_setup_creates_everything_and_is_idempotent(services: Settings, es: Elas
     assert {f"setup-{tag}", f"setup-snap-{tag}"} <= {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert es.snapshot.get_repository(name=f"setup-{tag}")[f"setup-{tag}"]["type"] == "fs"
     assert es.indices.exists_index_template(name="eventpipe-events")
+    # the shard budget every new day draws on: open shards against max_shards_per_node x data nodes
+    health = es.cluster.health()
+    per_node = int(
+        es.cluster.get_settings(include_defaults=True, flat_settings=True)["defaults"]["cluster.max_shards_per_node"]
+    )
+    assert second.shards["max_shards_per_node"] == per_node
+    assert second.shards["limit"] == per_node * health["number_of_data_nodes"]
+    assert 0 < int(second.shards["open"]) < second.shards["limit"]  # type: ignore[operator]
     assert all(es.indices.exists(index=i) for i in (DLQ_INDEX, ROLLUP_INDEX, MANIFEST_INDEX, ANOMALY_INDEX))
     admin = KafkaAdminClient(bootstrap_servers=fresh.kafka.bootstrap)
     try:

@@ -73,3 +73,59 @@ def test_no_import_cycles(package: str) -> None:
 
     for name in sorted(graph):
         visit(name, ())
+
+
+# Where a process starts, and only there, settings are read from the process environment (``Settings()``,
+# ``Settings.from_env()`` without a mapping, the cached ``settings()``); everything below gets them passed in,
+# so a caller's settings (a test's, a drain worker's) are the ones honoured. File -> functions ("*": all).
+ENTRY_POINTS: dict[str, set[str]] = {
+    "include/eventpipe/settings.py": {"*"},  # the model and its cached reader
+    "include/eventpipe/cli.py": {"*"},  # `eventpipe ...` commands
+    "include/eventpipe/ml/cli.py": {"*"},
+    "include/eventpipe/archive/cli.py": {"*"},
+    "include/eventpipe/results.py": {"emit"},  # where a CLI command writes its XCom result
+    "include/eventpipe/archive/quiesce.py": {"day_is_closed"},  # sensor callable on the Airflow worker
+    "include/eventpipe/orchestration/command.py": {"*"},  # DAG parse: the task environments
+    "include/eventpipe/orchestration/tasks.py": {"*"},
+    "include/eventpipe/orchestration/callbacks.py": {"*"},  # Airflow failure callback
+    "plugins/eventpipe_plugin.py": {"*"},  # Airflow DAG-run listener
+}
+
+
+def _reads_process_settings(call: ast.Call) -> bool:
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id in {"Settings", "settings"} and not call.args and not call.keywords
+    if isinstance(func, ast.Attribute) and func.attr == "from_env":
+        bare = not call.args and not call.keywords
+        return isinstance(func.value, ast.Name) and func.value.id == "Settings" and bare
+    return False
+
+
+def _settings_reads(path: Path) -> list[tuple[str, int]]:
+    """(enclosing function, line) of every read of the process's settings in ``path``."""
+    found: list[tuple[str, int]] = []
+
+    def walk(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            if isinstance(child, ast.Call) and _reads_process_settings(child):
+                found.append((function, child.lineno))
+            walk(child, name)
+
+    walk(ast.parse(path.read_text(), filename=str(path)), "<module>")
+    return found
+
+
+def test_settings_are_read_from_the_environment_only_at_entry_points() -> None:
+    files = [*PIPELINE.rglob("*.py"), *(ROOT / "plugins").rglob("*.py"), *(ROOT / "dags").rglob("*.py")]
+    offenders = []
+    for path in files:
+        rel = str(path.relative_to(ROOT))
+        allowed = ENTRY_POINTS.get(rel, set())
+        offenders += [
+            f"{rel}:{line} in {fn}" for fn, line in _settings_reads(path) if "*" not in allowed and fn not in allowed
+        ]
+    assert offenders == []
+    stale = [rel for rel in ENTRY_POINTS if not (ROOT / rel).is_file()]
+    assert stale == []

@@ -1,7 +1,8 @@
 """A real single-node Kubernetes for the devstack: the production path (task pods, Spark executors) run here.
 
 Opt-in (``eventpipe devstack up --services kubernetes`` or ``make k8s``): it needs root, builds Kubernetes from
-the Go module proxy on first use (15-25 minutes on 2 cores, then cached) and is not needed by local mode.
+the Go module proxy on first use (15-25 minutes on 2 idle cores; about an hour with everything ``make k8s``
+builds, see docs/kubernetes.md; then cached) and is not needed by local mode.
 
 Layout: etcd 3.4, the cluster's own containerd 1.6 (CRI, separate from Docker's), kube-apiserver,
 kube-controller-manager, kube-scheduler, kubelet, kube-proxy (iptables) and CoreDNS, all pinned. The node IP is

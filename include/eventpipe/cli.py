@@ -1,20 +1,29 @@
-"""`eventpipe`: the one command every task runs, in a Kubernetes pod or as a local process.
+"""eventpipe: the one command every pipeline task runs, in a Kubernetes pod or as a local process.
 
-Arguments carry only the data interval and options; connection settings and secrets come
-from the environment (see ``eventpipe.settings``). Exit codes follow ``eventpipe.errors``:
-3 for a permanent failure (an invalid argument, a corrupt archive), which no retry can fix.
+Arguments carry only the data interval and options. Connection settings and secrets come from the
+environment (docs/configuration.md). Run by hand in a checkout whose devstack is running, a command
+that finds no S3 keys or connection settings in the environment uses the devstack's own, the ones
+`eventpipe devstack env` prints, and says so on stderr.
+
+Exit codes: 0 for success, 3 for a permanent failure that no retry can fix (an invalid argument, a
+missing setting, a corrupt archive), anything else for a failure worth retrying.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import re
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
-from eventpipe.errors import PERMANENT_EXIT_CODE, InvalidArgument, PermanentError
+from eventpipe.devstack_env import load_devstack_env, require_s3_keys
+from eventpipe.errors import PERMANENT_EXIT_CODE, InvalidArgument, InvalidConfiguration, PermanentError
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.params import parse_instant, parse_interval, parse_topics
 from eventpipe.results import emit
@@ -34,7 +43,7 @@ class ContractApp(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except PermanentError as exc:
-            if not isinstance(exc, InvalidArgument):  # a bad argument needs its message, not a stack
+            if not isinstance(exc, InvalidArgument | InvalidConfiguration):  # its message says it all, not a stack
                 traceback.print_exc(file=sys.stderr)
             print(f"eventpipe: permanent failure, not retried: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(exc.exit_code) from exc
@@ -51,8 +60,13 @@ End = Annotated[str, typer.Option("--end", help="Interval end (exclusive), ISO-8
 Topics = Annotated[str, typer.Option("--topics", help="Comma-separated source topics (default: all)")]
 
 
+# Commands of the dev environment (they bring their own settings) and those that never touch S3.
+DEVSTACK_COMMANDS = frozenset({"devstack", "demo"})
+WITHOUT_S3 = frozenset({"rollup"})
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages too")] = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -101,7 +115,9 @@ def drain(
 ) -> None:
     """Drain the Kafka records of [start, end) into Elasticsearch; dead-letter the rest."""
     from eventpipe.ingest.drain import drain_interval
-    from eventpipe.metrics import push
+    from eventpipe.metrics import push, push_shard_usage
+    from eventpipe.storage.elastic import client
+    from eventpipe.storage.shards import shard_usage
 
     lo, hi = parse_interval(start, end)
     settings = Settings.from_env()
@@ -121,6 +137,12 @@ def drain(
                 },
                 {"topic": result.topic},
             )
+    if not dry_run:
+        es = client(settings)
+        try:
+            push_shard_usage(settings, shard_usage(es))  # the drain is what creates daily indices
+        finally:
+            es.close()
     emit(
         "drain",
         {
@@ -226,6 +248,75 @@ def _add_devstack() -> None:
 
 
 _add_devstack()
+
+
+def _devstack_exports() -> Callable[[], dict[str, str]] | None:
+    """What `eventpipe devstack env` prints, as a function; None where the dev environment is not installed."""
+    try:
+        from devstack.cli import devstack_env
+    except ModuleNotFoundError as exc:
+        if exc.name != "devstack":
+            raise
+        return None
+    return devstack_env
+
+
+def _settings_first(command: str, callback: Callable[..., Any]) -> Callable[..., Any]:
+    """``callback`` preceded by the settings check: after its arguments parsed, before any work."""
+
+    @functools.wraps(callback)  # typer reads the parameters through __wrapped__
+    def run(*args: Any, **kwargs: Any) -> Any:
+        load_devstack_env(_devstack_exports())  # a hand-run command in a checkout whose devstack runs
+        if command not in WITHOUT_S3:
+            require_s3_keys()
+        return callback(*args, **kwargs)
+
+    return run
+
+
+def _check_settings_first(group: typer.Typer) -> None:
+    """Every pipeline command checks its settings first (the devstack's own commands bring theirs)."""
+    for info in group.registered_commands:
+        name = info.name or (info.callback.__name__ if info.callback else "")
+        if info.callback and name not in DEVSTACK_COMMANDS:
+            info.callback = _settings_first(name, info.callback)
+    for sub in group.registered_groups:
+        if sub.name not in DEVSTACK_COMMANDS and sub.typer_instance is not None:
+            _check_settings_first(sub.typer_instance)
+
+
+_check_settings_first(app)
+
+
+def plain_help(doc: str) -> str:
+    """Help text from a docstring: RST literals as plain words, each paragraph one line for the terminal to wrap.
+
+    Docstrings are written for code readers (``literals``, lines broken at the source width); `--help`
+    shows them to operators, who should read sentences.
+    """
+    text = re.sub(r":[a-z]+:`([^`]+)`", r"\1", inspect.cleandoc(doc))  # :class:`x` -> x
+    text = text.replace("``", "")
+    text = re.sub(r"^`eventpipe[^`]*`:\s*(\w)", lambda m: m.group(1).upper(), text)  # "`eventpipe ml`: x" -> "X"
+    paragraphs = re.split(r"\n\s*\n", text)
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs if p.strip())
+
+
+def _plain_help_everywhere(group: typer.Typer) -> None:
+    """Every command's and group's help through ``plain_help`` (typer takes the docstring as it is)."""
+    for info in group.registered_commands:
+        doc = info.help or (inspect.getdoc(info.callback) if info.callback else None)
+        if doc:
+            info.help = plain_help(doc)
+    for sub in group.registered_groups:
+        doc = typer.main.solve_typer_info_help(sub)
+        if doc:
+            sub.help = plain_help(doc)
+        if sub.typer_instance is not None:
+            _plain_help_everywhere(sub.typer_instance)
+
+
+app.info.help = plain_help(__doc__ or "")
+_plain_help_everywhere(app)
 
 if __name__ == "__main__":
     app()

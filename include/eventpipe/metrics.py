@@ -7,10 +7,14 @@ the end under job=eventpipe, grouped by task and topic.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from eventpipe.settings import Settings
+
+if TYPE_CHECKING:
+    from eventpipe.storage.shards import ShardUsage
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,8 @@ METRICS: dict[str, str] = {
     "kafka_lag_records": "records of the topic beyond the group's committed offsets after the last drain",
     "bulk_latency_seconds": "mean Elasticsearch bulk request latency of the last drain",
     "drain_seconds": "duration of the last drain of a topic",
+    "es_shards_open": "shards of open Elasticsearch indices (what cluster.max_shards_per_node limits)",
+    "es_shards_limit": "cluster.max_shards_per_node x data nodes: open shards past it make index creation fail",
     "ledger_uncovered_offsets": "offsets of the topic no complete drain manifest covered at the last ledger check",
     "ledger_remaining_offsets": "offsets of the topic still uncovered after the last ledger check drained",
     "archive_bytes": "Parquet bytes committed by the last archive write",
@@ -33,6 +39,11 @@ METRICS: dict[str, str] = {
     "dag_last_success_timestamp": "when the labelled DAG last had a successful run (Airflow plugin)",
     "dag_run_failed": "1 if the labelled DAG's last run failed (Airflow plugin)",
 }
+
+
+def push_shard_usage(settings: Settings, usage: ShardUsage) -> bool:
+    """The cluster's shard budget, under its own group (task=shards): the last reading wins."""
+    return push(settings, "shards", {"es_shards_open": usage.open, "es_shards_limit": usage.limit})
 
 
 def push(settings: Settings, task: str, values: dict[str, float], labels: dict[str, str] | None = None) -> bool:

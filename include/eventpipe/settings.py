@@ -67,6 +67,30 @@ class KafkaSettings(Section):
         plain=True,
         description="intervals with fewer planned records drain in the task process itself",
     )
+    # The event-time window (docs/schema.md): event_time must lie within these bounds of the record's
+    # own Kafka timestamp, else the record is dead-lettered (event_time_out_of_window).
+    event_time_max_past_hours: float = env(
+        "EVENTPIPE_EVENT_TIME_MAX_PAST_HOURS",
+        168.0,
+        plain=True,
+        description="how far event_time may lie before the record's Kafka timestamp (7 days)",
+    )
+    event_time_max_future_minutes: float = env(
+        "EVENTPIPE_EVENT_TIME_MAX_FUTURE_MINUTES",
+        60.0,
+        plain=True,
+        description="how far event_time may lie after the record's Kafka timestamp (1 hour)",
+    )
+    # Topics are created by the setup task (and the generator) when missing; existing topics are never altered.
+    topic_partitions: int = env(
+        "EVENTPIPE_KAFKA_TOPIC_PARTITIONS", 3, plain=True, description="partitions of a new source topic"
+    )
+    replication_factor: int = env(
+        "EVENTPIPE_KAFKA_REPLICATION_FACTOR", 1, plain=True, description="replicas of a new topic: 1 suits one broker"
+    )
+    min_insync_replicas: int = env(
+        "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS", 1, plain=True, description="min.insync.replicas of a new topic"
+    )
 
 
 class ElasticSettings(Section):

@@ -18,7 +18,7 @@ import pyarrow as pa
 from elasticsearch import Elasticsearch, NotFoundError, helpers
 
 from eventpipe.archive.layout import ARCHIVE_SCHEMA
-from eventpipe.settings import ArchiveSettings, Settings
+from eventpipe.settings import ArchiveSettings
 from eventpipe.storage.elastic import EVENTS_PREFIX
 
 LATE_PREFIX = f"{EVENTS_PREFIX}-late"
@@ -66,7 +66,8 @@ _SOURCE_TYPE = pa.struct(
         pa.field("attributes", ARCHIVE_SCHEMA.field("attributes").type),
     ]
 )
-READ_SLICES = ArchiveSettings().read_slices  # ES's search pool on 2 cores has 4 threads; EVENTPIPE_ARCHIVE_READ_SLICES
+# ES's search pool on 2 cores has 4 threads; callers pass settings.archive.read_slices (EVENTPIPE_ARCHIVE_READ_SLICES)
+READ_SLICES: int = ArchiveSettings.model_fields["read_slices"].default
 READ_PAGE = 5000
 PIT_KEEP_ALIVE = "5m"
 
@@ -107,11 +108,7 @@ def _empty_maps(column: pa.Array) -> pa.Array:
     return pa.array([value if value is not None else [] for value in column.to_pylist()], type=column.type)
 
 
-def read_slices() -> int:
-    return Settings().archive.read_slices  # read per call, as before: benches and tests set it late
-
-
-def read_index(es: Elasticsearch, index: str, *, slices: int | None = None, page: int = READ_PAGE) -> pa.Table:
+def read_index(es: Elasticsearch, index: str, *, slices: int = READ_SLICES, page: int = READ_PAGE) -> pa.Table:
     """Every document of ``index`` as an Arrow table in the archive schema, sorted by event id.
 
     A point in time read in ``slices`` parallel slices: while one thread decodes a page,
@@ -119,7 +116,6 @@ def read_index(es: Elasticsearch, index: str, *, slices: int | None = None, page
     rows are sorted by event id (the document id, unique in an index), so the Parquet bytes are
     the same as from any other read of the same documents.
     """
-    slices = slices or read_slices()
     try:
         pit = es.open_point_in_time(index=index, keep_alive=PIT_KEEP_ALIVE)["id"]
     except NotFoundError:

@@ -99,7 +99,7 @@ def archive_day(
     bucket = settings.s3.bucket
     s3 = s3_client(settings)
     ensure_bucket(settings, bucket)
-    tables = {name: read_index(es, name) for name in (day_index(day), late_index(day))}
+    tables = {name: read_index(es, name, slices=cfg.read_slices) for name in (day_index(day), late_index(day))}
     previous = load_if_committed(s3, bucket, day)
     revision = previous.revision + 1 if previous else 1
 

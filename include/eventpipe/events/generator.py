@@ -2,7 +2,9 @@
 
 Events are spread evenly over an event-time span at a given rate, carry daily cycles and
 noise, and include injected anomalies (recorded in a separate ground-truth table, never in
-the events) and a share of malformed records (for the dead-letter path). The same seed
+the events) and a share of malformed records (for the dead-letter path): broken payloads, and
+valid events from a broken clock, whose ``event_time`` is far from their Kafka timestamp (the
+true time) and which the drain dead-letters as ``event_time_out_of_window``. The same seed
 gives the same events and ids, so a generated dataset can be reproduced exactly.
 """
 
@@ -29,7 +31,13 @@ BUSINESS_TYPES: dict[str, dict[str, tuple[float, float, float]]] = {
     "payment": {"amount": (80.0, 25.0, 15.0)},
 }
 REGIONS = ("eu-west", "eu-central", "us-east", "ap-south")
-MALFORMED_KINDS = ("not-json", "missing-field", "wrong-type", "bad-time", "non-finite")
+SCHEMA_BROKEN_KINDS = ("not-json", "missing-field", "wrong-type", "bad-time", "non-finite")
+# Valid events whose device clock is wrong, each outside the default event-time window
+# (docs/schema.md#event-time-window): a real-time clock reset to the epoch, one that jumped to the
+# end of the calendar, and one that drifted behind for weeks without a time sync.
+CLOCK_SKEW_KINDS = ("epoch-reset", "far-future", "slow-drift")
+MALFORMED_KINDS = SCHEMA_BROKEN_KINDS + CLOCK_SKEW_KINDS
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,8 @@ def generate(config: GeneratorConfig) -> Iterator[Record]:
 
 
 def _break(event: Event, how: str) -> bytes:
+    if how in CLOCK_SKEW_KINDS:
+        return json.dumps(_skewed(event, how).document(), separators=(",", ":")).encode()
     doc = event.document()
     if how == "not-json":
         return json.dumps(doc).encode()[:-7]
@@ -136,6 +146,18 @@ def _break(event: Event, how: str) -> bytes:
     elif how == "non-finite":
         doc["metrics"] = {**doc["metrics"], "reading": float("nan")}  # json.dumps writes NaN
     return json.dumps(doc).encode()
+
+
+def _skewed(event: Event, how: str) -> Event:
+    """The same event as a device with a broken clock reports it (the Kafka timestamp stays true)."""
+    true = event.event_time
+    if how == "epoch-reset":  # the clock restarted at 1970-01-01 when the device booted, a while ago
+        when = EPOCH + timedelta(seconds=true.hour * 3600 + true.minute * 60 + true.second)
+    elif how == "far-future":
+        when = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    else:  # slow-drift: weeks behind, past the 7-day window
+        when = true - timedelta(days=8 + true.minute % 14, seconds=true.second)
+    return event.model_copy(update={"event_time": when})
 
 
 def utc(text: str) -> datetime:

@@ -13,7 +13,16 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+)
 
 SCHEMA_VERSION = 1
 
@@ -27,6 +36,24 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 MAX_ATTRIBUTE_VALUE = 256
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+# Largest integer a double holds exactly: metrics are stored as doubles (index and archive), so a
+# larger integer (a counter, an id sent as a metric) would be silently rounded. Reject it instead.
+MAX_EXACT_INTEGER = 2**53
+_INTEGER_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def _exact_number(value: object) -> object:
+    """Refuse metric values a double would misrepresent: booleans and integers beyond 2**53."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a metric value (send 1 or 0, or use an attribute)")
+    number = int(value) if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value) else value
+    if isinstance(number, int) and abs(number) > MAX_EXACT_INTEGER:
+        raise ValueError(f"integer {number} is beyond 2**53 and cannot be stored exactly as a double")
+    return value
+
+
+MetricValue = Annotated[float, BeforeValidator(_exact_number)]
 AttributeValue = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE)]
 
 
@@ -39,7 +66,7 @@ class Event(BaseModel):
     device_id: str = Field(min_length=1, max_length=128, description="Device, terminal or account that emitted it")
     event_type: str = Field(min_length=1, max_length=64, description="e.g. telemetry, order, payment")
     event_time: AwareDatetime
-    metrics: dict[Name, float] = Field(
+    metrics: dict[Name, MetricValue] = Field(
         default_factory=dict, max_length=MAX_METRICS, description="Numeric readings or amounts"
     )
     attributes: dict[Name, AttributeValue] = Field(
@@ -56,7 +83,8 @@ class Event(BaseModel):
     def _finite(cls, value: dict[str, float]) -> dict[str, float]:
         bad = [name for name, number in value.items() if not math.isfinite(number)]
         if bad:
-            raise ValueError(f"non-finite metric values: {', '.join(sorted(bad))}")
+            names = ", ".join(sorted(bad))
+            raise ValueError(f"non-finite metric values (NaN, Infinity or beyond the double range): {names}")
         return value
 
     def document(self) -> dict[str, object]:
@@ -140,10 +168,10 @@ def fast_document(value: object) -> dict[str, object] | None:
     for name, number in metrics.items():
         kind = type(number)
         if kind is float:
-            if not math.isfinite(number):
-                return None
-        elif kind is not int:
-            return None
+            if not math.isfinite(number) or abs(number) >= 2**63:
+                return None  # orjson reads integers past 64 bits as floats: the model sees the literal
+        elif kind is not int or abs(number) > MAX_EXACT_INTEGER:
+            return None  # bool (its own type) and inexact integers: the model gives the reason
         if name not in _GOOD_NAMES and not _good_name(name):
             return None
         floats[name] = float(number)

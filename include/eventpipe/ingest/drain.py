@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -36,6 +36,16 @@ from eventpipe.events.schema import fast_document, parse_event
 from eventpipe.ingest.dlq import ClaimCheck, DeadLetter, DlqLimits, read_limits, write_dead_letters
 from eventpipe.ingest.manifest import DrainManifest, ManifestStore
 from eventpipe.ingest.offsets import PartitionRange, interval_ranges
+from eventpipe.ingest.waiting import records_waiting
+from eventpipe.ingest.window import (
+    BUDGET_EXCEEDED,
+    INDEX_CREATION,
+    OUT_OF_WINDOW,
+    EventTimeWindow,
+    IndexBudget,
+    share,
+)
+from eventpipe.lifetime import die_with_parent
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import EVENTS_PREFIX, BulkOutcome, IndexAction, bulk_index, client
 
@@ -43,6 +53,7 @@ log = logging.getLogger(__name__)
 CONSUMER_GROUP = "eventpipe-ingest"
 INFLIGHT = 2  # bulk requests outstanding while the next batch is read and serialized (measured in bench/)
 LETTER_BATCH = 1000  # dead letters buffered before they are written (all are written before the commit)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,10 @@ class DrainResult:
     created: int = 0
     dead_lettered: int = 0
     late: int = 0  # events for already archived days, indexed into their late index
+    out_of_window: int = 0  # dead-lettered: event_time outside the window of the record's Kafka timestamp
+    over_budget: int = 0  # dead-lettered: their day's index would pass this drain's new-index budget
+    index_creation_failed: int = 0  # dead-lettered: Elasticsearch refused to create their day's index
+    new_indices: list[str] = field(default_factory=list)  # daily indices this drain created
     touched_hours: list[str] = field(default_factory=list)
     bulk_seconds: float = 0.0
     bulk_requests: int = 0
@@ -77,6 +92,7 @@ class DrainResult:
     lag: int = 0  # records beyond the group's committed offsets after this drain (all partitions)
     workers: int = 1  # processes that drained the plan (the *_seconds above are summed over them)
     seconds: float = 0.0
+    waiting: dict[str, object] | None = None  # empty plan: records of the interval beyond the last drained offset
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -115,6 +131,12 @@ def drain_interval(
                 topic=topic, interval_start=start, interval_end=end, partitions=[r.as_dict() for r in ranges]
             )
         result = DrainResult(topic, start.isoformat(), end.isoformat(), manifest.partitions, replayed, dry_run)
+        if not any(r.size for r in manifest.ranges()):  # nothing planned: say if the interval's records wait later
+            planned_end = {r.partition: r.end for r in manifest.ranges()}
+            waiting = records_waiting(settings, store, consumer, topic, start, end, planned_end)
+            if waiting is not None:
+                log.warning("drain: %s", waiting.message(topic, start, end))
+                result.waiting = waiting.as_dict()
         if dry_run:
             result.consumed = sum(r.size for r in manifest.ranges())
             result.seconds = round(time.perf_counter() - started, 3)
@@ -149,6 +171,8 @@ class DrainPass:
     batch_size: int
     idle_timeout_s: float
     inflight: int = INFLIGHT
+    window: EventTimeWindow = field(default_factory=EventTimeWindow)
+    new_index_budget: int = 1  # new daily indices this process may create (its share of the drain's)
 
 
 def execute_manifest(
@@ -172,9 +196,12 @@ def execute_manifest(
     store.save(manifest)  # persist the plan first: a retry replays exactly these ranges
 
     touched: set[datetime] = set()
-    how = DrainPass(manifest.interval_start, batch_size, idle_timeout_s, inflight)
+    window = EventTimeWindow.from_settings(settings)
+    budget = window.new_index_budget(manifest.interval_start, manifest.interval_end)
+    how = DrainPass(manifest.interval_start, batch_size, idle_timeout_s, inflight, window, budget)
     groups = partition_groups(manifest.ranges(), worker_count(settings, manifest.ranges()))
     if len(groups) > 1:
+        how = replace(how, new_index_budget=share(budget, len(groups)))
         _drain_in_workers(settings, groups, how, result, touched)
     else:
         drain_ranges(settings, es, consumer, manifest.ranges(), how, result, touched)
@@ -208,7 +235,8 @@ def drain_ranges(
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
     try:
         sink = LetterSink(producer, read_limits(settings, producer), ClaimCheck(settings))
-        pipeline = _Pipeline(es, sink, how.interval_start, touched, result)
+        budget = IndexBudget(how.new_index_budget, existing_event_indices(es))
+        pipeline = _Pipeline(es, sink, how.interval_start, touched, result, how.window, budget)
         with ThreadPoolExecutor(max_workers=how.inflight, thread_name_prefix="drain-bulk") as pool:
             try:
                 batches = read_ranges(consumer, ranges, how.batch_size, how.idle_timeout_s)
@@ -258,9 +286,16 @@ def partition_groups(ranges: list[PartitionRange], workers: int) -> list[list[Pa
 
 
 SUMMED = (
-    "consumed", "indexed", "created", "dead_lettered", "late", "bulk_seconds", "bulk_requests",
-    "bulk_retried_items", "read_seconds", "prepare_seconds", "wait_seconds",
+    "consumed", "indexed", "created", "dead_lettered", "late", "out_of_window", "over_budget",
+    "index_creation_failed", "bulk_seconds", "bulk_requests", "bulk_retried_items", "read_seconds",
+    "prepare_seconds", "wait_seconds",
 )  # fmt: skip
+
+
+def existing_event_indices(es) -> set[str]:
+    """Names of the daily event indices that exist now (creating one of them costs no shard)."""
+    rows = es.cat.indices(index=f"{EVENTS_PREFIX}-*", h="index", format="json", expand_wildcards="all")
+    return {row["index"] for row in rows}
 
 
 def _drain_in_workers(
@@ -272,7 +307,10 @@ def _drain_in_workers(
 ) -> None:
     """Run ``drain_ranges`` for each group in its own process; any failure fails the drain (nothing committed)."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding client threads and sockets
-    with ProcessPoolExecutor(max_workers=len(groups), mp_context=context) as pool:
+    pool = ProcessPoolExecutor(  # workers end with this process, even a SIGKILLed one (eventpipe.lifetime)
+        max_workers=len(groups), mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+    )
+    with pool:
         futures = [pool.submit(_worker, settings, group, how) for group in groups]
         try:
             parts = [future.result() for future in futures]
@@ -283,6 +321,7 @@ def _drain_in_workers(
         for name in SUMMED:
             setattr(result, name, round(getattr(result, name) + getattr(part, name), 3))
         touched |= hours
+        result.new_indices = sorted({*result.new_indices, *part.new_indices})
     result.workers = len(groups)
 
 
@@ -309,11 +348,18 @@ class _Batch:
     outcome: Future[BulkOutcome] | None = None
 
 
-def prepare_batch(records: list[ConsumerRecord], hours: dict[str, datetime] | None = None) -> _Batch:
+def prepare_batch(
+    records: list[ConsumerRecord],
+    hours: dict[str, datetime] | None = None,
+    window: EventTimeWindow | None = None,
+    budget: IndexBudget | None = None,
+) -> _Batch:
     """Validate and serialize ``records``: each valid one becomes an action whose source is its JSON bytes.
 
     Canonical records take the fast path; the rest go through the model, which either accepts
-    them (same document as before) or gives the exact reason for the dead letter.
+    them (same document as before) or gives the exact reason for the dead letter. A valid event
+    outside the ``window`` of its Kafka timestamp, or whose day's index would pass the ``budget``
+    of new indices, is dead-lettered too (docs/schema.md#event-time-window).
     """
     hours = {} if hours is None else hours
     actions: list[IndexAction] = []
@@ -329,6 +375,9 @@ def prepare_batch(records: list[ConsumerRecord], hours: dict[str, datetime] | No
             if hour is None:
                 hour = hours[stamp[:13]] = datetime.fromisoformat(stamp[:13] + ":00:00+00:00")
             day = f"{stamp[:4]}.{stamp[5:7]}.{stamp[8:10]}"
+            event_ms = (
+                int(hour.timestamp()) * 1000 + int(stamp[14:16]) * 60_000 + int(stamp[17:19]) * 1000 + int(stamp[20:23])
+            )
         else:
             try:
                 event = parse_event(record.value)
@@ -338,16 +387,35 @@ def prepare_batch(records: list[ConsumerRecord], hours: dict[str, datetime] | No
             doc = event.document()
             hour = event.event_time.replace(minute=0, second=0, microsecond=0)
             day = event.event_time.strftime("%Y.%m.%d")
+            event_ms = (event.event_time - EPOCH) // timedelta(milliseconds=1)
+        if window is not None and (outside := window.reason(event_ms, record.timestamp)) is not None:
+            letters.append(_letter(record, OUT_OF_WINDOW, outside))
+            continue
+        index = f"{EVENTS_PREFIX}-{day}"
+        if budget is not None and not budget.admit(index):
+            letters.append(_letter(record, BUDGET_EXCEEDED, budget.refusal(index)))
+            continue
         doc["kafka"] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-        actions.append(IndexAction(f"{EVENTS_PREFIX}-{day}", str(doc["event_id"]), orjson.dumps(doc), (record, hour)))
+        actions.append(IndexAction(index, str(doc["event_id"]), orjson.dumps(doc), (record, hour)))
     return _Batch(records, actions, letters)
 
 
 class _Pipeline:
     """Bulk requests in flight, settled strictly in submission order; dead letters buffered."""
 
-    def __init__(self, es, sink: LetterSink, start: datetime, touched: set[datetime], result: DrainResult) -> None:
+    def __init__(
+        self,
+        es,
+        sink: LetterSink,
+        start: datetime,
+        touched: set[datetime],
+        result: DrainResult,
+        window: EventTimeWindow | None = None,
+        budget: IndexBudget | None = None,
+    ) -> None:
         self.es = es
+        self.window = window
+        self.budget = budget
         self.sink = sink
         self.start = start
         self.touched = touched
@@ -358,7 +426,7 @@ class _Pipeline:
 
     def submit(self, pool: ThreadPoolExecutor, records: list[ConsumerRecord], inflight: int) -> None:
         started = time.perf_counter()
-        batch = prepare_batch(records, self.hours)
+        batch = prepare_batch(records, self.hours, self.window, self.budget)
         if batch.actions:
             batch.outcome = pool.submit(bulk_index, self.es, batch.actions)
         self.pending.append(batch)
@@ -391,10 +459,20 @@ class _Pipeline:
         for action, reason in outcome.rejected:
             record, _ = action.ref
             rejected_ids.add(action.doc_id)
-            batch.letters.append(_letter(record, "elasticsearch", reason))
+            if self.budget is not None and action.index in self.budget.created and _is_creation_failure(reason):
+                result.index_creation_failed += 1
+                reason = f"Elasticsearch could not create daily index {action.index}: {reason}"
+                batch.letters.append(_letter(record, INDEX_CREATION, reason[:2000]))
+            else:
+                batch.letters.append(_letter(record, "elasticsearch", reason))
+        result.out_of_window += sum(letter.error_kind == OUT_OF_WINDOW for letter in batch.letters)
+        result.over_budget += sum(letter.error_kind == BUDGET_EXCEEDED for letter in batch.letters)
         for action in batch.actions:
             if action.doc_id not in rejected_ids:
                 self.touched.add(action.ref[1])
+                new = self.budget is not None and action.index in self.budget.created
+                if new and action.index not in result.new_indices:
+                    result.new_indices.append(action.index)
         self.letters += batch.letters
         if len(self.letters) >= LETTER_BATCH:
             self._write_letters()
@@ -446,6 +524,16 @@ def _divert_blocked(es, outcome: BulkOutcome, result: DrainResult) -> list[tuple
         result.late += diverted.acknowledged
         remaining += diverted.rejected
     return remaining
+
+
+# Per-item errors of a bulk request that mean the target index could not be created (not that the
+# document is bad): the shard limit (validation_exception "... maximum normal shards open"),
+# action.auto_create_index refusing the name, an invalid name.
+CREATION_ERRORS = ("validation_exception", "index_not_found_exception", "invalid_index_name_exception")
+
+
+def _is_creation_failure(reason: str) -> bool:
+    return reason.startswith(CREATION_ERRORS) or "maximum normal shards open" in reason
 
 
 def _letter(record: ConsumerRecord, kind: str, reason: str) -> DeadLetter:

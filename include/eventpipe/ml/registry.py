@@ -46,14 +46,8 @@ class Champion:
     promoted_at: str
 
 
-def promotion_margin(env: dict[str, str] | None = None) -> float:
-    """How much better (absolute F1) a challenger must be: EVENTPIPE_PROMOTION_MARGIN, default 0.01."""
-    return Settings.from_env(env).ml.promotion_margin
-
-
-def code_version() -> dict[str, str | None]:
-    """Package version plus the git commit: from EVENTPIPE_GIT_SHA (set in the image) or the checkout."""
-    sha = Settings().ml.git_sha
+def code_version(sha: str | None) -> dict[str, str | None]:
+    """Package version plus the git commit: ``sha`` (EVENTPIPE_GIT_SHA, set in the image) or the checkout's."""
     if not sha:
         # git finds the checkout from this file's directory (an editable install); no devstack import
         here = Path(__file__).resolve().parent

@@ -22,7 +22,7 @@ from eventpipe.archive.manifest import load as load_manifest
 from eventpipe.errors import InvalidArgument
 from eventpipe.events.produce import TRUTH_PREFIX
 from eventpipe.ml.features import FEATURES, add_features, explode_metrics, fit_baseline, read_archive, with_labels
-from eventpipe.ml.registry import Registry, code_version, promotion_margin
+from eventpipe.ml.registry import Registry, code_version
 from eventpipe.ml.scorer import export_scorer
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import build_session, s3a_uri
@@ -235,7 +235,7 @@ def train(
     from pyspark.sql import functions as F
 
     params = params or TrainParams()
-    margin = promotion_margin() if margin is None else margin
+    margin = settings.ml.promotion_margin if margin is None else margin
     started = time.perf_counter()
     timings: dict[str, float] = {}
     spark = spark or build_session(settings, "eventpipe-ml-train")
@@ -294,7 +294,7 @@ def train(
                 "train_days": [d.isoformat() for d in train_days],
                 "test_day": test_day.isoformat(),
                 "truth_prefix": f"s3://{bucket}/{truth_prefix}",
-                "code": code_version(),
+                "code": code_version(settings.ml.git_sha),
                 "spark_version": spark.version,
                 "params": asdict(params),
                 "threshold": threshold,

@@ -18,6 +18,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from eventpipe.errors import is_permanent
+from eventpipe.lifetime import child_preexec
 
 
 class LocalCliOperator(BaseOperator):
@@ -56,7 +57,10 @@ class LocalCliOperator(BaseOperator):
             argv = [*self.cmds, *self.arguments]
             self.log.info("running %s", " ".join(argv))
             env = {**self.process_env(), "EVENTPIPE_XCOM_PATH": str(xcom)}
-            with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            # The CLI ends with this task process, even a SIGKILLed one (issue #25), as a pod's container would.
+            with subprocess.Popen(
+                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=child_preexec()
+            ) as proc:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     self.log.info("%s", line.rstrip())

@@ -135,14 +135,12 @@ def spark_conf(settings: Settings, master: str) -> dict[str, str]:
 def build_session(settings: Settings, app_name: str, *, master: str | None = None) -> SparkSession:
     """A configured SparkSession (reused if one is already running in this process).
 
-    Connections and credentials are the caller's ``settings``; Spark's own (the ``spark``,
-    ``kubernetes`` and ``archive`` sections) are the process environment's when the session
-    starts, which is where the Spark task env delivers them.
+    Everything comes from the caller's ``settings``: connections and credentials, and Spark's own
+    (the ``spark``, ``kubernetes`` and ``archive`` sections), which the Spark task env delivers to
+    the entry point that read them.
     """
     from pyspark.sql import SparkSession
 
-    live = Settings()
-    settings = settings.model_copy(update={"spark": live.spark, "kubernetes": live.kubernetes, "archive": live.archive})
     master = master or settings.spark.master or LOCAL_MASTER
     if master.startswith("k8s://") and not settings.kubernetes.pod_ip:
         ip = socket.gethostbyname(socket.gethostname())

@@ -22,7 +22,7 @@ from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.serializer import OrjsonSerializer
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from eventpipe.settings import Settings
+from eventpipe.settings import ElasticSettings, Settings
 
 EVENTS_PREFIX = "eventpipe-events"
 EVENTS_ALIAS = "eventpipe-events"
@@ -48,29 +48,48 @@ MAPPINGS: dict[str, Any] = json.loads(resources.files("eventpipe.storage").joinp
 DLQ_PAYLOAD_FIELDS: dict[str, object] = MAPPINGS["dlq_payload_fields"]
 
 
-def client(settings: Settings) -> Elasticsearch:
+# Bulk attempts of a client not built by ``client()``: the model's default, never the process environment.
+DEFAULT_BULK_ATTEMPTS: int = ElasticSettings.model_fields["retries"].default
+
+
+class Client(Elasticsearch):
+    """An Elasticsearch client that also carries the bulk retry budget of the settings it was built from.
+
+    So a drain's worker processes, which get the caller's settings and build their own client, retry
+    exactly as often as the caller asked (``EVENTPIPE_ES_RETRIES``), whatever their environment says.
+    """
+
+    bulk_attempts: int = DEFAULT_BULK_ATTEMPTS
+
+    def options(self, **kwargs: Any) -> Client:
+        copy = super().options(**kwargs)
+        copy.bulk_attempts = self.bulk_attempts
+        return copy
+
+
+def client(settings: Settings) -> Client:
+    """A client for ``settings.elastic``: its URL, credentials, request timeout and bulk retries."""
     auth = None
     if settings.elastic.username and settings.elastic.password:
         auth = (settings.elastic.username, settings.elastic.password.get_secret_value())
     # orjson parses bulk responses and scroll pages ~20% faster than the stdlib (measured in bench/)
-    return Elasticsearch(
+    es = Client(
         settings.elastic.url,
         basic_auth=auth,
-        # read per client, not from ``settings``: fault tests lower it on a running process
-        request_timeout=Settings().elastic.timeout_s,
+        request_timeout=settings.elastic.timeout_s,
         retry_on_timeout=False,
         max_retries=0,
         serializer=OrjsonSerializer(),
     )
+    es.bulk_attempts = settings.elastic.retries
+    return es
 
 
-def _replicas() -> int:
-    return Settings().elastic.replicas
+def ensure_indices(es: Elasticsearch, *, replicas: int) -> None:
+    """Install templates and fixed indices; explicit mappings so a bad record cannot change types.
 
-
-def ensure_indices(es: Elasticsearch, *, replicas: int | None = None) -> None:
-    """Install templates and fixed indices; explicit mappings so a bad record cannot change types."""
-    replicas = _replicas() if replicas is None else replicas
+    ``replicas``: ``settings.elastic.replicas`` (``EVENTPIPE_ES_REPLICAS``) of the caller.
+    """
     settings = {"number_of_shards": 1, "number_of_replicas": replicas, "refresh_interval": "1s"}
     dynamic_settings = {**settings, **FIELD_LIMITS}
     es.indices.put_index_template(
@@ -118,10 +137,11 @@ class BulkOutcome:
 
 
 def _send(es: Elasticsearch, body: bytes) -> dict[str, object]:
-    """One bulk request, retried on connection errors, 429 and 5xx (EVENTPIPE_ES_RETRIES attempts)."""
+    """One bulk request, retried on connection errors, 429 and 5xx (the client's ``bulk_attempts``)."""
+    attempts = es.bulk_attempts if isinstance(es, Client) else DEFAULT_BULK_ATTEMPTS
     for attempt in Retrying(
         retry=retry_if_exception(_retryable),
-        stop=stop_after_attempt(Settings().elastic.retries),
+        stop=stop_after_attempt(attempts),
         wait=wait_exponential(multiplier=0.5, max=20),
         reraise=True,
     ):
