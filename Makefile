@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EP := $(BIN)/eventpipe
 
-.PHONY: help setup install services monitoring demo test test-fast lint bench down status clean k8s test-k8s test-csi
+.PHONY: help setup install services monitoring demo test test-random test-fast lint bench down status clean k8s test-k8s test-csi
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-11s %s\n", $$1, $$2 }'
@@ -59,6 +59,9 @@ demo: install $(DEMO_NEEDS)  ## everything up (incl. Airflow), produce events, r
 test: services browser  ## everything up, then the whole test suite against the real services
 	$(BIN)/ruff check include devstack dags plugins tests bench
 	$(BIN)/python -m pytest -ra -m "not k8s and not csi"  # k8s, csi: make test-k8s / test-csi (opt-in, see docs)
+
+test-random: services browser  ## the same suite in a random order (pytest-randomly; SEED=n repeats an order)
+	$(BIN)/python -m pytest -ra -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not k8s and not csi"
 
 .PHONY: browser
 browser:  ## headless Chromium + chromedriver from Debian packages, for the Airflow UI test (idempotent)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
+import uuid
 from datetime import date, datetime, timedelta, timezone
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ConnectionClosedError
 from elasticsearch import Elasticsearch, NotFoundError
 from kafka import KafkaProducer
 
@@ -21,7 +27,7 @@ from eventpipe.archive.snapshot import LIVE_INDICES, ensure_repository, post_hoo
 from eventpipe.archive.verify import VerificationFailed, is_verified, verify_day
 from eventpipe.archive.volumes import snapshot_objects
 from eventpipe.archive.writer import archive_day
-from eventpipe.errors import ChecksumMismatch
+from eventpipe.errors import ChecksumMismatch, ManifestMissing
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
 from eventpipe.events.schema import Event
@@ -209,7 +215,7 @@ def test_s3_outage_mid_archive_leaves_no_visible_partition_and_retry_completes(
     flaky = services.updated(s3={"endpoint": proxy.url})
     s3 = s3_client(services)
     try:
-        with pytest.raises(Exception):  # noqa: B017 - any S3 transport error fails the task
+        with pytest.raises(ConnectionClosedError):  # the cut S3 connection, after boto's retries: the task fails
             archive_day(flaky, es, small_files, day)
         assert proxy.forwarded > 0
         assert day not in committed_days(s3, services.s3.bucket)  # nothing a reader may trust
@@ -257,3 +263,103 @@ def test_volume_snapshots_are_valid_custom_resources(cfg: ArchiveSettings) -> No
     assert all(o["spec"]["volumeSnapshotClassName"] == cfg.volume_snapshot_class for o in objects)
     with pytest.raises(CrdValidationError):
         snapshot_objects(cfg, date(2026, 3, 1), ["pvc"], "Not_A_Namespace")
+
+
+def _replace_file(settings: Settings, day: date, entry: int, table: pa.Table | bytes) -> str:
+    """Overwrite one archived file and record its new sha256 in the manifest (rows left as they were), so
+    verify meets the content problem itself and not a checksum mismatch."""
+    s3, bucket = s3_client(settings), settings.s3.bucket
+    manifest = _manifest(settings, day)
+    if isinstance(table, bytes):
+        body = table
+    else:
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        body = sink.getvalue()
+    key = manifest["files"][entry]["key"]
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    manifest["files"][entry]["sha256"] = hashlib.sha256(body).hexdigest()
+    s3.put_object(Bucket=bucket, Key=manifest_key(day), Body=json.dumps(manifest).encode())
+    return key
+
+
+def test_verify_names_each_kind_of_damage(
+    services: Settings, es: Elasticsearch, cfg: ArchiveSettings, topics: dict[str, str]
+) -> None:
+    """Row counts, duplicate ids and unreadable Parquet behind a matching sha256 fail as VerificationFailed
+    (permanent), each with its own problem; a day never archived is ManifestMissing."""
+    day, produced = _closed_day(services, topics, seed=17, rate=0.002)
+    _archive(services, es, cfg, day, topics)
+    verify_day(services, es, cfg, day)
+    s3 = s3_client(services)
+    first = _manifest(services, day)["files"][0]
+    original = s3.get_object(Bucket=services.s3.bucket, Key=first["key"])["Body"].read()
+    table = pq.read_table(io.BytesIO(original))
+    assert table.num_rows == first["rows"] > 2
+
+    key = _replace_file(services, day, 0, table.slice(0, table.num_rows - 1))  # a row lost
+    with pytest.raises(VerificationFailed, match=rf"{key}: {table.num_rows - 1} rows, manifest says {table.num_rows}"):
+        verify_day(services, es, cfg, day)
+
+    duplicated = pa.concat_tables([table.slice(0, table.num_rows - 1), table.slice(0, 1)])  # same count, one id twice
+    _replace_file(services, day, 0, duplicated)
+    rows = produced.valid
+    with pytest.raises(VerificationFailed, match=rf"archive holds {rows} rows \({rows - 1} distinct\)") as failed:
+        verify_day(services, es, cfg, day)
+    assert "archived event ids differ from the manifest's digest" in str(failed.value)
+
+    key = _replace_file(services, day, 0, b"PAR1 not really parquet PAR1")
+    with pytest.raises(VerificationFailed, match=rf"{key}: not readable as Parquet") as failed:
+        verify_day(services, es, cfg, day)
+    assert not isinstance(failed.value, ChecksumMismatch)  # the sha256 matches: the content is the problem
+
+    _replace_file(services, day, 0, original)  # repaired: verifies again
+    assert verify_day(services, es, cfg, day).rows == produced.valid
+
+    never = _day(18)
+    _forget_day(services, never)
+    with pytest.raises(ManifestMissing, match=f"no committed archive for {never}"):
+        verify_day(services, es, cfg, never)
+
+
+def test_retention_dry_run_boundary_pending_rearchive_and_unverified_snapshot(
+    services: Settings, es: Elasticsearch, cfg: ArchiveSettings, topics: dict[str, str]
+) -> None:
+    verified_day, _ = _closed_day(services, topics, seed=19, rate=0.002)
+    unverified_day, _ = _closed_day(services, topics, seed=20, rate=0.002)
+    for day in (verified_day, unverified_day):
+        _archive(services, es, cfg, day, topics)
+    verify_day(services, es, cfg, verified_day)
+    s3 = s3_client(services)
+    s3.delete_object(Bucket=services.s3.bucket, Key=partition_prefix(unverified_day) + "_VERIFIED.json")
+    both = {verified_day, unverified_day}
+    later = max(cfg.retention_days, cfg.snapshot_retention_days) + 1
+    today = unverified_day + timedelta(days=later)
+
+    # dry run: what a real run would do, and nothing done
+    dry = apply_retention(services, es, cfg, today, dry_run=True, only=both)
+    assert (dry.deleted_indices, dry.deleted_snapshots) == ([day_index(verified_day)], [snapshot_name(verified_day)])
+    assert dry.kept == {
+        day_index(unverified_day): "archive of the day not verified",
+        snapshot_name(unverified_day): "archive of the day not verified",  # its snapshot is kept too
+    }
+    assert es.indices.exists(index=day_index(verified_day))
+    assert es.snapshot.get(repository=cfg.repository, snapshot=snapshot_name(verified_day))["snapshots"]
+
+    # the cutoff: a day exactly retention_days old stays, one day older goes
+    boundary = verified_day + timedelta(days=cfg.retention_days)
+    kept = apply_retention(services, es, cfg, boundary, dry_run=True, only={verified_day})
+    assert kept.deleted_indices == [] and day_index(verified_day) not in kept.kept
+    gone = apply_retention(services, es, cfg, boundary + timedelta(days=1), dry_run=True, only={verified_day})
+    assert gone.deleted_indices == [day_index(verified_day)]
+
+    # a document the verified archive does not hold (a late write not yet re-archived) keeps the index
+    index = day_index(verified_day)
+    es.indices.put_settings(index=index, settings={"index.blocks.write": None})
+    stray = es.search(index=index, size=1)["hits"]["hits"][0]
+    es.index(index=index, id=f"stray-{uuid.uuid4().hex}", document=stray["_source"], refresh=True)
+    es.indices.add_block(index=index, block="write")
+    pending = apply_retention(services, es, cfg, today, only={verified_day})
+    assert pending.kept == {index: "holds documents the verified archive does not (re-archive pending)"}
+    assert pending.deleted_indices == [] and es.indices.exists(index=index)
+    assert pending.deleted_snapshots == [snapshot_name(verified_day)]  # the snapshot has no such check

@@ -13,24 +13,30 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ConnectionClosedError
+from elastic_transport import ConnectionError as TransportConnectionError
 from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from devstack.elasticsearch import snapshot_root
 from devstack.runtime import home as devstack_home
 from eventpipe.archive import snapshot
 from eventpipe.events.generator import GeneratorConfig
 from eventpipe.events.produce import produce
+from eventpipe.ingest.dlq import DeadLetterError
 from eventpipe.ingest.drain import drain_interval
 from eventpipe.ingest.kafka_io import CONSUMER_GROUP
 from eventpipe.ingest.manifest import ManifestStore
 from eventpipe.settings import ArchiveSettings, Settings
-from eventpipe.storage.elastic import EVENTS_ALIAS, client, ensure_indices
+from eventpipe.storage import elastic
+from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS, client, ensure_indices
 from eventpipe.storage.s3 import delete_keys, s3_client
 
 from .es_support import dead_letters_of, events_of
@@ -61,6 +67,20 @@ def _assert_exact(settings: Settings, es: Elasticsearch, topic: str, produced: i
     """Every record of ``topic`` is indexed or dead-lettered once, and the group committed the log end."""
     assert events_of(es, topic) + dead_letters_of(es, topic) == produced
     assert _committed(settings, topic) == _ends(settings, topic)
+
+
+def _assert_failed_with(
+    failure: list[BaseException],
+    kind: type[BaseException] | tuple[type[BaseException], ...],
+    wrapped_by: type[BaseException] | None = None,
+) -> None:
+    """The fault ended the task with exactly the error it causes (not a bug's TypeError, not success);
+    ``wrapped_by``: the project's error that may carry it as its cause."""
+    assert len(failure) == 1, f"expected one {kind}, got {failure!r}"
+    error = failure[0]
+    if wrapped_by is not None and isinstance(error, wrapped_by):
+        error = error.__cause__
+    assert isinstance(error, kind), "".join(traceback.format_exception(failure[0]))
 
 
 def _wait_for(check, timeout: float, what: str) -> None:
@@ -103,7 +123,7 @@ def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
 
 
 def test_flood_stage_block_during_drain_is_waited_out_exactly(
-    services: Settings, es: Elasticsearch, topics: dict[str, str]
+    services: Settings, es: Elasticsearch, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Elasticsearch's flood-stage watermark puts read_only_allow_delete on indices (items fail with 429)."""
     _, produced = _produce(services, topics, seed=130, malformed_rate=0.01)
@@ -112,11 +132,21 @@ def test_flood_stage_block_during_drain_is_waited_out_exactly(
     day_index = f"eventpipe-events-{h0.strftime('%Y.%m.%d')}"
     es.options(ignore_status=400).indices.create(index=day_index)
     es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": True})
+    blocked = threading.Event()
+    send = elastic._send
+
+    def watched_send(client: Elasticsearch, body: bytes) -> dict:
+        """The real bulk request; notes when Elasticsearch answered items of the blocked index with 429."""
+        response = send(client, body)
+        if any(i["index"]["status"] == 429 and i["index"]["_index"] == day_index for i in response["items"]):
+            blocked.set()
+        return response
+
+    monkeypatch.setattr(elastic, "_send", watched_send)
 
     def release_once_blocked() -> None:
-        # the drain saves its plan, then bulks: keep the block for 4 s of its item retries (which span ~31 s)
-        _wait_for(lambda: ManifestStore(es).get(iot, h0, h1) is not None, 120, "the drain's plan")
-        time.sleep(4.0)
+        # the block lifts only after Elasticsearch has really refused the drain's writes with it
+        assert blocked.wait(120), "the drain's writes never met the block"
         es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": None})
 
     release = threading.Thread(target=release_once_blocked, daemon=True)
@@ -126,8 +156,11 @@ def test_flood_stage_block_during_drain_is_waited_out_exactly(
     finally:
         release.join(130)
         es.indices.put_settings(index=day_index, settings={"index.blocks.read_only_allow_delete": None})
-    assert result.bulk_retried_items > 0  # the block really rejected writes, and they were retried
-    assert result.dead_lettered == dead_letters_of(es, iot)  # blocked items are retried, never dead-lettered
+    assert blocked.is_set() and result.bulk_retried_items > 0  # the block rejected writes, and they were retried
+    # independently of the drain's own counts: no record of this topic was dead-lettered for an Elasticsearch error
+    es.indices.refresh(index=DLQ_INDEX)
+    by_es = {"bool": {"filter": [{"term": {"source_topic": iot}}, {"term": {"error_kind": "elasticsearch"}}]}}
+    assert es.count(index=DLQ_INDEX, query=by_es)["count"] == 0
     consumer = KafkaConsumer(bootstrap_servers=services.kafka.bootstrap, group_id=CONSUMER_GROUP)
     in_interval = sum(int(p["end"]) - int(p["start"]) for p in result.partitions)
     assert result.consumed == in_interval and result.indexed + result.dead_lettered == in_interval
@@ -275,7 +308,10 @@ def test_kafka_broker_killed_mid_drain_then_retry_is_exact(
     private_kafka.kill()
     worker.join(180)
     assert not worker.is_alive()
-    assert failure, "the drain cannot finish without its broker"
+    # the Kafka client's connection or timeout error, by whichever call meets the dead broker first: the
+    # consumer's poll (nothing, until the drain's idle TimeoutError), its offset lookups (refused), or a
+    # dead letter's send (no metadata), which the DLQ wraps with the letter's coordinates
+    _assert_failed_with(failure, (TimeoutError, KafkaConnectionError, KafkaTimeoutError), wrapped_by=DeadLetterError)
     partial = events_of(es, iot)
     assert 0 < partial < produced.by_topic[iot]
 
@@ -329,7 +365,7 @@ def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
     _wait_for(indexing, 120, "indexing")
     private_es.kill()
     worker.join(180)
-    assert failure, "the drain cannot finish without Elasticsearch"
+    _assert_failed_with(failure, TransportConnectionError)  # the killed node refuses the bulk retries
     assert all(c is None for c in _committed(services, iot).values())  # nothing committed
 
     private_es.start()  # acknowledged writes survive: the translog is fsynced per request
@@ -365,7 +401,7 @@ def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
     _wait_for(in_progress, 60, "the snapshot to start")
     private_es.kill()
     taker.join(180)
-    assert snapshot_failure, "the snapshot cannot finish without its node"
+    _assert_failed_with(snapshot_failure, TransportConnectionError)  # the status poll loses its node
     monkeypatch.undo()
     private_es.start()
     taken = snapshot.take_snapshot(private, es, cfg, day)  # the retry
@@ -410,7 +446,7 @@ def test_s3_cut_mid_snapshot_mirror_then_retry_mirrors_exactly(services: Setting
     proxy = CuttableProxy(int(str(services.s3.endpoint).rsplit(":", 1)[1]), cut_after_bytes=sum(local.values()) // 2)
     flaky = services.updated(s3={"endpoint": proxy.url})
     try:
-        with pytest.raises(Exception):  # noqa: B017 - any S3 transport error fails the task
+        with pytest.raises(ConnectionClosedError):  # the cut S3 connection, after boto's retries
             snapshot.mirror_fs_repository(flaky, cfg)
         assert 0 < len(mirrored()) < len(local)  # the cut really landed mid-mirror
         proxy.heal()

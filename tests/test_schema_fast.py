@@ -61,52 +61,64 @@ def _variant(**changes: object) -> bytes:
     return json.dumps({k: v for k, v in doc.items() if v is not ...}).encode()
 
 
+FAST, DEFER_VALID, DEFER_INVALID = "fast", "defer, the model accepts", "defer, the model rejects"
+
+
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "verdict"),
     [
-        _variant(),
-        _variant(schema_version=...),  # default version
-        _variant(metrics=..., attributes=...),  # default maps
-        _variant(metrics={"count": 3}),  # int becomes float
-        _variant(event_time="2024-01-01T11:15:30.123+01:00"),  # offset: the model converts to UTC
-        _variant(event_time="2024-01-01T10:15:30.123456Z"),  # microseconds: the document keeps ms
-        _variant(event_time="2024-01-01T10:15:30Z"),
-        _variant(event_time="0999-01-01T10:15:30.000Z"),
-        _variant(event_time="2024-02-30T10:15:30.000Z"),  # not a date
-        _variant(event_time="2024-01-01T10:15:30.123z"),
-        _variant(event_time=1704104130),
-        _variant(metrics={"temperature": "21.5"}),  # lax string number: the model decides
-        _variant(metrics={"flag": True}),
-        _variant(metrics={"count": MAX_EXACT_INTEGER}),
-        _variant(metrics={"count": MAX_EXACT_INTEGER + 1}),
-        _variant(metrics={"count": -(MAX_EXACT_INTEGER + 1)}),
-        _variant(metrics={"count": 12345678901234567890123}),
-        _variant(metrics={"count": str(MAX_EXACT_INTEGER + 1)}),
-        b'{"metrics": {"reading": 1e400}}',
-        _variant(metrics={f"m{i}": 1.0 for i in range(MAX_METRICS + 1)}),
-        _variant(metrics={"Bad": 1.0}),
-        _variant(attributes={"region": 7}),
-        _variant(attributes={"region": "x" * 257}),
-        _variant(event_id="short"),
-        _variant(event_id="abcdefgh\n"),
-        _variant(event_id="abc/defgh"),
-        _variant(source="web"),
-        _variant(schema_version=2),
-        _variant(schema_version=True),
-        _variant(device_id=""),
-        _variant(device_id=None),
-        _variant(event_type="t" * 65),
-        _variant(extra_field=1),
-        _variant(device_id=...),
-        b'{"metrics": {"reading": NaN}}',
-        b"[1, 2]",
-        b"not json",
+        (_variant(), FAST),
+        (_variant(schema_version=...), FAST),  # default version
+        (_variant(metrics=..., attributes=...), FAST),  # default maps
+        (_variant(metrics={"count": 3}), FAST),  # int becomes float
+        (_variant(event_time="2024-01-01T11:15:30.123+01:00"), DEFER_VALID),  # offset: the model converts to UTC
+        (_variant(event_time="2024-01-01T10:15:30.123456Z"), DEFER_VALID),  # microseconds: the document keeps ms
+        (_variant(event_time="2024-01-01T10:15:30Z"), DEFER_VALID),
+        (_variant(event_time="0999-01-01T10:15:30.000Z"), DEFER_VALID),
+        (_variant(event_time="2024-02-30T10:15:30.000Z"), DEFER_INVALID),  # not a date
+        (_variant(event_time="2024-01-01T10:15:30.123z"), DEFER_VALID),
+        (_variant(event_time=1704104130), DEFER_VALID),
+        (_variant(metrics={"temperature": "21.5"}), DEFER_VALID),  # lax string number: the model decides
+        (_variant(metrics={"flag": True}), DEFER_INVALID),
+        (_variant(metrics={"count": MAX_EXACT_INTEGER}), FAST),
+        (_variant(metrics={"count": MAX_EXACT_INTEGER + 1}), DEFER_INVALID),
+        (_variant(metrics={"count": -(MAX_EXACT_INTEGER + 1)}), DEFER_INVALID),
+        (_variant(metrics={"count": 12345678901234567890123}), DEFER_INVALID),
+        (_variant(metrics={"count": str(MAX_EXACT_INTEGER + 1)}), DEFER_INVALID),
+        (b'{"metrics": {"reading": 1e400}}', DEFER_INVALID),
+        (_variant(metrics={f"m{i}": 1.0 for i in range(MAX_METRICS + 1)}), DEFER_INVALID),
+        (_variant(metrics={"Bad": 1.0}), DEFER_INVALID),
+        (_variant(attributes={"region": 7}), DEFER_INVALID),
+        (_variant(attributes={"region": "x" * 257}), DEFER_INVALID),
+        (_variant(event_id="short"), DEFER_INVALID),
+        (_variant(event_id="abcdefgh\n"), DEFER_INVALID),
+        (_variant(event_id="abc/defgh"), DEFER_INVALID),
+        (_variant(source="web"), DEFER_INVALID),
+        (_variant(schema_version=2), DEFER_INVALID),
+        (_variant(schema_version=True), DEFER_VALID),
+        (_variant(device_id=""), DEFER_INVALID),
+        (_variant(device_id=None), DEFER_INVALID),
+        (_variant(event_type="t" * 65), DEFER_INVALID),
+        (_variant(extra_field=1), DEFER_INVALID),
+        (_variant(device_id=...), DEFER_INVALID),
+        (b'{"metrics": {"reading": NaN}}', DEFER_INVALID),
+        (b"[1, 2]", DEFER_INVALID),
+        (b"not json", DEFER_INVALID),
     ],
 )
-def test_fast_path_agrees_with_the_model_or_defers(raw: bytes) -> None:
+def test_fast_path_agrees_with_the_model_or_defers(raw: bytes, verdict: str) -> None:
+    """Each record's path is pinned: the fast path's document is the model's, or it defers and the model decides."""
     got = _fast(raw)
-    if got is not None:
+    if verdict == FAST:
+        assert got is not None, "the fast path declined a canonical record"
         assert orjson.dumps(got) == orjson.dumps(_model_document(raw))
+        return
+    assert got is None, "the fast path took a record it must leave to the model"
+    if verdict == DEFER_VALID:
+        assert _model_document(raw) is not None
+    else:
+        with pytest.raises(ValidationError):  # the model rejects it: a dead letter
+            parse_event(raw)
 
 
 def test_fast_path_defers_non_canonical_but_valid_records() -> None:

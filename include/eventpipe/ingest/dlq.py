@@ -211,7 +211,12 @@ def write_dead_letters(
     if not letters:
         return 0
     encoded = encode_letters(letters, limits, claims, interval_start)
-    futures = [(letter, producer.send(DLQ_TOPIC, key=letter.key.encode(), value=value)) for letter, _, value in encoded]
+    futures = []
+    for letter, _, value in encoded:
+        try:  # send itself raises when no broker answers for metadata within max_block_ms
+            futures.append((letter, producer.send(DLQ_TOPIC, key=letter.key.encode(), value=value)))
+        except Exception as exc:
+            raise DeadLetterError(f"cannot dead-letter {letter.coordinates} to {DLQ_TOPIC}: {exc!r}") from exc
     producer.flush()
     for letter, future in futures:
         try:

@@ -33,7 +33,7 @@ from elasticsearch import Elasticsearch, NotFoundError
 
 from eventpipe.archive.layout import ARCHIVE_SCHEMA, committed_days
 from eventpipe.archive.manifest import committed_files
-from eventpipe.errors import InvalidArgument
+from eventpipe.errors import InvalidArgument, PermanentError
 from eventpipe.ml import scorer
 from eventpipe.ml.features import add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import Registry
@@ -48,6 +48,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SOURCES = ("elasticsearch", "archive")
 ENGINES = ("auto", "python", "spark")
+
+
+class ScorerMissing(PermanentError):
+    """``--engine python`` asked for, but the champion has no scorer.json: a retry finds the same registry
+    (export the scorer, or score with ``auto``/``spark``), so the task fails at once with exit code 3."""
+
+
 _FIELDS = ["event_id", "schema_version", "source", "device_id", "event_type", "event_time", "metrics", "attributes"]
 
 
@@ -238,7 +245,8 @@ def score(
 
     artifact = None if engine == "spark" else registry.scorer(champion.version)
     if engine == "python" and artifact is None:
-        raise ValueError(f"champion v{champion.version} has no {scorer.SCORER_NAME}: run `eventpipe ml export-scorer`")
+        hint = "run `eventpipe ml export-scorer`, or score with --engine auto"
+        raise ScorerMissing(f"champion v{champion.version} has no {scorer.SCORER_NAME}: {hint}")
     if artifact is not None:
         result.engine = "python"
         rows = _python_rows(settings, artifact, result, es, start, end)
