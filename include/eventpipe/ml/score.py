@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from elasticsearch import Elasticsearch, NotFoundError
 
+from eventpipe.archive.indices import day_index, existing, late_index
 from eventpipe.archive.layout import ARCHIVE_SCHEMA, committed_days
 from eventpipe.archive.manifest import committed_files
 from eventpipe.errors import InvalidArgument, PermanentError
@@ -39,7 +40,7 @@ from eventpipe.ml.features import add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import Registry
 from eventpipe.settings import Settings
 from eventpipe.sparkjobs.session import build_session
-from eventpipe.storage.elastic import ANOMALY_INDEX, EVENTS_ALIAS, IndexAction, bulk_index, client
+from eventpipe.storage.elastic import ANOMALY_INDEX, IndexAction, bulk_index, client
 from eventpipe.storage.s3 import s3_client
 
 if TYPE_CHECKING:
@@ -84,10 +85,23 @@ def _iso(value: datetime) -> str:
 
 
 def read_elasticsearch(es: Elasticsearch, start: datetime, end: datetime, *, page: int = 5000) -> pa.Table:
-    """Every event of [start, end) from the events alias, as an Arrow table in the archive schema."""
+    """Every event of [start, end) from its days' indices, as an Arrow table in the archive schema.
+
+    The point in time covers only the interval's day (and late) indices, not the whole events alias:
+    a point in time over the alias fails (503) when any other day's index is created or deleted while
+    it is open, which a drain or retention running beside the scoring does.
+    """
     columns: dict[str, list[Any]] = {name: [] for name in _FIELDS}
+    first, last = (
+        start.astimezone(timezone.utc).date(),
+        (end - timedelta(microseconds=1)).astimezone(timezone.utc).date(),
+    )
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    indices = existing(es, [name for day in days for name in (day_index(day), late_index(day))])
+    if not indices:
+        return ARCHIVE_SCHEMA.empty_table()
     try:
-        pit = es.open_point_in_time(index=EVENTS_ALIAS, keep_alive="2m")["id"]
+        pit = es.open_point_in_time(index=",".join(indices), keep_alive="2m")["id"]
     except NotFoundError:
         return ARCHIVE_SCHEMA.empty_table()
     try:
