@@ -44,7 +44,8 @@ def test_backfill_of_a_day_whose_records_arrived_late_says_which_run_drains_them
     day = datetime(2019, 1, 1, tzinfo=timezone.utc) + timedelta(days=random.randrange(365))  # this test's own
     next_day = day + timedelta(days=1)
     topic = f"test-{uuid.uuid4().hex[:8]}.iot"
-    ensure_topics(services, [topic], partitions=1)
+    one_partition = services.model_copy(update={"kafka": services.kafka.model_copy(update={"topic_partitions": 1})})
+    ensure_topics(one_partition, [topic])
 
     _send(services, topic, next_day + timedelta(hours=10), 10)  # offsets 0-9, stamped the next day
     live = drain_interval(services, topic, next_day + timedelta(hours=10), next_day + timedelta(hours=11))
