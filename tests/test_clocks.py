@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS, EVENTS_PREFIX
 from eventpipe.storage.shards import MAX_SHARDS_SETTING, shard_usage
 
 from .es_support import delete_matching
+from .polling import eventually
 
 pytestmark = pytest.mark.services
 
@@ -344,15 +345,6 @@ def _budget_alerts() -> list[dict[str, Any]]:
     return [a for a in alerts if a["labels"]["alertname"] == "EventpipeShardBudgetHigh"]
 
 
-def _eventually(probe: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout:.0f}s: {what}")
-
-
 def _rule_groups() -> list[dict[str, Any]] | None:
     try:
         return _prometheus("/api/v1/rules")["groups"]
@@ -383,7 +375,7 @@ def test_shard_budget_alert_fires_in_prometheus_when_the_budget_is_nearly_used(
     other tests creating indices meanwhile are not refused).
     """
     up(GROUPS["monitoring"])
-    rules = _eventually(_rule_groups, "Prometheus answering its API")
+    rules = eventually(_rule_groups, "Prometheus answering its API")
     if not any(rule["name"] == "EventpipeShardBudgetHigh" for group in rules for rule in group["rules"]):
         service("prometheus").reload()  # started earlier from rules without this alert
     env = {**os.environ, **stack_env, "EVENTPIPE_PUSHGATEWAY_URL": pushgateway_url()}
@@ -393,7 +385,7 @@ def test_shard_budget_alert_fires_in_prometheus_when_the_budget_is_nearly_used(
     usage = shard_usage(es)
     assert reported["limit"] == usage.limit == usage.max_shards_per_node * usage.data_nodes
     assert reported["used_percent"] < 80
-    _eventually(lambda: _scraped_open(reported["open"]), "the setup's reading in Prometheus")
+    eventually(lambda: _scraped_open(reported["open"]), "the setup's reading in Prometheus")
     time.sleep(4)  # two rule evaluations and the devstack's 2 s `for:` past the scrape
     assert _budget_alerts() == []
 
@@ -407,7 +399,7 @@ def test_shard_budget_alert_fires_in_prometheus_when_the_budget_is_nearly_used(
     assert nearly_full.limit == per_node * usage.data_nodes and 0.8 < nearly_full.ratio <= 1.0
     try:
         assert push_shard_usage(pushing, nearly_full)
-        firing = _eventually(
+        firing = eventually(
             lambda: [a for a in _budget_alerts() if a["state"] == "firing"], "EventpipeShardBudgetHigh firing"
         )
         assert firing[0]["labels"]["severity"] == "warning"
@@ -416,4 +408,4 @@ def test_shard_budget_alert_fires_in_prometheus_when_the_budget_is_nearly_used(
     finally:
         after = _setup(env)["shards"]  # the real reading again
     assert after["limit"] == usage.limit
-    _eventually(lambda: not _budget_alerts(), "the alert resolving after setup's next reading")
+    eventually(lambda: not _budget_alerts(), "the alert resolving after setup's next reading")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +37,8 @@ from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
 from eventpipe.settings import Settings
 from eventpipe.storage.elastic import client
+
+from .polling import eventually
 
 pytestmark = [pytest.mark.services, pytest.mark.monitoring]
 
@@ -65,16 +67,6 @@ def _cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Comp
     if check:
         assert result.returncode == 0, f"eventpipe {' '.join(args)} failed:\n{result.stderr[-3000:]}"
     return result
-
-
-def _eventually(probe: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    """Poll until ``probe`` returns something truthy; the scrape/eval/notify path takes a few seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout:.0f}s: {what}")
 
 
 def _alerts(**labels: str) -> list[dict[str, Any]]:
@@ -128,7 +120,7 @@ def test_dead_letter_flood_fires_in_prometheus_and_reaches_alertmanager(
         )
         assert drained["dead_lettered"] / drained["consumed"] > 0.01
 
-        alert = _eventually(lambda: _alerts(alertname="EventpipeDlqRateHigh", topic=iot), "the alert in Alertmanager")
+        alert = eventually(lambda: _alerts(alertname="EventpipeDlqRateHigh", topic=iot), "the alert in Alertmanager")
         assert alert[0]["labels"]["severity"] == "warning"
         assert alert[0]["annotations"]["summary"].endswith(
             f"of {iot} records of the last drain went to the dead-letter queue"
@@ -138,7 +130,7 @@ def test_dead_letter_flood_fires_in_prometheus_and_reaches_alertmanager(
         assert firing and firing[0]["state"] == "firing"
     finally:
         _delete_group(task="drain", topic=iot)
-    _eventually(lambda: not _alerts(alertname="EventpipeDlqRateHigh", topic=iot), "the alert resolving")
+    eventually(lambda: not _alerts(alertname="EventpipeDlqRateHigh", topic=iot), "the alert resolving")
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +164,17 @@ def test_failed_snapshot_fires_and_a_retake_resolves(
     day = drained_day[0].isoformat()
     broken = {**pipeline_env, "EVENTPIPE_S3_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
     # the alert has no per-test label: first see it absent, so an earlier run's alert cannot pass for this one
-    _eventually(lambda: not _alerts(alertname="EventpipeSnapshotFailed"), "no snapshot alert before the fault")
+    eventually(lambda: not _alerts(alertname="EventpipeSnapshotFailed"), "no snapshot alert before the fault")
     _cli(pipeline_env, "archive", "snapshot-pre", "--day", day)
     try:
         failed = _cli(broken, "archive", "snapshot", "--day", day, check=False)
         assert failed.returncode == 1, failed.stderr[-2000:]  # S3 unreachable: transient, Airflow retries
-        alert = _eventually(lambda: _alerts(alertname="EventpipeSnapshotFailed"), "the alert in Alertmanager")
+        alert = eventually(lambda: _alerts(alertname="EventpipeSnapshotFailed"), "the alert in Alertmanager")
         assert alert[0]["labels"]["severity"] == "critical"
         _cli(pipeline_env, "archive", "snapshot", "--day", day)  # the retake an operator runs
     finally:
         _cli(pipeline_env, "archive", "snapshot-post", "--day", day)
-    _eventually(lambda: not _alerts(alertname="EventpipeSnapshotFailed"), "the alert resolving after the retake")
+    eventually(lambda: not _alerts(alertname="EventpipeSnapshotFailed"), "the alert resolving after the retake")
 
 
 def _dashboard_exprs() -> list[str]:
@@ -244,7 +236,7 @@ def test_dashboard_queries_match_series_prometheus_receives(
             ({"task": "dagrun", "dag": dag}, began),
         ):
             selector = ",".join(f'{k}="{v}"' for k, v in {"job": "eventpipe", **grouping}.items())
-            _eventually(
+            eventually(
                 lambda s=selector, t=since: _query(f"push_time_seconds{{{s}}} > {t}"),
                 f"a scrape of the push {{{selector}}}",
             )
@@ -285,9 +277,9 @@ def test_airflow_statsd_reaches_prometheus_with_mapped_labels(monitoring: None) 
         f"stats.Stats.timing('dagrun.duration.success.{dag}', 1500)\n"
     )
     subprocess.run([sys.executable, "-c", emit], env=env, check=True, capture_output=True, timeout=120)
-    finished = _eventually(lambda: _query(f'airflow_ti_finish{{dag_id="{dag}"}}'), "airflow_ti_finish in Prometheus")
+    finished = eventually(lambda: _query(f'airflow_ti_finish{{dag_id="{dag}"}}'), "airflow_ti_finish in Prometheus")
     assert finished[0]["metric"] | {"job": "airflow", "task_id": "drain", "state": "failed"} == finished[0]["metric"]
-    duration = _eventually(
+    duration = eventually(
         lambda: _query(f'airflow_dagrun_duration_seconds{{dag_id="{dag}",state="success",quantile="0.5"}}'),
         "airflow_dagrun_duration_seconds in Prometheus",
     )
