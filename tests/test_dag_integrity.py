@@ -73,9 +73,6 @@ def pictured_shapes() -> dict[str, dict[str, list[str]]]:
     return {dag_id: {task: sorted(down) for task, (down, _, _) in SHAPE[dag_id].items()} for dag_id in PICTURED}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="docs/img predates the setup tasks and the restore drill picture (issue #26): regenerate"
-)
 def test_screenshots_show_the_current_dag_shapes() -> None:
     assert json.loads(PICTURED_SHAPES.read_text()) == pictured_shapes(), (
         "a pictured DAG changed shape since docs/img was taken: run a clean `make demo`, then "
