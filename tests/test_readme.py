@@ -6,7 +6,6 @@ or marked ``<!-- readme-test: skip: REASON -->`` with the reason it cannot run i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -30,7 +29,7 @@ pytestmark = [pytest.mark.airflow, pytest.mark.services, pytest.mark.slow]
 BLOCK = re.compile(r"<!-- readme-test: (?P<name>[\w-]+) -->\n```bash\n(?P<body>.*?)```", re.DOTALL)
 SHELL_FENCE = re.compile(r"^```(?:bash|sh|shell|console)\s*$")
 MARKER = re.compile(r"^<!-- readme-test: (?:(?P<name>[\w-]+)|skip: (?P<reason>\S.*\S)) -->$")
-RUN_HERE = {"by-hand", "backfill", "trigger", "clear"}  # the README blocks the tests below execute
+RUN_HERE = {"backfill", "trigger", "clear"}  # the README blocks the tests below execute
 HOURS = (utc("2026-03-02T00:00"), utc("2026-03-02T03:00"))  # what the README's blocks produce and backfill
 
 
@@ -161,17 +160,3 @@ def test_every_shell_block_is_run_or_marked_with_a_reason() -> None:
                 inside = not inside
     assert unmarked == []
     assert names == RUN_HERE  # each named block is run by a test below, and each test's block exists
-
-
-def _last_json(output: str) -> dict[str, object]:
-    return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
-
-
-def test_readme_by_hand_block_runs_verbatim(services: object) -> None:
-    """Produce, drain, archive and restore one day by hand; the restore drill checks both paths against the manifest."""
-    result = run_block("by-hand")
-    restored = _last_json(result.stdout)
-    for source in ("snapshot", "archive"):
-        part = restored[source]
-        assert isinstance(part, dict) and part["matches"] is True and part["problems"] == [], restored
-        assert part["documents"] == part["expected"] > 0, restored
