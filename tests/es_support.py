@@ -23,21 +23,20 @@ def dead_letters_of(es: Elasticsearch, topic: str) -> int:
     return count(es, DLQ_INDEX, "source_topic", topic)
 
 
-def delete_matching(es: Elasticsearch, index: str, query: dict) -> None:
+def delete_matching(es: Elasticsearch, index: str, query: dict, *, skip_blocked: bool = False) -> None:
     """Delete the documents ``query`` matches, refreshed (the devstack node lacks the reindex module, which
-    serves ``_delete_by_query``)."""
+    serves ``_delete_by_query``). With ``skip_blocked``, documents in write-blocked (quiesced, archived) day
+    indices stay: those are the archive's record of a day. Any other refusal fails the caller."""
     hits = helpers.scan(es, index=index, query={"query": query}, _source=False, ignore_unavailable=True)
-    helpers.bulk(es, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits), refresh=True)
+    actions = ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits)
+    _, errors = helpers.bulk(es, actions, refresh=True, raise_on_error=False)
+    tolerated = {"cluster_block_exception"} if skip_blocked else set()
+    unexpected = [e for e in errors if e["delete"].get("error", {}).get("type") not in tolerated]
+    assert not unexpected, unexpected[:3]
 
 
 def forget_topics(es: Elasticsearch, topics: list[str]) -> None:
-    """Delete the events and dead letters of ``topics``, except in write-blocked (quiesced, archived) day
-    indices: those are the archive's record of a day, and the archive tests forget their days before use."""
-    for index, field in ((EVENTS_ALIAS, "kafka.topic"), (DLQ_INDEX, "source_topic")):
-        hits = helpers.scan(
-            es, index=index, query={"query": {"terms": {field: topics}}}, _source=False, ignore_unavailable=True
-        )
-        actions = ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits)
-        _, errors = helpers.bulk(es, actions, refresh=True, raise_on_error=False)
-        unexpected = [e for e in errors if e["delete"].get("error", {}).get("type") != "cluster_block_exception"]
-        assert not unexpected, unexpected[:3]
+    """Delete the events and dead letters of ``topics``, except in write-blocked day indices (the archive tests
+    forget their days before use)."""
+    delete_matching(es, EVENTS_ALIAS, {"terms": {"kafka.topic": topics}}, skip_blocked=True)
+    delete_matching(es, DLQ_INDEX, {"terms": {"source_topic": topics}}, skip_blocked=True)
