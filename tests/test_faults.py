@@ -41,6 +41,7 @@ from eventpipe.storage.s3 import delete_keys, s3_client
 
 from .es_support import dead_letters_of, events_of
 from .faults import CuttableProxy, SpareService, descendants, spare_elasticsearch, spare_kafka, wait_until_gone
+from .polling import wait_for
 from .test_ingest import _hours, _produce
 
 pytestmark = pytest.mark.services
@@ -83,14 +84,6 @@ def _assert_failed_with(
     assert isinstance(error, kind), "".join(traceback.format_exception(failure[0]))
 
 
-def _wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
     services: Settings, es: Elasticsearch, topics: dict[str, str]
 ) -> None:
@@ -102,7 +95,7 @@ def test_elasticsearch_frozen_mid_bulk_then_thawed_completes_exactly(
     frozen_for = 8.0
 
     def thaw_later() -> None:
-        _wait_for(lambda: proxy.frozen_at is not None, 120, "the freeze")
+        wait_for(lambda: proxy.frozen_at is not None, "the freeze", timeout=120, every=0.1)
         time.sleep(frozen_for)
         proxy.thaw()
 
@@ -191,7 +184,7 @@ def test_task_process_killed_mid_batch_then_retry_is_exact(
         es.indices.refresh(index=EVENTS_ALIAS, ignore_unavailable=True)
         return events_of(es, iot) > 0 or proc.poll() is not None
 
-    _wait_for(some_indexed, 120, "the drain to index its first batch")
+    wait_for(some_indexed, "the drain to index its first batch", timeout=120, every=0.1)
     spawned = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)  # as the kubelet does on OOM or node loss
     proc.wait(30)
@@ -228,7 +221,7 @@ def test_task_process_killed_mid_drain_with_workers_leaves_no_process_and_retry_
         es.indices.refresh(index=EVENTS_ALIAS, ignore_unavailable=True)
         return events_of(es, iot) > 0 and len(descendants(proc.pid)) == 3
 
-    _wait_for(workers_indexing, 120, "the drain's workers to index their first batches")
+    wait_for(workers_indexing, "the drain's workers to index their first batches", timeout=120, every=0.1)
     spawned = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
@@ -304,7 +297,7 @@ def test_kafka_broker_killed_mid_drain_then_retry_is_exact(
 
     worker = threading.Thread(target=drain)
     worker.start()
-    _wait_for(lambda: events_of(es, iot) > 0 or not worker.is_alive(), 120, "indexing")
+    wait_for(lambda: events_of(es, iot) > 0 or not worker.is_alive(), "indexing", timeout=120, every=0.1)
     private_kafka.kill()
     worker.join(180)
     assert not worker.is_alive()
@@ -362,7 +355,7 @@ def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
             return events_of(es, iot) > 0
         return False
 
-    _wait_for(indexing, 120, "indexing")
+    wait_for(indexing, "indexing", timeout=120, every=0.1)
     private_es.kill()
     worker.join(180)
     _assert_failed_with(failure, TransportConnectionError)  # the killed node refuses the bulk retries
@@ -398,7 +391,7 @@ def test_elasticsearch_killed_mid_drain_and_mid_snapshot_then_retries_are_exact(
             return bool(es.snapshot.status(repository=cfg.repository)["snapshots"])
         return not taker.is_alive()
 
-    _wait_for(in_progress, 60, "the snapshot to start")
+    wait_for(in_progress, "the snapshot to start", timeout=60, every=0.1)
     private_es.kill()
     taker.join(180)
     _assert_failed_with(snapshot_failure, TransportConnectionError)  # the status poll loses its node
