@@ -1,7 +1,8 @@
 """The devstack CSI driver as a real storage driver: capacity, encryption, expansion, restore, conformance.
 
-``csi``-marked (root and Go, no cluster; ``make test-csi``): the driver's Go tests on real loop devices, and
-csi-sanity (kubernetes-csi/csi-test v5) over gRPC against the driver's socket.
+``csi``-marked (root and Go, no cluster; ``make test-csi``): the driver's Go tests on real loop devices and,
+for cloud snapshots, against the devstack's real S3 server; csi-sanity (kubernetes-csi/csi-test v5) over gRPC
+against the driver's socket.
 ``k8s``-marked (``make test-k8s``): the same behaviour through the kubelet and the API server: ENOSPC in a
 pod, a too-large claim's event, an encrypted volume whose image holds no plaintext and whose pod fails to
 start with a clear event without its key Secret or with another key, offline expansion (the pod restarts
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from devstack.cluster import csi
+from eventpipe.settings import Settings
 
 from .k8s_support import apply_objects, get_object, wait_for
 
@@ -37,15 +39,27 @@ def _root() -> None:
 
 
 @pytest.mark.csi
-def test_driver_go_tests_pass_on_real_loop_devices() -> None:
+def test_driver_go_tests_pass_on_real_loop_devices(services: Settings) -> None:
+    """Includes the cloud-snapshot tests (incremental, checksummed, encrypted, resumed, collected, portable),
+    each in a bucket of its own on the devstack's S3 server."""
     _root()
+    assert services.s3.endpoint and services.s3.access_key and services.s3.secret_key
+    s3 = {
+        "EVENTPIPE_CSI_TEST_S3_ENDPOINT": services.s3.endpoint,
+        "EVENTPIPE_CSI_TEST_S3_ACCESS_KEY": services.s3.access_key.get_secret_value(),
+        "EVENTPIPE_CSI_TEST_S3_SECRET_KEY": services.s3.secret_key.get_secret_value(),
+    }
     began = time.monotonic()
+    env = {**os.environ, **s3, "GOWORK": "off", "GOFLAGS": "-mod=readonly"}
     out = subprocess.run(["go", "test", "-count=1", "-v", "."], cwd=csi.SOURCE, capture_output=True, text=True,
-                         env={**os.environ, "GOWORK": "off", "GOFLAGS": "-mod=readonly"}, timeout=600)  # fmt: skip
+                         env=env, timeout=900)  # fmt: skip
     passed = [line for line in out.stdout.splitlines() if line.startswith("--- PASS")]
+    skipped = [line for line in out.stdout.splitlines() if line.startswith("--- SKIP")]
     print(f"\ngo test: {len(passed)} passed in {time.monotonic() - began:.1f}s")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    assert len(passed) >= 6, out.stdout[-2000:]
+    assert not skipped, skipped
+    assert sum("TestCloud" in line for line in passed) == 7, out.stdout[-2000:]
+    assert len(passed) >= 13, out.stdout[-2000:]  # 7 cloud, 6 capacity, encryption, expansion, restore, names
 
 
 @pytest.fixture()

@@ -222,7 +222,8 @@ def upstream_cluster_roles(go: str) -> list[dict[str, Any]]:
 
 
 def provisioner_role() -> dict[str, Any]:
-    """What the provisioner does: create/delete PVs (with a finalizer), bind claims, read snapshots."""
+    """What the provisioner does: create/delete PVs (with a finalizer), bind claims, read snapshots and the
+    provisioner Secret a class names (as external-provisioner's role does)."""
     rules = [
         ("", ["persistentvolumes"], ["get", "list", "watch", "create", "delete", "update", "patch"]),
         ("", ["persistentvolumeclaims"], ["get", "list", "watch", "update"]),
@@ -231,6 +232,7 @@ def provisioner_role() -> dict[str, Any]:
         ("", ["nodes"], ["get", "list", "watch"]),
         ("storage.k8s.io", ["storageclasses"], ["get", "list", "watch"]),
         ("snapshot.storage.k8s.io", ["volumesnapshots", "volumesnapshotcontents"], ["get"]),
+        ("", ["secrets"], ["get"]),  # a class's provisioner Secret: the S3 store a cloud snapshot restores from
     ]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",

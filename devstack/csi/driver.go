@@ -3,7 +3,8 @@ package main
 // The CSI driver's identity and controller. A volume is <root>/volumes/<id>.img, a sparse ext4 image of the
 // requested size (image.go); a snapshot is a sparse copy of that image under <root>/snapshots, taken with the
 // filesystem frozen when it is mounted; a restore copies it back and grows it when the claim is larger.
-// Encrypted volumes stay encrypted in snapshots: the image holds only ciphertext (fscrypt.go).
+// Encrypted volumes stay encrypted in snapshots: the image holds only ciphertext (fscrypt.go). A cloud snapshot
+// leaves the node for S3 and is restored from there on any node given the store's Secret (cloud.go).
 
 import (
 	"context"
@@ -39,6 +40,7 @@ type driver struct {
 	root         string
 	onlineResize bool       // CAP_SYS_RESOURCE held: a mounted ext4 can be grown in place
 	mu           sync.Mutex // one mutation at a time: every call is idempotent by name
+	uploading    sync.Map   // snapshot ids whose cloud upload runs outside mu
 }
 
 // volumeMeta is stored next to each image so a repeated CreateVolume can be checked for compatibility.
@@ -50,12 +52,15 @@ type volumeMeta struct {
 }
 
 type snapshotMeta struct {
-	Name         string    `json:"name"`
-	SourceVolume string    `json:"source_volume"`
-	Size         int64     `json:"size"`       // the source's capacity: the smallest volume it restores into
-	DataBytes    int64     `json:"data_bytes"` // bytes really copied (the image is sparse)
-	Encrypted    bool      `json:"encrypted,omitempty"`
-	Created      time.Time `json:"created"`
+	Name         string        `json:"name"`
+	SourceVolume string        `json:"source_volume"`
+	Size         int64         `json:"size"`       // the source's capacity: the smallest volume it restores into
+	DataBytes    int64         `json:"data_bytes"` // bytes really copied (the image is sparse)
+	Encrypted    bool          `json:"encrypted,omitempty"`
+	Created      time.Time     `json:"created"`
+	Cloud        string        `json:"cloud,omitempty"`    // s3://bucket/prefix it is shipped to; no node copy once uploaded
+	Uploaded     bool          `json:"uploaded,omitempty"` // the cloud manifest is committed
+	Upload       *uploadReport `json:"upload,omitempty"`
 }
 
 func (d *driver) volumeImage(id string) string { return filepath.Join(d.root, "volumes", id+".img") }
@@ -270,7 +275,7 @@ func (d *driver) ValidateVolumeCapabilities(_ context.Context, req *csi.Validate
 	}}, nil
 }
 
-func (d *driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+func (d *driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	id := req.GetName()
 	if !safeID.MatchString(id) {
 		return nil, status.Errorf(codes.InvalidArgument, "volume name %q is not a safe file name", id)
@@ -314,7 +319,7 @@ func (d *driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		return nil, status.Errorf(codes.Internal, "clean %s: %v", partial, err)
 	}
 	if source != "" {
-		if err := d.restoreInto(partial, source, capacity, encrypted); err != nil {
+		if err := d.restoreInto(ctx, partial, source, capacity, encrypted, req.GetSecrets()); err != nil {
 			os.Remove(partial)
 			return nil, err
 		}
@@ -338,17 +343,25 @@ func (d *driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	return d.volumeResponse(id, meta), nil
 }
 
-// restoreInto copies snapshot source to image and grows it (offline: nothing mounts it yet) to capacity.
-func (d *driver) restoreInto(image, source string, capacity int64, encrypted bool) error {
+// restoreInto copies snapshot source to image and grows it (offline: nothing mounts it yet) to capacity. A
+// snapshot this node does not hold, or holds only in the cloud, comes from S3 when the request carries its secret.
+func (d *driver) restoreInto(ctx context.Context, image, source string, capacity int64, encrypted bool,
+	secrets map[string]string) error {
 	if !safeID.MatchString(source) {
 		return status.Errorf(codes.InvalidArgument, "snapshot id %q is not safe", source)
 	}
 	var snap snapshotMeta
 	if err := readJSON(d.snapshotMeta(source), &snap); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if !errors.Is(err, fs.ErrNotExist) {
+			return status.Errorf(codes.Internal, "snapshot %q metadata: %v", source, err)
+		}
+		if len(secrets) == 0 {
 			return status.Errorf(codes.NotFound, "snapshot %q does not exist", source)
 		}
-		return status.Errorf(codes.Internal, "snapshot %q metadata: %v", source, err)
+		snap.Cloud = "s3"
+	}
+	if snap.Cloud != "" {
+		return d.restoreFromCloud(ctx, image, source, capacity, encrypted, secrets)
 	}
 	if capacity < snap.Size {
 		return status.Errorf(codes.OutOfRange, "a volume of %s cannot hold snapshot %q of %s",
@@ -364,7 +377,52 @@ func (d *driver) restoreInto(image, source string, capacity int64, encrypted boo
 	if _, err := sparseCopy(d.snapshotImage(source), image); err != nil {
 		return status.Errorf(codes.Internal, "copy snapshot %q: %v", source, err)
 	}
-	if capacity > snap.Size {
+	return growRestored(image, snap.Size, capacity)
+}
+
+// restoreFromCloud rebuilds snapshot source from S3 into image, chunk digests checked, then grows it.
+func (d *driver) restoreFromCloud(ctx context.Context, image, source string, capacity int64, encrypted bool,
+	secrets map[string]string) error {
+	target, err := targetFrom(secrets, "restoring cloud snapshot "+source)
+	if err != nil {
+		return err
+	}
+	m, err := target.manifest(ctx, source)
+	if err != nil {
+		if notFound(err) {
+			return status.Errorf(codes.NotFound, "snapshot %q does not exist on this node or in %s", source, target)
+		}
+		return s3Status(err, "snapshot %q: read its manifest in %s", source, target)
+	}
+	if capacity < m.Size {
+		return status.Errorf(codes.OutOfRange, "a volume of %s cannot hold snapshot %q of %s",
+			human(capacity), source, human(m.Size))
+	}
+	if m.Encrypted != encrypted {
+		return status.Errorf(codes.InvalidArgument, "snapshot %q is encrypted=%v; the class asks encrypted=%v",
+			source, m.Encrypted, encrypted)
+	}
+	var stored int64
+	for _, digest := range m.Chunks {
+		if digest != "" {
+			stored += m.ChunkSize
+		}
+	}
+	if err := d.checkFree(stored+(capacity-m.Size), "restoring cloud snapshot "+source); err != nil {
+		return err
+	}
+	began := time.Now()
+	if err := target.download(ctx, source, m, image); err != nil {
+		return err
+	}
+	logf("restored cloud snapshot %s from %s (%d chunks, %s stored) in %s", source, target, len(m.Chunks),
+		human(stored), time.Since(began))
+	return growRestored(image, m.Size, capacity)
+}
+
+// growRestored grows a restored image of size to capacity (offline: nothing mounts it yet).
+func growRestored(image string, size, capacity int64) error {
+	if capacity > size {
 		if err := os.Truncate(image, capacity); err != nil {
 			return status.Errorf(codes.Internal, "grow restored image: %v", err)
 		}
@@ -448,7 +506,7 @@ func (d *driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: meta.Capacity, NodeExpansionRequired: true}, nil
 }
 
-func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+func (d *driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	id, source := req.GetName(), req.GetSourceVolumeId()
 	if id == "" || source == "" {
 		return nil, status.Error(codes.InvalidArgument, "snapshot name and source volume id are required")
@@ -456,26 +514,52 @@ func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 	if !safeID.MatchString(id) || !safeID.MatchString(source) {
 		return nil, status.Errorf(codes.InvalidArgument, "snapshot %q of volume %q: unsafe name", id, source)
 	}
+	cloud, err := wantsCloud(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	var target cloudTarget
+	if cloud {
+		if target, err = targetFrom(req.GetSecrets(), "cloud snapshot "+id); err != nil {
+			return nil, err // before anything is copied
+		}
+	}
+	meta, err := d.localSnapshot(id, source, target, cloud)
+	if err != nil || !cloud || meta.Uploaded {
+		if err != nil {
+			return nil, err
+		}
+		return snapshotResponse(id, meta), nil
+	}
+	return d.shipSnapshot(ctx, id, meta, target)
+}
+
+// localSnapshot takes (or finds) the frozen node copy of source; a cloud snapshot's copy waits for its upload.
+func (d *driver) localSnapshot(id, source string, target cloudTarget, cloud bool) (snapshotMeta, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var meta snapshotMeta
 	if err := readJSON(d.snapshotMeta(id), &meta); err == nil {
 		if meta.SourceVolume != source {
-			return nil, status.Errorf(codes.AlreadyExists, "snapshot %q exists for volume %q", id, meta.SourceVolume)
+			return meta, status.Errorf(codes.AlreadyExists, "snapshot %q exists for volume %q", id, meta.SourceVolume)
 		}
-		return snapshotResponse(id, meta), nil
+		if cloud && meta.Cloud != target.String() {
+			return meta, status.Errorf(codes.AlreadyExists, "snapshot %q exists with cloud target %q, not %q",
+				id, meta.Cloud, target.String())
+		}
+		return meta, nil // done, or a cut upload that resumes from the same frozen copy
 	}
 	vol, err := d.loadVolume(source)
 	if err != nil {
-		return nil, err
+		return meta, err
 	}
 	image := d.volumeImage(source)
 	used, err := allocatedBytes(image)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "size of %s: %v", image, err)
+		return meta, status.Errorf(codes.Internal, "size of %s: %v", image, err)
 	}
 	if err := d.checkFree(used, "a snapshot"); err != nil {
-		return nil, err
+		return meta, err
 	}
 	began := time.Now()
 	partial := d.snapshotImage(id) + ".partial"
@@ -488,17 +572,47 @@ func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 	}
 	if err != nil {
 		os.Remove(partial)
-		return nil, status.Errorf(codes.Internal, "snapshot %q: %v", id, err)
+		return meta, status.Errorf(codes.Internal, "snapshot %q: %v", id, err)
 	}
 	if err := os.Rename(partial, d.snapshotImage(id)); err != nil {
-		return nil, status.Errorf(codes.Internal, "snapshot %q: %v", id, err)
+		return meta, status.Errorf(codes.Internal, "snapshot %q: %v", id, err)
 	}
 	meta = snapshotMeta{Name: id, SourceVolume: source, Size: vol.Capacity, DataBytes: copied,
 		Encrypted: vol.Encrypted, Created: began}
+	if cloud {
+		meta.Cloud = target.String()
+	}
+	if err := writeJSON(d.snapshotMeta(id), meta); err != nil {
+		return meta, status.Errorf(codes.Internal, "snapshot metadata: %v", err)
+	}
+	logf("created snapshot %s of %s (%d data bytes in %s)", id, source, copied, time.Since(began))
+	return meta, nil
+}
+
+// shipSnapshot uploads the node copy of id outside the driver lock (mounts go on meanwhile), commits the
+// manifest, and drops the node copy.
+func (d *driver) shipSnapshot(ctx context.Context, id string, meta snapshotMeta, target cloudTarget) (*csi.CreateSnapshotResponse, error) {
+	if _, busy := d.uploading.LoadOrStore(id, true); busy {
+		return nil, status.Errorf(codes.Aborted, "snapshot %q is being uploaded to %s", id, target)
+	}
+	defer d.uploading.Delete(id)
+	began := time.Now()
+	report, err := target.upload(ctx, id, d.snapshotImage(id), meta)
+	if err != nil {
+		logf("snapshot %s: upload to %s failed after %s bytes: %v", id, target, human(report.UploadedBytes), err)
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	meta.Uploaded, meta.Upload = true, &report
 	if err := writeJSON(d.snapshotMeta(id), meta); err != nil {
 		return nil, status.Errorf(codes.Internal, "snapshot metadata: %v", err)
 	}
-	logf("created snapshot %s of %s (%d data bytes in %s)", id, source, copied, time.Since(began))
+	if err := os.Remove(d.snapshotImage(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		logf("snapshot %s is in %s; its node copy stays: %v", id, target, err)
+	}
+	logf("shipped snapshot %s to %s: %d chunks, %d bytes uploaded, %d reused, in %s", id, target, report.Chunks,
+		report.UploadedBytes, report.ReusedBytes, time.Since(began))
 	return snapshotResponse(id, meta), nil
 }
 
@@ -508,11 +622,11 @@ func snapshotResponse(id string, meta snapshotMeta) *csi.CreateSnapshotResponse 
 		SourceVolumeId: meta.SourceVolume,
 		SizeBytes:      meta.Size,
 		CreationTime:   timestamppb.New(meta.Created),
-		ReadyToUse:     true, // the copy is complete when CreateSnapshot returns
+		ReadyToUse:     meta.Cloud == "" || meta.Uploaded, // complete when CreateSnapshot returns success
 	}}
 }
 
-func (d *driver) DeleteSnapshot(_ context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+func (d *driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
 	id := req.GetSnapshotId()
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
@@ -522,6 +636,22 @@ func (d *driver) DeleteSnapshot(_ context.Context, req *csi.DeleteSnapshotReques
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var meta snapshotMeta
+	local := readJSON(d.snapshotMeta(id), &meta) == nil
+	if (local && meta.Cloud != "") || (!local && len(req.GetSecrets()) > 0) {
+		if _, busy := d.uploading.Load(id); busy {
+			return nil, status.Errorf(codes.FailedPrecondition, "snapshot %q is being uploaded; delete it afterwards", id)
+		}
+		target, err := targetFrom(req.GetSecrets(), "deleting cloud snapshot "+id)
+		if err != nil {
+			return nil, err
+		}
+		collected, err := target.remove(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		logf("deleted snapshot %s from %s; %d chunks no snapshot uses any more were collected", id, target, collected)
+	}
 	for _, path := range []string{d.snapshotImage(id), d.snapshotMeta(id)} {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, status.Errorf(codes.Internal, "delete snapshot %q: %v", id, err)

@@ -9,7 +9,8 @@
 //	                           with a VolumeSnapshot dataSource resolved to its snapshot handle
 //
 // Snapshots are made by external-snapshotter's snapshot-controller and csi-snapshotter sidecar, which call
-// CreateSnapshot/DeleteSnapshot here. Data is really copied: a snapshot is a tar of the volume directory.
+// CreateSnapshot/DeleteSnapshot here. Data is really copied: a snapshot is a sparse copy of the volume's image,
+// kept on the node or, with the VolumeSnapshotClass parameter cloud=s3, shipped to S3 in chunks (cloud.go).
 package main
 
 import (

@@ -41,6 +41,7 @@ type provisioner struct {
 	nodeID  string
 	csi     csi.ControllerClient
 	dynamic dynamic.Interface
+	secrets kubernetes.Interface // the class's provisioner secret: where a cloud snapshot is restored from
 }
 
 func (p *provisioner) snapshotHandle(ctx context.Context, namespace, name string) (string, error) {
@@ -106,6 +107,9 @@ func (p *provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
 			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: handle},
 		}}
+		if req.Secrets, err = p.provisionerSecret(ctx, opts.StorageClass.Parameters, claim, opts.PVName); err != nil {
+			return nil, controller.ProvisioningNoChange, err // retried: the Secret may be created later
+		}
 	}
 	callCtx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
@@ -149,7 +153,29 @@ const (
 	reservedPrefix       = "csi.storage.k8s.io/"
 	stageSecretName      = reservedPrefix + "node-stage-secret-name"
 	stageSecretNamespace = reservedPrefix + "node-stage-secret-namespace"
+	provSecretName       = reservedPrefix + "provisioner-secret-name"
+	provSecretNamespace  = reservedPrefix + "provisioner-secret-namespace"
 )
+
+// provisionerSecret reads the class's provisioner Secret, as external-provisioner does, for a restore from a
+// cloud snapshot (the S3 target and credentials); nil when the class names none.
+func (p *provisioner) provisionerSecret(ctx context.Context, params map[string]string, claim *v1.PersistentVolumeClaim,
+	pvName string) (map[string]string, error) {
+	name, namespace := params[provSecretName], params[provSecretNamespace]
+	if name == "" || namespace == "" {
+		return nil, nil
+	}
+	expand := strings.NewReplacer("${pvc.name}", claim.Name, "${pvc.namespace}", claim.Namespace, "${pv.name}", pvName)
+	secret, err := p.secrets.CoreV1().Secrets(expand.Replace(namespace)).Get(ctx, expand.Replace(name), metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("provisioner secret %s/%s: %w", expand.Replace(namespace), expand.Replace(name), err)
+	}
+	out := map[string]string{}
+	for key, value := range secret.Data {
+		out[key] = string(value)
+	}
+	return out, nil
+}
 
 // driverParameters drops the CO's reserved csi.storage.k8s.io/ keys, as external-provisioner does.
 func driverParameters(params map[string]string) map[string]string {
@@ -210,7 +236,7 @@ func runProvisioner(name, endpoint, nodeID, kubeconfig string) error {
 	defer conn.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	p := &provisioner{name: name, nodeID: nodeID, csi: csi.NewControllerClient(conn), dynamic: dyn}
+	p := &provisioner{name: name, nodeID: nodeID, csi: csi.NewControllerClient(conn), dynamic: dyn, secrets: clientset}
 	pc := controller.NewProvisionController(ctx, clientset, name, p,
 		controller.LeaderElection(false), // one node, one provisioner
 		controller.FailedProvisionThreshold(0),
