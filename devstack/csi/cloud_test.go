@@ -112,11 +112,18 @@ func uploadOf(t *testing.T, d *driver, id string) uploadReport {
 
 func digestOf(t *testing.T, path string) [32]byte {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sha256.Sum256(data)
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
 }
 
 func TestCloudSnapshotIsIncrementalAndRestoresOnANodeThatNeverHeldIt(t *testing.T) {
