@@ -158,7 +158,7 @@ func benchOne(t *testing.T, secrets map[string]string, dataMiB int64) benchRow {
 		t.Fatal(err)
 	}
 	row.FullSeconds, row.FullUploadedBytes = time.Since(began).Seconds(), uploadOf(t, source, "full").UploadedBytes
-	row.FullUploadMiBps = float64(row.FullUploadedBytes) / mib / row.FullSeconds
+	row.FullUploadMiBps = float64(row.FullUploadedBytes) / float64(mib) / row.FullSeconds
 	row.RawPutMiBps = rawPutRate(t, secrets, min(dataMiB, 512))
 	want := digestOf(t, payload)
 
