@@ -230,6 +230,9 @@ app.add_typer(archive_app, name="archive")
 from eventpipe.ml.cli import ml_app  # noqa: E402
 
 app.add_typer(ml_app, name="ml")
+from eventpipe.migrate.cli import migrate_app  # noqa: E402
+
+app.add_typer(migrate_app, name="migrate")
 # -- end of sub-command groups
 
 
