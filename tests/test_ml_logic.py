@@ -42,7 +42,7 @@ BASELINES = {"zscore": {"f1": 0.55}, "forest": {"f1": 0.60}}
 def test_promotion_needs_the_margin_over_the_champion_and_every_baseline() -> None:
     assert promotion(0.62, None, None, BASELINES, 0.01) == (
         True,
-        "F1 0.6200 >= best of [zscore 0.5500, forest 0.6000] + 0.01 (no champion yet)",
+        "F1 0.6200 >= best of (zscore 0.5500, forest 0.6000) + 0.01 (no champion yet)",
     )
     refused, reason = promotion(0.605, None, None, BASELINES, 0.01)  # better than both, but not by the margin
     assert not refused and reason == "F1 0.6050 < forest 0.6000 + 0.01 (rivals: zscore 0.5500, forest 0.6000)"

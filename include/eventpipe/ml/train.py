@@ -317,7 +317,7 @@ def promotion(
     against = ", ".join(f"{name} {value:.4f}" for name, value in rivals.items())
     if f1 >= rivals[best] + margin:
         first = " (no champion yet)" if champion is None else ""
-        return True, f"F1 {f1:.4f} >= best of [{against}] + {margin}{first}"
+        return True, f"F1 {f1:.4f} >= best of ({against}) + {margin}{first}"
     return False, f"F1 {f1:.4f} < {best} {rivals[best]:.4f} + {margin} (rivals: {against})"
 
 
