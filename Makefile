@@ -81,6 +81,7 @@ bench: services  ## benchmarks: ratios against ceilings measured in the same run
 	$(BIN)/python bench/bench_archive.py
 	$(BIN)/python bench/bench_score.py
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_anomaly.py
 
 K8S_HOST_PKGS := docker.io containerd runc containernetworking-plugins etcd-server iptables iproute2 openssl debootstrap
 K8S_HOST_TOOLS := dockerd containerd runc etcd iptables ip openssl debootstrap

@@ -189,6 +189,9 @@ def run_demo(
             "champion": champion,
             "promoted": trained.get("promoted"),
             "holdout_f1": trained.get("evaluation", {}).get("f1"),
+            # the same hold-out day, scored by the rules the model must beat (docs/anomalies.md)
+            "baseline_f1": {name: b.get("f1") for name, b in trained.get("baselines", {}).items()},
+            "recall_by_kind": trained.get("evaluation", {}).get("recall_by_kind"),
             "reason": trained.get("reason"),
         },
         f"anomalies_scored_{demo_days[-1]}": es.count(

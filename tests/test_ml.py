@@ -18,9 +18,10 @@ from elasticsearch import Elasticsearch
 from eventpipe.archive.indices import day_bounds
 from eventpipe.archive.layout import manifest_key
 from eventpipe.errors import PERMANENT_EXIT_CODE
-from eventpipe.events.generator import GeneratorConfig, utc
+from eventpipe.events.generator import TAXONOMY, GeneratorConfig, utc
 from eventpipe.events.schema import daily_index
-from eventpipe.ml.features import add_features, explode_metrics, read_archive
+from eventpipe.ml.explain import explain
+from eventpipe.ml.features import HISTORY_MS, add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import PREFIX, Registry
 from eventpipe.ml.score import ScorerMissing, anomaly_id, read_archive_interval, score
 from eventpipe.ml.scorer import score_readings
@@ -77,18 +78,29 @@ def test_training_beats_trivial_baseline_and_registers_lineage(
     assert ev["anomalous_events"] == sum(1 for a in archive.anomalies if a["event_time"].date() == archive.days[-1])
     assert ev["f1"] > 0.6 and ev["f1"] > ev["f1_all_positive"] + 0.5, ev
     assert ev["precision"] > 0.6 and ev["recall"] > 0.6, ev
+    # the baselines ran on the same hold-out, and the model beats both (the promotion rule): the z-score clearly
+    zscore, forest = result.baselines["zscore"], result.baselines["forest"]
+    assert (zscore["events"], forest["events"]) == (ev["events"], ev["events"])
+    assert ev["f1"] >= max(zscore["f1"], forest["f1"]) + 0.01 and ev["f1"] >= zscore["f1"] + 0.1, result.baselines
+    assert set(ev["recall_by_kind"]) == set(TAXONOMY) == set(zscore["recall_by_kind"]), ev["recall_by_kind"]
+    assert ev["recall_by_kind"]["stuck"] > zscore["recall_by_kind"]["stuck"] + 0.5  # history sees what z cannot
+    assert ev["windows"] == zscore["windows"] > 0 and 0 < ev["window_score"] <= 1
+    assert ev["device_days"] > 0 and ev["false_alarms_per_device_day"] < zscore["false_alarms_per_device_day"]
 
     s3, bucket = s3_client(ml_settings), ml_settings.s3.bucket
     registry = Registry(ml_settings)
     # the retraining test may have added versions already (random order): this one is the first, complete
     assert registry.versions()[0] == result.version
-    assert registry.read_json(1, "metrics.json")["f1"] == ev["f1"]
+    metrics = registry.read_json(1, "metrics.json")
+    assert metrics["f1"] == ev["f1"] and metrics["baselines"]["zscore"]["f1"] == zscore["f1"]
     lineage = registry.read_json(1, "lineage.json")
     for entry, day in zip(lineage["archive"], archive.days, strict=True):
         body = s3.get_object(Bucket=bucket, Key=manifest_key(day))["Body"].read()
         assert entry["manifest_sha256"] == hashlib.sha256(body).hexdigest()
     assert lineage["spark_version"] == "4.3.0" and lineage["code"]["package"]
-    assert lineage["params"]["seed"] == 42
+    assert lineage["params"]["seed"] == 42 and lineage["history_ms"] == HISTORY_MS
+    assert [entry["day"] for entry in lineage["archive"]] == [d.isoformat() for d in archive.days]
+    assert lineage["code"]["git_sha"]
     champion = json.loads(s3.get_object(Bucket=bucket, Key=f"{PREFIX}champion.json")["Body"].read())
     # promoted v1 when it ran; the retraining test may since have promoted v3 (random order)
     assert result.model_uri.endswith("/models/anomaly/v=0001/model")
@@ -191,7 +203,12 @@ def _anomaly_count(es: Elasticsearch, version: int, lo: datetime, hi: datetime) 
 
 
 def test_scoring_writes_anomalies_idempotently(
-    ml_settings: Settings, archive: GeneratedArchive, first_training, es: Elasticsearch, spark
+    ml_settings: Settings,
+    archive: GeneratedArchive,
+    first_training,
+    es: Elasticsearch,
+    spark,
+    stack_env: dict[str, str],
 ) -> None:
     lo = START + timedelta(days=2, hours=6)
     hi = lo + timedelta(hours=6)
@@ -204,8 +221,30 @@ def test_scoring_writes_anomalies_idempotently(
     assert first.anomalies > 0.6 * len(truth) and first.rejected == 0
     assert _anomaly_count(es, champion, lo, hi) == first.anomalies
 
-    doc = es.get(index=ANOMALY_INDEX, id=anomaly_id(next(iter(truth & _flagged_ids(es, champion, lo, hi))), champion))
+    found = next(iter(truth & _flagged_ids(es, champion, lo, hi)))
+    doc = es.get(index=ANOMALY_INDEX, id=anomaly_id(found, champion))
     assert doc["_source"]["model_version"] == str(champion) and doc["_source"]["metric"] in doc["_source"]["metrics"]
+    # lineage: the version the document names leads to its archive days, manifest digests and code
+    lineage = Registry(ml_settings).read_json(int(doc["_source"]["model_version"]), "lineage.json")
+    assert [e["day"] for e in lineage["archive"]] == [d.isoformat() for d in archive.days]
+    assert all(len(e["manifest_sha256"]) == 64 for e in lineage["archive"]) and lineage["code"]["package"]
+    # explain: the features and contributions add up to the score that was written
+    why = explain(ml_settings, found, es=es)
+    assert why["model_version"] == champion and why["event_id"] == found
+    top = max(why["readings"], key=lambda r: r["p_anomaly"])
+    assert top["metric"] == doc["_source"]["metric"] and round(top["p_anomaly"], 6) == doc["_source"]["score"]
+    assert sum(top["contributions"].values()) + top["metric_weight"] + top["intercept"] == pytest.approx(top["logit"])
+    assert top["check_p_from_logit"] == pytest.approx(top["p_anomaly"], abs=1e-12)
+    run = subprocess.run(
+        [sys.executable, "-m", "eventpipe.cli", "ml", "explain", "--event-id", found],
+        env={**os.environ, **stack_env, "EVENTPIPE_ARCHIVE_BUCKET": ml_settings.s3.bucket},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["readings"][0]["contributions"]
 
     again = score(ml_settings, lo, hi, spark=spark, es=es)
     assert (again.anomalies, again.created) == (first.anomalies, 0)

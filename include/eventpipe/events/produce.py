@@ -94,6 +94,8 @@ TRUTH_SCHEMA = pa.schema(
         ("metric", pa.string()),
         ("kind", pa.string()),
         ("event_time", pa.timestamp("ms", tz="UTC")),
+        ("magnitude", pa.float64()),  # in sigma of the metric's noise (eventpipe.events.generator.TAXONOMY)
+        ("window_id", pa.string()),  # the episode of a sustained kind; null for point kinds
     ]
 )
 

@@ -92,3 +92,14 @@ def export_scorer(
         "ml export-scorer",
         {"version": version, "threshold": artifact.threshold, "baseline_rows": len(artifact.baseline.hour)},
     )
+
+
+@ml_app.command()
+def explain(
+    event_id: Annotated[str, typer.Option("--event-id", help="The event to explain")],
+    version: Annotated[int, typer.Option("--version", help="Model version; default: the champion")] = 0,
+) -> None:
+    """Show a scored event's features and each one's contribution to its score, and the version's lineage."""
+    from eventpipe.ml.explain import explain as run
+
+    emit("ml explain", run(Settings.from_env(), event_id, version=version or None))

@@ -32,8 +32,15 @@ if TYPE_CHECKING:
 MIN_POINTS = 20
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 KEYS = ("kind", "metric")
+SERIES = ("device_id", "kind", "metric")  # one device's readings of one metric: the temporal features' unit
+LEVEL_HOUR = -2  # baseline rows holding a device's own level (median z on training days), keyed by device_id
+HISTORY_MS = 3_600_000  # the temporal features look this far back; hourly scoring reads this much before its start
+RECENT_MS = 1_800_000  # "the device's current level": its readings of the last 30 min
+BURST_MS = 600_000  # "right now" for the event rate: the last 10 min
+POINT_FEATURES = ("log_abs_z", "log_abs_z_day", "log_rel_dev")
 # log1p: deviations span orders of magnitude; a linear model needs them on a compressive scale
-FEATURES = ("log_abs_z", "log_abs_z_day", "log_rel_dev")
+TEMPORAL_FEATURES = ("log_abs_u", "log_jump", "log_level", "log_same", "log_rate")
+FEATURES = (*POINT_FEATURES, *TEMPORAL_FEATURES)
 
 
 def read_archive(spark: SparkSession, s3, bucket: str, days: Sequence[date]) -> DataFrame:
@@ -110,8 +117,8 @@ def _scale(median: Column, mad: Column) -> Column:
     return F.greatest(mad * F.lit(MAD_TO_SIGMA), floor)
 
 
-def add_features(rows: DataFrame, baseline: DataFrame) -> DataFrame:
-    """Rows with deviation features; rows whose (kind, metric) the baseline never saw are dropped."""
+def _point_features(rows: DataFrame, baseline: DataFrame) -> DataFrame:
+    """The reading against its (kind, metric, hour) baseline: z, z against the whole day, relative deviation."""
     from pyspark.sql import functions as F
 
     hourly = baseline.where("hour >= 0").select(
@@ -137,12 +144,91 @@ def add_features(rows: DataFrame, baseline: DataFrame) -> DataFrame:
     ).drop("median_h", "mad_h", "n_h", "median_d", "mad_d")
 
 
-def with_labels(rows: DataFrame, truth: DataFrame) -> DataFrame:
-    """label = 1.0 for the (event, metric) readings the ground truth marks as injected anomalies.
+def fit_levels(rows: DataFrame, baseline: DataFrame) -> DataFrame:
+    """Each device's own level: the median z of its readings of a metric on training days, as baseline rows
+    (hour ``LEVEL_HOUR``, ``median`` = the level). Devices of one type differ (a thermostat in a warm room);
+    without its level a device's normal offset looks like a shift, and a real shift hides in the spread."""
+    from pyspark.sql import functions as F
 
-    Joined on event time too: generator ids repeat across spans generated with the same seed.
+    scored = _point_features(rows, baseline)
+    return (
+        scored.groupBy(*SERIES)
+        .agg(F.median("z").alias("median"), F.lit(0.0).alias("mad"), F.count("*").alias("n"))
+        .withColumn("hour", F.lit(LEVEL_HOUR))
+    )
+
+
+def with_levels(baseline: DataFrame, levels: DataFrame) -> DataFrame:
+    """One table for the registry and the scorer: (kind, metric, hour) rows with ``device_id`` null, level rows."""
+    from pyspark.sql import functions as F
+
+    kinds = baseline.withColumn("device_id", F.lit(None).cast("string"))
+    return kinds.unionByName(levels.select(*kinds.columns))
+
+
+def add_features(rows: DataFrame, baseline: DataFrame) -> DataFrame:
+    """Rows with point and temporal features; rows whose (kind, metric) the baseline never saw are dropped.
+
+    Temporal features, per series (device, kind, metric) ordered by event time, each over a time range of
+    the series' own earlier readings (so a scorer that reads ``HISTORY_MS`` before its interval computes
+    exactly these values at the interval's start):
+
+    * ``log_abs_u``: |z - the device's level|: a 3-5 sigma spike on a device that normally runs warm;
+    * ``log_jump``: |u - mean u of the previous hour|: a spike or the onset of a shift against recent behaviour;
+    * ``log_level``: |mean u over the last 30 min|: a level shift or drift that persists, which one reading's
+      noise hides;
+    * ``log_same``: readings of the previous hour with exactly this value: a stuck sensor (noise never repeats);
+    * ``log_rate``: readings of the last 10 min against the previous hour's rate: a burst of payments.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    has_levels = "device_id" in baseline.columns
+    kinds = baseline.where(F.col("hour") != LEVEL_HOUR) if has_levels else baseline
+    point = _point_features(rows, kinds.drop("device_id") if has_levels else kinds)
+    if has_levels:
+        levels = baseline.where(F.col("hour") == LEVEL_HOUR).select(*SERIES, F.col("median").alias("level"))
+        point = point.join(F.broadcast(levels), list(SERIES), "left")
+    else:
+        point = point.withColumn("level", F.lit(None).cast("double"))
+    u = F.col("z") - F.coalesce(F.col("level"), F.lit(0.0))
+    series = Window.partitionBy(*SERIES).orderBy("ts")
+    previous = series.rangeBetween(-HISTORY_MS, -1)
+    same = Window.partitionBy(*SERIES, "value").orderBy("ts").rangeBetween(-HISTORY_MS, -1)
+    with_u = point.withColumns({"ts": F.unix_millis("event_time"), "u": u})
+    windowed = with_u.withColumns(
+        {
+            "n_prev": F.count("*").over(previous),
+            "mean_prev": F.avg("u").over(previous),
+            "mean_recent": F.avg("u").over(series.rangeBetween(-RECENT_MS, 0)),
+            "n_burst": F.count("*").over(series.rangeBetween(-BURST_MS, 0)),
+            "n_same": F.count("*").over(same),
+        }
+    )
+    expected = F.col("n_prev") * F.lit(BURST_MS / HISTORY_MS)
+    return windowed.withColumns(
+        {
+            "log_abs_u": F.log1p(F.abs(F.col("u"))),
+            "log_jump": F.log1p(F.abs(F.col("u") - F.coalesce(F.col("mean_prev"), F.lit(0.0)))),
+            "log_level": F.log1p(F.abs(F.col("mean_recent"))),
+            "log_same": F.log1p(F.col("n_same").cast("double")),
+            "log_rate": F.log1p((F.col("n_burst") - 1).cast("double")) - F.log1p(expected),
+        }
+    ).drop("level", "mean_prev", "mean_recent", "n_burst", "n_same", "n_prev")
+
+
+def with_labels(rows: DataFrame, truth: DataFrame) -> DataFrame:
+    """label = 1.0 for the (event, metric) readings the ground truth marks as injected anomalies, with the
+    anomaly's ``truth_kind`` and ``window_id`` (sustained kinds) for per-kind and per-window evaluation.
+
+    Joined on event time too: generator ids repeat across spans generated with the same seed. Truth files
+    written before the taxonomy have no ``window_id``: null.
     """
     from pyspark.sql import functions as F
 
-    marks = truth.select("event_id", "metric", "event_time").distinct().withColumn("label", F.lit(1.0))
-    return rows.join(marks, ["event_id", "metric", "event_time"], "left").fillna({"label": 0.0})
+    window = F.col("window_id") if "window_id" in truth.columns else F.lit(None).cast("string")
+    marks = truth.select(
+        "event_id", "metric", "event_time", F.col("kind").alias("truth_kind"), window.alias("window_id")
+    ).dropDuplicates(["event_id", "metric", "event_time"])
+    labelled = rows.join(marks.withColumn("label", F.lit(1.0)), ["event_id", "metric", "event_time"], "left")
+    return labelled.fillna({"label": 0.0})

@@ -173,14 +173,27 @@ def _archive_events(spark: SparkSession, settings: Settings, start: datetime, en
     return events.where((F.col("event_time") >= F.lit(start)) & (F.col("event_time") < F.lit(end)))
 
 
-def flagged_events(spark: SparkSession, events: DataFrame, model, baseline: DataFrame, threshold: float) -> DataFrame:
-    """One row per flagged event: its most anomalous reading, with the event's full metrics."""
+def flagged_events(
+    spark: SparkSession,
+    events: DataFrame,
+    model,
+    baseline: DataFrame,
+    threshold: float,
+    since: datetime | None = None,
+) -> DataFrame:
+    """One row per flagged event: its most anomalous reading, with the event's full metrics.
+
+    ``since``: events before it are the look-back history of the temporal features, not scored.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from eventpipe.ml.train import predict
 
-    predictions = predict(model, add_features(explode_metrics(events), baseline), threshold).where("flagged")
+    featured = add_features(explode_metrics(events), baseline)
+    if since is not None:
+        featured = featured.where(F.col("event_time") >= F.lit(since))
+    predictions = predict(model, featured, threshold).where("flagged")
     best = Window.partitionBy("event_id", "event_time").orderBy(F.desc("p_anomaly"), F.asc("metric"))
     top = predictions.withColumn("rank", F.row_number().over(best)).where("rank = 1")
     return top.join(events.select("event_id", "event_time", "metrics"), ["event_id", "event_time"])
@@ -197,38 +210,56 @@ def _spark_rows(
     end: datetime,
 ) -> list[Any]:
     """Flagged rows scored by the Spark PipelineModel (bulk rescoring, versions without scorer.json)."""
+    from pyspark.sql import functions as F
+
     spark = spark or build_session(settings, "eventpipe-ml-score")
+    since = start - history(registry, version)
     if result.source == "elasticsearch":
-        table = read_elasticsearch(es, start, end)
+        table = read_elasticsearch(es, since, end)
         events = spark.createDataFrame(table) if table.num_rows else None
     else:
-        events = _archive_events(spark, settings, start, end)
+        events = _archive_events(spark, settings, since, end)
     if events is None:
         return []
     events = events.cache()
-    result.events = events.count()
+    in_interval = events.where(F.col("event_time") >= F.lit(start))
+    result.events = in_interval.count()
     if not result.events:
         return []
     model, baseline = registry.load(spark, version)
-    result.readings = explode_metrics(events).count()
-    rows = flagged_events(spark, events, model, baseline, registry.threshold(version)).collect()
+    result.readings = explode_metrics(in_interval).count()
+    rows = flagged_events(spark, events, model, baseline, registry.threshold(version), since=start).collect()
     events.unpersist()
     return rows
+
+
+def history(registry: Registry, version: int) -> timedelta:
+    """How far before an interval scoring reads: the version's temporal features look back this far, so
+    the interval's first readings get the same features as in training (0 for versions without them)."""
+    lineage = registry.read_json(version, "lineage.json") or {}
+    return timedelta(milliseconds=int(lineage.get("history_ms", 0)))
 
 
 def _python_rows(
     settings: Settings, artifact: scorer.ScoringArtifact, result: ScoreResult, es: Elasticsearch, start, end
 ) -> list[dict[str, Any]]:
-    """Flagged rows scored by the exported artifact: no JVM, the hourly path."""
+    """Flagged rows scored by the exported artifact: no JVM, the hourly path.
+
+    It reads ``artifact.history_ms`` before the interval too (one hour: the devices' recent readings the
+    temporal features need at the hour boundary) and scores only the interval's events.
+    """
+    since = start - timedelta(milliseconds=artifact.history_ms)
     if result.source == "elasticsearch":
-        table = read_elasticsearch(es, start, end)
+        table = read_elasticsearch(es, since, end)
     else:
-        table = read_archive_interval(settings, start, end)
-    result.events = table.num_rows
-    if not table.num_rows:
+        table = read_archive_interval(settings, since, end)
+    ts = ARCHIVE_SCHEMA.field("event_time").type
+    interval = table.filter(pc.field("event_time") >= pa.scalar(start, ts))
+    result.events = interval.num_rows
+    if not interval.num_rows:
         return []
-    result.readings = scorer.reading_count(table)
-    return scorer.flagged_events(artifact, table)
+    result.readings = scorer.reading_count(interval)
+    return scorer.flagged_events(artifact, table, since=start)
 
 
 def score(

@@ -11,6 +11,7 @@ Spark stays the engine for training and for bulk rescoring.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,18 +19,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
-from eventpipe.ml.features import FEATURES, MAD_TO_SIGMA, MIN_POINTS
+from eventpipe.ml.features import (
+    BURST_MS,
+    FEATURES,
+    HISTORY_MS,
+    LEVEL_HOUR,
+    MAD_TO_SIGMA,
+    MIN_POINTS,
+    RECENT_MS,
+)
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
     from pyspark.sql import DataFrame
 
 SCORER_NAME = "scorer.json"
-FORMAT = 1
+FORMAT = 2  # 2: temporal features, device levels (baseline rows with hour LEVEL_HOUR and a device_id)
 
 
 class Baseline(BaseModel):
-    """Columnar copy of the Spark baseline: one entry per (kind, metric, hour); hour -1 is the whole day."""
+    """Columnar copy of the Spark baseline: one entry per (kind, metric, hour); hour -1 is the whole day;
+    hour ``LEVEL_HOUR`` holds a device's own level (its ``device_id`` set, ``median`` = the level)."""
 
     kind: list[str]
     metric: list[str]
@@ -37,6 +47,7 @@ class Baseline(BaseModel):
     median: list[float]
     mad: list[float]
     n: list[int]
+    device_id: list[str | None] = Field(default_factory=list, description="empty before format 2")
 
 
 class ScoringArtifact(BaseModel):
@@ -51,6 +62,7 @@ class ScoringArtifact(BaseModel):
     mad_to_sigma: float = MAD_TO_SIGMA
     baseline: Baseline
     spark_version: str | None = None
+    history_ms: int = Field(HISTORY_MS, description="how far before an interval the scorer reads")
 
 
 def export_scorer(
@@ -79,7 +91,9 @@ def export_scorer(
         return one_hot[slot] if slot is not None and slot < size else 0.0
 
     metric_coefficients = [weight(i) for i in range(len(labels) + 1)]
-    rows = baseline.orderBy("kind", "metric", "hour").collect()
+    rows = baseline.orderBy(
+        "kind", "metric", "hour", *(["device_id"] if "device_id" in baseline.columns else [])
+    ).collect()
     return ScoringArtifact(
         features=list(FEATURES),
         feature_coefficients=coefficients[: len(FEATURES)],
@@ -94,6 +108,7 @@ def export_scorer(
             median=[float(r["median"]) for r in rows],
             mad=[float(r["mad"]) for r in rows],
             n=[int(r["n"]) for r in rows],
+            device_id=[r.asDict().get("device_id") for r in rows],
         ),
         spark_version=spark_version,
     )
@@ -120,13 +135,16 @@ def explode_readings(events: pa.Table) -> pa.Table:
     device_type = pc.map_lookup(events.column("attributes"), pa.scalar("device_type"), "first")
     kind = pc.coalesce(device_type, events.column("event_type"))
     rows = pa.array(parent)
+    millis = pc.cast(events.column("event_time"), pa.timestamp("ms", tz="UTC")).cast(pa.int64())
     return pa.table(
         {
             "row": rows,
+            "device_id": pc.take(events.column("device_id"), rows),
             "kind": pc.take(kind, rows),
             "metric": pairs.field("key"),
             "value": pairs.field("value"),
             "hour": pc.take(pc.hour(events.column("event_time")), rows).cast(pa.int32()),
+            "ts": pc.take(millis, rows),
         }
     )
 
@@ -134,6 +152,58 @@ def explode_readings(events: pa.Table) -> pa.Table:
 def _greatest_floor(median: np.ndarray, mad: np.ndarray, sigma: float) -> np.ndarray:
     """features._scale: robust sigma, floored at 1e-3 of max(|median|, 1)."""
     return np.maximum(mad * sigma, np.maximum(np.abs(median), 1.0) * 1e-3)
+
+
+def _codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return pc.dictionary_encode(array).indices.to_numpy(zero_copy_only=False)
+
+
+def _frames(keys: list[np.ndarray], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, sorted composite key, its inverse): rows sorted by ``keys`` then time, one int64 per row whose
+    high bits number the series and low 41 bits hold the epoch milliseconds (good until 2039), so a time
+    range inside a series is one ``searchsorted`` away, as Spark's ``rangeBetween`` over the series."""
+    order = np.lexsort((ts, *reversed(keys)))
+    change = np.zeros(len(order), dtype=bool)
+    for key in keys:
+        sorted_key = key[order]
+        change[1:] |= sorted_key[1:] != sorted_key[:-1]
+    series = np.cumsum(change).astype(np.int64)
+    composite = (series << 41) | ts[order]
+    return order, composite, np.argsort(order)
+
+
+def _temporal(readings: pa.Table, u: np.ndarray) -> dict[str, np.ndarray]:
+    """``features.add_features``' window functions in numpy: counts and means over time ranges of a series."""
+    device, kind, metric = (_codes(readings.column(c)) for c in ("device_id", "kind", "metric"))
+    ts = readings.column("ts").to_numpy()
+    order, key, back = _frames([device, kind, metric], ts)
+
+    def left(offset: int) -> np.ndarray:
+        return np.searchsorted(key, key - offset, side="left")
+
+    now_left, now_right = left(0), np.searchsorted(key, key, side="right")
+    sums = np.concatenate([[0.0], np.cumsum(u[order])])
+    n_prev = now_left - left(HISTORY_MS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prev = np.where(n_prev > 0, (sums[now_left] - sums[left(HISTORY_MS)]) / n_prev, 0.0)
+        recent_lo = left(RECENT_MS)
+        mean_recent = (sums[now_right] - sums[recent_lo]) / (now_right - recent_lo)
+    n_burst = now_right - left(BURST_MS)
+    value = readings.column("value").to_numpy()
+    _same_order, same_key, same_back = _frames([device, kind, metric, value], ts)
+    n_same = (
+        np.searchsorted(same_key, same_key, side="left") - np.searchsorted(same_key, same_key - HISTORY_MS, "left")
+    )[same_back]
+    expected = n_prev * (BURST_MS / HISTORY_MS)
+    u_sorted = u[order]
+    return {
+        "log_abs_u": np.log1p(np.abs(u)),
+        "log_jump": np.log1p(np.abs(u_sorted - mean_prev))[back],
+        "log_level": np.log1p(np.abs(mean_recent))[back],
+        "log_same": np.log1p(n_same.astype(np.float64)),
+        "log_rate": (np.log1p((n_burst - 1).astype(np.float64)) - np.log1p(expected))[back],
+    }
 
 
 def featurize(artifact: ScoringArtifact, readings: pa.Table) -> pa.Table:
@@ -147,14 +217,23 @@ def featurize(artifact: ScoringArtifact, readings: pa.Table) -> pa.Table:
             "median": pa.array(b.median, pa.float64()),
             "mad": pa.array(b.mad, pa.float64()),
             "n": pa.array(b.n, pa.int64()),
+            "device_id": pa.array(b.device_id or [None] * len(b.hour), pa.string()),
         }
     )
+    level_mask = pc.equal(table.column("hour"), LEVEL_HOUR)
+    levels = (
+        table.filter(level_mask)
+        .select(["device_id", "kind", "metric", "median"])
+        .rename_columns(["device_id", "kind", "metric", "level"])
+    )
+    table = table.filter(pc.invert(level_mask)).drop_columns(["device_id"])
     day_mask = pc.equal(table.column("hour"), -1)
     daily = table.filter(day_mask).select(["kind", "metric", "median", "mad"])
     daily = daily.rename_columns(["kind", "metric", "median_d", "mad_d"])
     hourly = table.filter(pc.invert(day_mask)).rename_columns(["kind", "metric", "hour", "median_h", "mad_h", "n_h"])
     joined = readings.join(daily, ["kind", "metric"], join_type="inner")
-    joined = joined.join(hourly, ["kind", "metric", "hour"], join_type="left outer").sort_by("row")
+    joined = joined.join(hourly, ["kind", "metric", "hour"], join_type="left outer")
+    joined = joined.join(levels, ["device_id", "kind", "metric"], join_type="left outer").sort_by("row")
 
     def col(name: str) -> np.ndarray:
         return joined.column(name).to_numpy()
@@ -170,14 +249,16 @@ def featurize(artifact: ScoringArtifact, readings: pa.Table) -> pa.Table:
     z = (value - median) / _greatest_floor(median, mad, artifact.mad_to_sigma)
     z_day = (value - median_d) / _greatest_floor(median_d, mad_d, artifact.mad_to_sigma)
     rel_dev = np.abs(value - median) / np.maximum(np.abs(median), 1.0)
+    u = z - pc.fill_null(joined.column("level"), 0.0).to_numpy()
     features = {
         "baseline_median": median,
         "z": z,
         "log_abs_z": np.log1p(np.abs(z)),
         "log_abs_z_day": np.log1p(np.abs(z_day)),
         "log_rel_dev": np.log1p(rel_dev),
+        **(_temporal(joined, u) if joined.num_rows else {}),
     }
-    keep = joined.select(["row", "kind", "metric", "value", "hour"])
+    keep = joined.select(["row", "kind", "metric", "value", "hour", "ts"])
     for name, values in features.items():
         keep = keep.append_column(name, pa.array(values, pa.float64()))
     return keep
@@ -195,17 +276,22 @@ def probabilities(artifact: ScoringArtifact, features: pa.Table) -> np.ndarray:
     return 1.0 - 1.0 / (1.0 + np.exp(margin))
 
 
-def score_readings(artifact: ScoringArtifact, events: pa.Table) -> pa.Table:
-    """Every scored reading: the features, ``p_anomaly`` and ``flagged`` (p >= the tuned threshold)."""
+def score_readings(artifact: ScoringArtifact, events: pa.Table, since: datetime | None = None) -> pa.Table:
+    """Every scored reading: the features, ``p_anomaly`` and ``flagged`` (p >= the tuned threshold).
+
+    ``since``: the events before it are history only (the temporal features' look-back): read, not scored.
+    """
     features = featurize(artifact, explode_readings(events))
+    if since is not None:
+        features = features.filter(pc.greater_equal(features.column("ts"), int(since.timestamp() * 1000)))
     p = probabilities(artifact, features)
     features = features.append_column("p_anomaly", pa.array(p, pa.float64()))
     return features.append_column("flagged", pa.array(p >= artifact.threshold))
 
 
-def flagged_events(artifact: ScoringArtifact, events: pa.Table) -> list[dict[str, Any]]:
+def flagged_events(artifact: ScoringArtifact, events: pa.Table, since: datetime | None = None) -> list[dict[str, Any]]:
     """One dict per flagged event: its most anomalous reading (ties: metric name), with the event's fields."""
-    readings = score_readings(artifact, events).filter(pc.field("flagged"))
+    readings = score_readings(artifact, events, since).filter(pc.field("flagged"))
     best: dict[tuple[str, Any], dict[str, Any]] = {}
     for reading in readings.to_pylist():
         event = events.slice(reading["row"], 1).to_pylist()[0]
