@@ -90,6 +90,39 @@ def image() -> None:
         raise typer.Exit(1) from exc
 
 
+images = typer.Typer(no_args_is_help=True, help="Container images built without a registry (Debian rootfs).")
+app.add_typer(images, name="images")
+
+
+@images.command("build")
+def images_build(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="eventpipe, kafka, elasticsearch, s3, postgres (default: all)")
+    ] = None,
+) -> None:
+    """Build the images (each skipped when its inputs are unchanged); prints each one's tag and time."""
+    from devstack.images import build
+
+    try:
+        emit("devstack images build", build(names or []))
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("compose")
+def compose() -> None:
+    """Build Docker Compose (pinned) from the Go module proxy as a CLI plugin under the devstack; prints how to
+    use it (`docker --config <dir> compose`, or DOCKER_CONFIG=<dir>)."""
+    from devstack.compose import build, config_dir
+
+    try:
+        emit("devstack compose", {**build(), "docker_config": str(config_dir())})
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
 @app.command("down")
 def down(services: Services = "") -> None:
     """Stop every service this devstack started: the default ones, monitoring, the cluster, and a Docker daemon
