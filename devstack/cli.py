@@ -186,6 +186,10 @@ def demo(
     execution: Annotated[
         str, typer.Option(help="local: tasks as processes; kubernetes: tasks as pods on the devstack cluster")
     ] = "local",
+    devstack: Annotated[
+        bool, typer.Option(help="Start the process devstack first; --no-devstack: use a running stack (docker compose)")
+    ] = True,
+    airflow_url: Annotated[str, typer.Option(help="Airflow API of the stack")] = "http://127.0.0.1:8080",
 ) -> None:
     """Start everything; produce days; ingest, archive, train and score through Airflow; print a summary."""
     from devstack.demo import run_demo
@@ -194,7 +198,9 @@ def demo(
         raise InvalidArgument("--days must be at least 2 (training needs a hold-out day)")
     if execution not in {"local", "kubernetes"}:
         raise InvalidArgument("--execution must be local or kubernetes")
-    run_demo(parse_day(day), rate, days, execution)
+    if execution == "kubernetes" and not devstack:
+        raise InvalidArgument("--execution kubernetes runs on the process devstack's cluster: drop --no-devstack")
+    run_demo(parse_day(day), rate, days, execution, start_devstack=devstack, airflow_url=airflow_url)
 
 
 def register(root: typer.Typer) -> None:
