@@ -456,7 +456,8 @@ def test_dockerfile_matches_pins() -> None:
     assert f"apache/airflow:{_pinned('apache-airflow')}-python3.11" in text
     assert "openjdk-17-jre-headless" in text
     dev_pins = (ROOT / "requirements-dev.txt").read_text().split()
-    assert re.search(r"^ARG PSYCOPG2=(\S+)$", text, flags=re.M)[1] in dev_pins  # type: ignore[index]
+    for driver in ("PSYCOPG2", "ASYNCPG"):
+        assert re.search(rf"^ARG {driver}=(\S+)$", text, flags=re.M)[1] in dev_pins  # type: ignore[index]
     assert re.findall(r"^USER\s+(\S+)", text, flags=re.M)[-1] == "50000:0"
     entrypoint = ROOT / "docker/entrypoint.sh"
     assert "/opt/eventpipe/entrypoint.sh" in text and entrypoint.stat().st_mode & 0o111
