@@ -21,7 +21,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from devstack.images.docker import DOCKER, ensure_docker, image_label, image_size
+from devstack.images.docker import DOCKER, ensure_docker, image_label
+from devstack.images.docker import image_size as _size  # a seam the import tests replace
 from devstack.images.rootfs import rootfs_image
 from devstack.runtime import REPO_ROOT, DevstackError, subdir
 
@@ -110,7 +111,7 @@ def build_image(ref: str = IMAGE) -> dict[str, object]:
     key = f"{inputs}-{base.rsplit('-', 1)[-1]}"
     if image_label(ref) == key:
         _say(f"{ref} is current (inputs {key})")
-        return {"built": False, "seconds": round(time.monotonic() - began, 1), "inputs": key, **image_size(ref)}
+        return {"built": False, "seconds": round(time.monotonic() - began, 1), "inputs": key, **_size(ref)}
     secret = []
     if ca_bundle := _ca_bundle():
         secret = ["--secret", f"id=build-ca,src={ca_bundle}"]
@@ -122,7 +123,7 @@ def build_image(ref: str = IMAGE) -> dict[str, object]:
         f"docker build {ref} (BASE=debian)",
         env={"DOCKER_BUILDKIT": "1"},
     )  # fmt: skip
-    return {"built": True, "seconds": round(time.monotonic() - began, 1), "inputs": key, **image_size(ref)}
+    return {"built": True, "seconds": round(time.monotonic() - began, 1), "inputs": key, **_size(ref)}
 
 
 def _ca_bundle() -> str | None:
@@ -154,7 +155,7 @@ def _save_into(containerd_socket: str, ref: str) -> None:
 
 def import_image(containerd_socket: str, ref: str = IMAGE) -> bool:
     """Copy ``ref`` into the cluster's containerd unless the same image id is there; True if imported."""
-    image_id = image_size(ref).get("id")
+    image_id = _size(ref).get("id")
     if image_id is None:
         raise DevstackError(f"image {ref} does not exist; build it first")
     name = ref if "/" in ref.split(":")[0] else f"docker.io/library/{ref}"
