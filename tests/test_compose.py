@@ -144,6 +144,7 @@ def test_compose_stack_runs_the_demo_keeps_its_data_across_a_restart_and_down_v_
     rows = _summary_rows(summary)
     assert (rows["produced"], rows["valid"]) == (str(len(records)), str(valid))
     assert rows["indexed_in_elasticsearch"] == str(valid)
+    assert rows["dead_letters"] == str(len(records) - valid)  # every malformed record, with its reason
     assert rows["archive_verified"] == "True"
     assert _volumes() >= DATA_VOLUMES
     es = Elasticsearch(_env()["EVENTPIPE_ES_URL"], request_timeout=30)
