@@ -112,7 +112,9 @@ def _volumes() -> set[str]:
 def _state(es: Elasticsearch) -> dict[str, object]:
     """What must survive a restart: Kafka's records, Elasticsearch's documents, the archive, Airflow's runs."""
     es.indices.refresh(index=[day_index(d) for d in DAYS], ignore_unavailable=True)
-    indexed = {d.isoformat(): es.count(index=[day_index(d), late_index(d)])["count"] for d in DAYS}
+    indexed = {
+        d.isoformat(): es.count(index=[day_index(d), late_index(d)], ignore_unavailable=True)["count"] for d in DAYS
+    }
     consumer = KafkaConsumer(bootstrap_servers=_env()["EVENTPIPE_KAFKA_BOOTSTRAP"])
     try:
         parts = [
