@@ -73,6 +73,16 @@ RUN --mount=type=secret,id=build-ca,uid=50000 \
  && pip install --no-cache-dir -r /opt/eventpipe/requirements.txt
 RUN --mount=type=bind,from=spark-jars,source=/jars,target=/mnt/spark-jars \
     cp /mnt/spark-jars/*.jar "$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')/jars/"
+# The metadata database drivers (sync and async) the official Airflow image ships and Airflow's components need
+# (compose runs them on this image); the Debian base gets them here, pinned as in requirements-dev.txt.
+ARG BASE
+ARG PSYCOPG2=psycopg2-binary==2.9.13
+ARG ASYNCPG=asyncpg==0.32.0
+RUN --mount=type=secret,id=build-ca,uid=50000 \
+    if [ "$BASE" = debian ]; then \
+      if [ -s /run/secrets/build-ca ]; then export PIP_CERT=/run/secrets/build-ca; fi; \
+      pip install --no-cache-dir "$PSYCOPG2" "$ASYNCPG"; \
+    fi
 
 # The package itself (non-editable; its dependencies are already pinned above).
 COPY --chown=airflow:root pyproject.toml /opt/eventpipe/src/pyproject.toml

@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 EP := $(BIN)/eventpipe
 
-.PHONY: help setup install services monitoring demo test test-random test-fast lint bench down status clean k8s test-k8s test-csi
+.PHONY: help setup install services monitoring demo test test-random test-fast lint bench down status clean k8s test-k8s test-csi \
+  compose-plugin images test-compose
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-11s %s\n", $$1, $$2 }'
@@ -58,10 +59,10 @@ demo: install $(DEMO_NEEDS)  ## everything up (incl. Airflow), produce events, r
 
 test: services browser  ## everything up, then the whole test suite against the real services
 	$(BIN)/ruff check include devstack dags plugins tests bench
-	$(BIN)/python -m pytest -ra -m "not k8s and not csi"  # k8s, csi: make test-k8s / test-csi (opt-in, see docs)
+	$(BIN)/python -m pytest -ra -m "not k8s and not csi and not compose"  # make test-k8s / test-csi / test-compose (opt-in)
 
 test-random: services browser  ## the same suite in a random order (pytest-randomly; SEED=n repeats an order)
-	$(BIN)/python -m pytest -ra -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not k8s and not csi"
+	$(BIN)/python -m pytest -ra -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not k8s and not csi and not compose"
 
 .PHONY: browser
 browser:  ## headless Chromium + chromedriver from Debian packages, for the Airflow UI test (idempotent)
@@ -70,7 +71,7 @@ browser:  ## headless Chromium + chromedriver from Debian packages, for the Airf
 	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }; fi
 
 test-fast: setup  ## tests that need no services and install nothing (no apt-get: promtool's rule tests run in make test)
-	$(BIN)/python -m pytest -ra -m "not services and not airflow and not k8s and not csi and not packages"
+	$(BIN)/python -m pytest -ra -m "not services and not airflow and not k8s and not csi and not compose and not packages"
 
 lint: setup  ## ruff check and ruff format --check
 	$(BIN)/ruff check include devstack dags plugins tests bench
@@ -103,6 +104,17 @@ test-k8s: k8s  ## the k8s-marked tests against the local cluster
 
 test-csi: install  ## the CSI driver's Go tests and csi-sanity, as root, without a cluster
 	$(BIN)/python -m pytest -ra -s -m csi tests/test_csi_driver.py
+
+# The laptop path with Docker (docker-compose.yaml), here without a registry: Compose from the Go module proxy,
+# images from the Debian rootfs and the devstack's pinned artifacts (docker-compose.local.yaml). Docs: README.
+compose-plugin: $(BIN)/.stage1 k8s-host  ## Docker Compose v5.6.0 from the Go module proxy, a CLI plugin in .devstack/docker
+	$(EP) devstack compose
+
+images: install k8s-host  ## registry-free images: eventpipe (BASE=debian), kafka, elasticsearch, s3, postgres (cached by input hash)
+	$(EP) devstack images build
+
+test-compose: compose-plugin images  ## opt-in: the compose stack from local images: up, demo, restart with data, down -v
+	$(BIN)/python -m pytest -ra -s -m compose tests/test_compose.py
 
 status:  ## health of each local service (exit 1 if a data service or a running one is unhealthy)
 	$(EP) devstack status

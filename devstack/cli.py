@@ -90,6 +90,39 @@ def image() -> None:
         raise typer.Exit(1) from exc
 
 
+images = typer.Typer(no_args_is_help=True, help="Container images built without a registry (Debian rootfs).")
+app.add_typer(images, name="images")
+
+
+@images.command("build")
+def images_build(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="eventpipe, kafka, elasticsearch, s3, postgres (default: all)")
+    ] = None,
+) -> None:
+    """Build the images (each skipped when its inputs are unchanged); prints each one's tag and time."""
+    from devstack.images import build
+
+    try:
+        emit("devstack images build", build(names or []))
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("compose")
+def compose() -> None:
+    """Build Docker Compose (pinned) from the Go module proxy as a CLI plugin under the devstack; prints how to
+    use it (`docker --config <dir> compose`, or DOCKER_CONFIG=<dir>)."""
+    from devstack.compose import build, config_dir
+
+    try:
+        emit("devstack compose", {**build(), "docker_config": str(config_dir())})
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
 @app.command("down")
 def down(services: Services = "") -> None:
     """Stop every service this devstack started: the default ones, monitoring, the cluster, and a Docker daemon
@@ -153,6 +186,10 @@ def demo(
     execution: Annotated[
         str, typer.Option(help="local: tasks as processes; kubernetes: tasks as pods on the devstack cluster")
     ] = "local",
+    devstack: Annotated[
+        bool, typer.Option(help="Start the process devstack first; --no-devstack: use a running stack (docker compose)")
+    ] = True,
+    airflow_url: Annotated[str, typer.Option(help="Airflow API of the stack")] = "http://127.0.0.1:8080",
 ) -> None:
     """Start everything; produce days; ingest, archive, train and score through Airflow; print a summary."""
     from devstack.demo import run_demo
@@ -161,7 +198,9 @@ def demo(
         raise InvalidArgument("--days must be at least 2 (training needs a hold-out day)")
     if execution not in {"local", "kubernetes"}:
         raise InvalidArgument("--execution must be local or kubernetes")
-    run_demo(parse_day(day), rate, days, execution)
+    if execution == "kubernetes" and not devstack:
+        raise InvalidArgument("--execution kubernetes runs on the process devstack's cluster: drop --no-devstack")
+    run_demo(parse_day(day), rate, days, execution, start_devstack=devstack, airflow_url=airflow_url)
 
 
 def register(root: typer.Typer) -> None:

@@ -94,9 +94,19 @@ def already_produced(settings: Settings, config: GeneratorConfig) -> bool:
 
 
 def run_demo(
-    first_day: date = DEMO_DAY, rate_per_s: float = 0.2, days: int = 3, execution: str = "local"
+    first_day: date = DEMO_DAY,
+    rate_per_s: float = 0.2,
+    days: int = 3,
+    execution: str = "local",
+    *,
+    start_devstack: bool = True,
+    airflow_url: str = "http://127.0.0.1:8080",
 ) -> dict[str, object]:
-    """``execution="kubernetes"``: the same runs, every task a pod on the devstack cluster (started first)."""
+    """``execution="kubernetes"``: the same runs, every task a pod on the devstack cluster (started first).
+
+    ``start_devstack=False``: start nothing, run against the stack the ``EVENTPIPE_*`` endpoints and ``airflow_url``
+    point at (the docker compose stack), so both paths print the same summary from the same code.
+    """
     import os
 
     from devstack.airflow import EXECUTION_ENV
@@ -111,8 +121,11 @@ def run_demo(
 
         console.rule("starting the data services and the local Kubernetes cluster (tasks run as pods)")
         timings = {**up(DATA_SERVICES), **up(["kubernetes"]), **prepare()}
-    console.rule("starting the embedded services")
-    timings.update(up(SERVICES))
+    if start_devstack:
+        console.rule("starting the embedded services")
+        timings.update(up(SERVICES))
+    else:
+        console.rule(f"using the running stack: Airflow {airflow_url}, Kafka {os.environ['EVENTPIPE_KAFKA_BOOTSTRAP']}")
     settings = Settings.from_env()
     es = client(settings)
     ensure_indices(es, replicas=settings.elastic.replicas)
@@ -135,7 +148,7 @@ def run_demo(
     )
 
     runs: dict[str, object] = {}
-    with AirflowClient() as api:
+    with AirflowClient(airflow_url) as api:
         for day in demo_days:
             console.rule(f"{day}: ingest DAG (data interval = the day), then the nightly archive DAG")
             runs[f"ingest {day}"] = _run(api, "eventpipe_ingest", day, {}, timeout=1800)
@@ -208,7 +221,7 @@ def run_demo(
         "airflow_runs": runs,
         "left_paused": settled["paused"],
         "stopped_scheduled_runs": settled["failed"],
-        "airflow_ui": "http://127.0.0.1:8080  (user admin, password admin)",
+        "airflow_ui": f"{airflow_url}  (user admin, password admin)",
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     table = Table(title="eventpipe demo", show_header=False)

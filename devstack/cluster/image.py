@@ -1,7 +1,7 @@
 """The task image, built here without any image registry, and handed to the devstack cluster's containerd.
 
-The Dockerfile's ``BASE=debian`` variant starts from a root filesystem made of Debian packages (debootstrap from
-the host's own apt sources, imported with ``docker import``: ``FROM scratch`` in effect) instead of the official
+The Dockerfile's ``BASE=debian`` variant starts from the Debian root filesystem the service images share
+(``devstack.images.rootfs``: debootstrap from the host's own apt sources, ``docker import``) instead of the official
 Airflow image, and takes Spark's extra jars from the devstack's Maven resolution instead of a Maven container.
 Everything else (requirements, the package, DAGs, the non-root user 50000:0) is the same Dockerfile path.
 
@@ -14,32 +14,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import subprocess
-import tarfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from devstack.runtime import REPO_ROOT, DevstackError, log_path, pid_of, start_process, subdir, tail
+from devstack.images.docker import DOCKER, ensure_docker, image_label
+from devstack.images.docker import image_size as _size  # a seam the import tests replace
+from devstack.images.rootfs import rootfs_image
+from devstack.runtime import REPO_ROOT, DevstackError, subdir
 
 IMAGE = "eventpipe:0.1.0"
-DOCKER = "/usr/bin/docker"  # Debian's client matches Debian's dockerd; a newer client may want buildx
-DOCKER_SOCKET = Path("/var/run/docker.sock")
-SUITE = "bookworm"
-ROOTFS_REPO = "eventpipe/debian-rootfs"
-# What the image needs from Debian: Python 3.11 (as the official image), a JRE for Spark, an init for PID 1.
-ROOTFS_PACKAGES = (
-    "python3",
-    "python3-venv",
-    "openjdk-17-jre-headless",
-    "dumb-init",
-    "ca-certificates",
-    "procps",
-    "libstdc++6",
-)
 CONTEXT_PATHS = (
     "Dockerfile",
     "requirements.txt",
@@ -78,127 +65,6 @@ def _run(cmd: Sequence[str], what: str, *, stdin: int | None = None, env: dict[s
         raise DevstackError(f"{what} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-4000:]}")
     _say(f"{what}: {time.monotonic() - began:.1f}s")
     return result.stdout
-
-
-# -- Docker ----------------------------------------------------------------------------------------------
-def docker_ready() -> bool:
-    if not DOCKER_SOCKET.is_socket() or not Path(DOCKER).exists():
-        return False
-    return subprocess.run([DOCKER, "info"], capture_output=True, check=False).returncode == 0
-
-
-def ensure_docker() -> None:
-    """Use a running Docker engine, or start Debian's dockerd without its bridge and iptables rules.
-
-    Builds use the host network (package registries only); no container runs on a Docker network, so
-    Docker's FORWARD-DROP rules, which break pod traffic, never appear.
-    """
-    if docker_ready():
-        return
-    if shutil.which("dockerd") is None or not Path(DOCKER).exists():
-        raise DevstackError("Docker is required to build the image: apt-get install docker.io")
-    if pid_of("dockerd") is None:
-        start_process(
-            "dockerd",
-            ["dockerd", "--iptables=false", "--ip-forward=false", "--bridge=none", f"--host=unix://{DOCKER_SOCKET}"],
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if docker_ready():
-            return
-        if pid_of("dockerd") is None:
-            break
-        time.sleep(0.5)
-    raise DevstackError(f"dockerd did not become ready; log tail:\n{tail(log_path('dockerd'))}")
-
-
-def _image_label(ref: str, label: str) -> str | None:
-    result = subprocess.run(
-        [DOCKER, "image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}', ref],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def _image_exists(ref: str) -> bool:
-    return subprocess.run([DOCKER, "image", "inspect", ref], capture_output=True, check=False).returncode == 0
-
-
-# -- Debian root filesystem ------------------------------------------------------------------------------
-def debian_mirror() -> str:
-    """The Debian archive this host's apt uses (so the image comes from the same, reachable source)."""
-    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for source in sources:
-        if not source.is_file():
-            continue
-        text = source.read_text()
-        for match in re.finditer(r"^URIs:\s*(\S+)", text, flags=re.M):
-            if "security" not in match.group(1):
-                return match.group(1)
-        for match in re.finditer(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+\S+", text, flags=re.M):
-            if "security" not in match.group(1):
-                return match.group(1)
-    raise DevstackError("no Debian mirror found in /etc/apt/sources.list{,.d}; the rootfs is built from it")
-
-
-def rootfs_image() -> str:
-    """``eventpipe/debian-rootfs:<suite>-<hash>``, built by debootstrap once per package list."""
-    key = hashlib.sha256(f"{SUITE} {' '.join(ROOTFS_PACKAGES)} {''.join(USER_LINES)}".encode()).hexdigest()[:12]
-    ref = f"{ROOTFS_REPO}:{SUITE}-{key}"
-    if _image_exists(ref):
-        return ref
-    if shutil.which("debootstrap") is None:
-        raise DevstackError("debootstrap is required for the Debian base: apt-get install debootstrap")
-    work = subdir("image") / f"rootfs-{key}"
-    if work.exists():
-        _umount_below(work)
-        shutil.rmtree(work)
-    began = time.monotonic()
-    _run(
-        [
-            "debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}",
-            "--components=main", SUITE, str(work), debian_mirror(),
-        ],
-        f"debootstrap {SUITE} ({len(ROOTFS_PACKAGES)} packages + dependencies)",
-    )  # fmt: skip
-    _umount_below(work)
-    _slim(work)
-    with (work / "etc" / "passwd").open("a") as passwd:
-        passwd.write(USER_LINES[0])
-    with (work / "etc" / "shadow").open("a") as shadow:
-        shadow.write(USER_LINES[1])
-    (work / "home" / "airflow").mkdir(parents=True, exist_ok=True)
-    os.chown(work / "home" / "airflow", 50000, 0)
-    archive = subdir("image") / f"rootfs-{key}.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(work, arcname=".")
-    _run([DOCKER, "import", str(archive), ref], f"docker import {ref}")
-    archive.unlink()
-    shutil.rmtree(work)
-    _say(f"rootfs {ref} in {time.monotonic() - began:.0f}s")
-    return ref
-
-
-def _umount_below(root: Path) -> None:
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    for mount in sorted((m for m in mounts if m.startswith(str(root))), reverse=True):
-        subprocess.run(["umount", "-l", mount], check=False)
-
-
-def _slim(root: Path) -> None:
-    """Drop what a batch container never reads: apt caches and lists, docs, man pages, other locales."""
-    for rel in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info"):
-        target = root / rel
-        if target.exists():
-            shutil.rmtree(target)
-            target.mkdir()
-    locales = root / "usr" / "share" / "locale"
-    if locales.exists():
-        for child in locales.iterdir():
-            if child.is_dir() and child.name not in {"C.UTF-8", "en"}:
-                shutil.rmtree(child)
 
 
 # -- the image -------------------------------------------------------------------------------------------
@@ -243,7 +109,7 @@ def build_image(ref: str = IMAGE) -> dict[str, object]:
     base = rootfs_image()
     context, inputs = _context(spark_jars())
     key = f"{inputs}-{base.rsplit('-', 1)[-1]}"
-    if _image_label(ref, "io.eventpipe.inputs") == key:
+    if image_label(ref) == key:
         _say(f"{ref} is current (inputs {key})")
         return {"built": False, "seconds": round(time.monotonic() - began, 1), "inputs": key, **_size(ref)}
     secret = []
@@ -267,13 +133,6 @@ def _ca_bundle() -> str | None:
         if candidate and Path(candidate).is_file():
             return candidate
     return None
-
-
-def _size(ref: str) -> dict[str, object]:
-    out = subprocess.run(
-        [DOCKER, "image", "inspect", "--format", "{{.Size}} {{.Id}}", ref], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return {"size_mb": round(int(out[0]) / 1e6), "id": out[1]} if len(out) == 2 else {}
 
 
 def _save_into(containerd_socket: str, ref: str) -> None:
