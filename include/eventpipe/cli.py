@@ -62,7 +62,7 @@ Topics = Annotated[str, typer.Option("--topics", help="Comma-separated source to
 
 # Commands of the dev environment (they bring their own settings) and those that never touch S3.
 DEVSTACK_COMMANDS = frozenset({"devstack", "demo"})
-WITHOUT_S3 = frozenset({"rollup"})
+WITHOUT_S3 = frozenset({"rollup", "expand"})
 
 
 @app.callback()
@@ -230,6 +230,9 @@ app.add_typer(archive_app, name="archive")
 from eventpipe.ml.cli import ml_app  # noqa: E402
 
 app.add_typer(ml_app, name="ml")
+from eventpipe.stateful.cli import app as storage_app  # noqa: E402
+
+app.add_typer(storage_app, name="storage")
 # -- end of sub-command groups
 
 

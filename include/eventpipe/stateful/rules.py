@@ -59,6 +59,14 @@ def may_restart_broker(partitions: Iterable[PartitionState], broker: int) -> Ver
     return Verdict(True, f"broker {broker}: every partition it hosts keeps min.insync.replicas without it")
 
 
+def broker_in_sync(partitions: Iterable[PartitionState], broker: int) -> Verdict:
+    """Is ``broker`` back in the ISR of every partition it hosts? (The roll's "recovered" check.)"""
+    lagging = sorted(p.name for p in partitions if broker in p.replicas and broker not in p.isr)
+    if lagging:
+        return Verdict(False, f"broker {broker}: not yet in sync for {len(lagging)} partition(s)", tuple(lagging))
+    return Verdict(True, f"broker {broker}: in sync for every partition it hosts")
+
+
 def roll_order(brokers: Iterable[int], active_controller: int | None) -> list[int]:
     """Brokers in restart order: by id, the active controller last (one controller election per roll)."""
     ordered = sorted(set(brokers))
