@@ -21,6 +21,11 @@ class GateKind(str, Enum):
     none = "none"
 
 
+# Where deploy/stateful puts them (deploy/networkpolicy.yaml expects the same namespaces)
+DEFAULT_NAMESPACE = {GateKind.kafka: "kafka", GateKind.elasticsearch: "elastic", GateKind.none: "eventpipe"}
+DEFAULT_TEMPLATE = {GateKind.kafka: "data", GateKind.elasticsearch: "elasticsearch-data", GateKind.none: "data"}
+
+
 def parse_size(size: str) -> int:
     """``20Gi``, ``500M`` or bytes, as Kubernetes reads quantities; an InvalidArgument otherwise."""
     from kubernetes.utils import parse_quantity
@@ -39,7 +44,10 @@ def expand(
     statefulset: Annotated[str, typer.Option("--statefulset", help="The StatefulSet whose volumes grow")],
     size: Annotated[str, typer.Option("--size", help="New size of each claim, a Kubernetes quantity (20Gi)")],
     gate: Annotated[GateKind, typer.Option("--gate", help="Restart rule between pods")],
-    template: Annotated[str, typer.Option("--template", help="The volumeClaimTemplate's name")] = "data",
+    namespace: Annotated[str, typer.Option("--namespace", help="The StatefulSet's namespace")] = "",
+    template: Annotated[
+        str, typer.Option("--template", help="The volumeClaimTemplate (default: data, ES: elasticsearch-data)")
+    ] = "",
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds each step may wait")] = 600.0,
 ) -> None:
     """Grow a StatefulSet's PVCs one pod at a time, restarting a pod where the filesystem resize is offline.
@@ -74,8 +82,9 @@ def expand(
 
         rule = NoGate()
     try:
-        cluster = KubeCluster(settings.kubernetes.namespace)
-        emit("storage-expand", expand_statefulset(cluster, rule, statefulset, template, requested, Waiter(timeout)))
+        cluster = KubeCluster(namespace or DEFAULT_NAMESPACE[gate])
+        claims = template or DEFAULT_TEMPLATE[gate]
+        emit("storage-expand", expand_statefulset(cluster, rule, statefulset, claims, requested, Waiter(timeout)))
     finally:
         for close in closers:
             close()
