@@ -588,19 +588,25 @@ def test_kafka_durability_defaults() -> None:
 
 def test_elasticsearch_nodes_and_restart_hooks() -> None:
     sts = _stateful("StatefulSet", "elasticsearch")
-    config = _stateful("ConfigMap", "elasticsearch-config")["data"]
-    es_yml = yaml.safe_load(config["elasticsearch.yml"])
+    hooks = _stateful("ConfigMap", "elasticsearch-config")["data"]
+    container = _container(sts)
+    settings = {e["name"]: e.get("value") for e in container["env"]}  # dotted names: the image's settings
     assert sts["spec"]["replicas"] == 3
-    assert {"master", "data"} <= set(es_yml["node.roles"])
-    assert es_yml["cluster.initial_master_nodes"] == [f"elasticsearch-{n}" for n in range(3)]
+    assert {"master", "data"} <= set(settings["node.roles"].split(","))
+    assert settings["cluster.initial_master_nodes"].split(",") == [f"elasticsearch-{n}" for n in range(3)]
+    assert settings["node.name"] == "$(POD_NAME)"  # the pre-stop hook finds its node by the pod name
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "elasticsearch-data"  # ECK's name
-    pre_stop = _container(sts)["lifecycle"]["preStop"]["exec"]["command"]
-    assert pre_stop[-1] == "/etc/elasticsearch/pre-stop.sh"
-    assert '"type":"restart"' in config["pre-stop.sh"]
-    assert "index.unassigned.node_left.delayed_timeout" in config["pre-stop.sh"]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    hook_mount = next(m for m in container["volumeMounts"] if m["name"] == "hooks")
+    assert pre_stop[-1] == f"{hook_mount['mountPath']}/pre-stop.sh"
+    assert '{"type":"restart",' in hooks["pre-stop.sh"]
+    assert '"index.unassigned.node_left.delayed_timeout":"5m"' in hooks["pre-stop.sh"]
     assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}  # restarts only through the green check
-    readiness = _container(sts)["readinessProbe"]["httpGet"]["path"]
+    readiness = container["readinessProbe"]["httpGet"]["path"]
     assert readiness.startswith("/_cluster/health") and "local=true" in readiness
+    (init,) = sts["spec"]["template"]["spec"]["initContainers"]  # the entrypoint writes its config: an emptyDir
+    config = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "config")
+    assert config == "/usr/share/elasticsearch/config" and "/usr/share/elasticsearch/config/." in init["command"][-1]
 
 
 @pytest.mark.parametrize("name", ["kafka", "elasticsearch"])
