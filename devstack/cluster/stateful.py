@@ -41,14 +41,18 @@ def service_images() -> list[str]:
 
 
 def namespaces_and_keys() -> None:
-    """The namespaces first, then each one's volume key Secret, so no claim waits for its node-stage secret."""
+    """The namespaces first, then each one's volume key Secret, so no claim waits for its node-stage secret.
+
+    ``eventpipe`` too: the storage-expand ServiceAccount lives there, and ``devstack k8s`` may not have applied
+    ``deploy/`` yet (its own labels are merged in when it does).
+    """
     items = [
         {
             "apiVersion": "v1",
             "kind": "Namespace",
             "metadata": {"name": ns, "labels": {"app.kubernetes.io/part-of": "eventpipe"}},
         }
-        for ns, *_ in WORKLOADS
+        for ns in (*(w[0] for w in WORKLOADS), "eventpipe")
     ]
     kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     for namespace, *_ in WORKLOADS:
