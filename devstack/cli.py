@@ -78,6 +78,21 @@ def k8s(
         raise typer.Exit(1) from exc
 
 
+@app.command("k8s-stateful")
+def k8s_stateful(
+    build: Annotated[bool, typer.Option(help="Build the Kafka and Elasticsearch images (cached by inputs)")] = True,
+) -> None:
+    """Kafka and Elasticsearch as StatefulSets on the cluster (deploy/stateful through its devstack overlay), on
+    encrypted CSI volumes; after `devstack k8s`. Waits until every pod is Ready; prints each step's time."""
+    from devstack.cluster.stateful import deploy_stateful
+
+    try:
+        emit("devstack k8s-stateful (seconds)", deploy_stateful(build=build))
+    except DevstackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
 @app.command("image")
 def image() -> None:
     """Build the eventpipe image from the Debian base (skipped when its inputs are unchanged)."""

@@ -193,7 +193,14 @@ def test_rbac_least_privilege() -> None:
                 assert "secrets" not in rule["resources"]
     task = {r: set(rule["verbs"]) for rule in _one("Role", "eventpipe-task")["rules"] for r in rule["resources"]}
     assert task == {"volumesnapshots": {"create", "get", "list", "delete"}, "persistentvolumeclaims": {"get", "list"}}
-    assert not _objects("ClusterRole") and not _objects("ClusterRoleBinding")
+    # the one cluster-scoped grant: `eventpipe storage expand` reads StorageClasses (deploy/stateful/rbac.yaml)
+    (cluster_role,) = _objects("ClusterRole")
+    assert cluster_role["metadata"]["name"] == "eventpipe-storage-expand"
+    assert cluster_role["rules"] == [
+        {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]}
+    ]
+    (binding,) = _objects("ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == "eventpipe-storage-expand"
 
 
 def test_storage_and_snapshot_classes() -> None:
@@ -523,3 +530,168 @@ def test_docker_compose_config() -> None:
             [*compose_command(), *flags, "config", "-q"], capture_output=True, text=True, cwd=ROOT, check=False
         )
         assert result.returncode == 0, (files, result.stderr)
+
+
+# --- Kafka and Elasticsearch as StatefulSets (deploy/stateful) ----------------------------------------------------
+
+STATEFUL = DEPLOY / "stateful"
+# The devstack machine: 2 cores, ~23 GB. The stateful pods may take at most half the memory and a third of the
+# CPU requests, leaving room for the host services, Airflow and a spark-driver task pod (1 CPU request).
+MACHINE_MEMORY = 23 * 2**30
+MACHINE_CPU_MILLI = 2000
+
+
+def _stateful(kind: str, name: str) -> dict[str, Any]:
+    (obj,) = [
+        o
+        for p in sorted(STATEFUL.glob("*.yaml"))
+        for o in _docs(p)
+        if o["kind"] == kind and o["metadata"]["name"] == name
+    ]
+    return obj
+
+
+def _properties(text: str) -> dict[str, str]:
+    lines = [ln.split("=", 1) for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    return {k.strip(): v.strip() for k, v in lines}
+
+
+def _container(sts: dict[str, Any]) -> dict[str, Any]:
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _bytes(quantity: str) -> int:
+    from kubernetes.utils import parse_quantity
+
+    return int(parse_quantity(quantity))
+
+
+def test_stateful_kustomization_lists_its_manifests() -> None:
+    listed = yaml.safe_load((STATEFUL / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(p.name for p in STATEFUL.glob("*.yaml") if p.name != "kustomization.yaml")
+    overlay = yaml.safe_load((ROOT / "devstack/kubernetes/deploy/stateful/kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../../../../deploy/stateful"]
+
+
+def test_kafka_durability_defaults() -> None:
+    sts = _stateful("StatefulSet", "kafka")
+    props = _properties(_stateful("ConfigMap", "kafka-config")["data"]["server.properties"])
+    assert sts["spec"]["replicas"] == 3
+    assert props["process.roles"] == "broker,controller"  # combined KRaft nodes
+    voters = props["controller.quorum.voters"].split(",")
+    assert [v.split("@")[0] for v in voters] == ["0", "1", "2"]  # node ids = pod ordinals (expand relies on it)
+    assert all(v.split("@")[1].startswith(f"kafka-{n}.kafka-headless.kafka.svc:") for n, v in enumerate(voters))
+    assert props["default.replication.factor"] == "3" and props["min.insync.replicas"] == "2"
+    assert props["offsets.topic.replication.factor"] == "3" and props["transaction.state.log.min.isr"] == "2"
+    assert props["unclean.leader.election.enable"] == "false"
+    assert props["controlled.shutdown.enable"] == "true"
+    assert int(props["min.insync.replicas"]) < int(props["default.replication.factor"])  # one broker may go
+    assert props["log.dirs"].startswith(_container(sts)["volumeMounts"][0]["mountPath"])
+
+
+def test_elasticsearch_nodes_and_restart_hooks() -> None:
+    sts = _stateful("StatefulSet", "elasticsearch")
+    hooks = _stateful("ConfigMap", "elasticsearch-config")["data"]
+    container = _container(sts)
+    settings = {e["name"]: e.get("value") for e in container["env"]}  # dotted names: the image's settings
+    assert sts["spec"]["replicas"] == 3
+    assert {"master", "data"} <= set(settings["node.roles"].split(","))
+    assert settings["cluster.initial_master_nodes"].split(",") == [f"elasticsearch-{n}" for n in range(3)]
+    assert settings["node.name"] == "$(POD_NAME)"  # the pre-stop hook finds its node by the pod name
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "elasticsearch-data"  # ECK's name
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    hook_mount = next(m for m in container["volumeMounts"] if m["name"] == "hooks")
+    assert pre_stop[-1] == f"{hook_mount['mountPath']}/pre-stop.sh"
+    assert '{"type":"restart",' in hooks["pre-stop.sh"]
+    assert '"index.unassigned.node_left.delayed_timeout":"5m"' in hooks["pre-stop.sh"]
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}  # restarts only through the green check
+    readiness = container["readinessProbe"]["httpGet"]["path"]
+    assert readiness.startswith("/_cluster/health") and "local=true" in readiness
+    (init,) = sts["spec"]["template"]["spec"]["initContainers"]  # the entrypoint writes its config: an emptyDir
+    config = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "config")
+    assert config == "/usr/share/elasticsearch/config" and "/usr/share/elasticsearch/config/." in init["command"][-1]
+
+
+@pytest.mark.parametrize("name", ["kafka", "elasticsearch"])
+def test_stateful_set_operator_rules(name: str) -> None:
+    """PDB one down; own PVC per pod, retained; probes; graceful stop; services; the claim template's class."""
+    sts = _stateful("StatefulSet", name)
+    spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    pdb = _stateful("PodDisruptionBudget", name)["spec"]
+    assert pdb["maxUnavailable"] == 1 and _selects(pdb["selector"], labels)
+    headless = _stateful("Service", spec["serviceName"])["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    assert _selects({"matchLabels": _stateful("Service", name)["spec"]["selector"]}, labels)
+    assert spec["podManagementPolicy"] == "Parallel"  # a quorum must form before any pod is ready
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["storageClassName"] == k8s.STORAGE_CLASS_DATA
+    assert _one("StorageClass", k8s.STORAGE_CLASS_DATA)["allowVolumeExpansion"] is True
+    container = _container(sts)
+    assert claim["metadata"]["name"] in {m["name"] for m in container["volumeMounts"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe in container, probe
+    assert pod["terminationGracePeriodSeconds"] >= 120
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # Elasticsearch: the image's launcher writes a marker into its home (deploy/stateful/elasticsearch.yaml)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is (name == "kafka")
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_stateful_resources_fit_the_devstack_machine() -> None:
+    memory = cpu = 0
+    for name, heap_env in (("kafka", "KAFKA_HEAP_OPTS"), ("elasticsearch", "ES_JAVA_OPTS")):
+        sts = _stateful("StatefulSet", name)
+        container = _container(sts)
+        requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+        assert requests["memory"] == limits["memory"]  # no overcommit: a JVM's heap is its promise
+        heap = {e["name"]: e["value"] for e in container["env"] if "value" in e}[heap_env]
+        xms, xmx = (re.search(rf"-{f}(\d+)m", heap) for f in ("Xms", "Xmx"))
+        assert xms and xmx and xms.group(1) == xmx.group(1)
+        assert int(xmx.group(1)) * 2**20 <= _bytes(limits["memory"]) // 2  # heap at most half: page cache, off-heap
+        memory += sts["spec"]["replicas"] * _bytes(limits["memory"])
+        cpu += sts["spec"]["replicas"] * int(_bytes(requests["cpu"]) * 1000)
+    assert memory <= MACHINE_MEMORY // 2, memory
+    assert cpu + int(_bytes(PROFILES["spark-driver"].cpu_request) * 1000) <= MACHINE_CPU_MILLI * 0.85, cpu
+
+
+def test_stateful_network_policies_admit_peers_and_tasks() -> None:
+    for name, namespace, client_port in (("kafka", "kafka", 9092), ("elasticsearch", "elastic", 9200)):
+        policy = _stateful("NetworkPolicy", f"{name}-ingress")
+        assert policy["metadata"]["namespace"] == namespace
+        from_tasks = [r for r in policy["spec"]["ingress"] if "namespaceSelector" in r["from"][0]]
+        assert from_tasks[0]["from"][0]["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": k8s.NAMESPACE
+        }
+        assert [p["port"] for p in from_tasks[0]["ports"]] == [client_port]
+    egress = _one("NetworkPolicy", "eventpipe-task-egress")["spec"]["egress"]
+    names = {
+        s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for r in egress
+        for s in r["to"]
+        if "namespaceSelector" in s
+    }
+    assert {"kafka", "elastic"} <= names
+
+
+def test_devstack_overlay_uses_the_csi_encrypted_class() -> None:
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl not installed: the overlay is rendered by kubectl kustomize")
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "devstack/kubernetes/deploy/stateful")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    sets = [d for d in _yaml_docs(out.stdout) if d["kind"] == "StatefulSet"]
+    assert sorted(s["metadata"]["name"] for s in sets) == ["elasticsearch", "kafka"]
+    classes = _docs(ROOT / "devstack/csi/storageclasses.yaml")
+    encrypted = next(c for c in classes if c["metadata"]["name"] == "eventpipe-hostpath-encrypted")
+    assert encrypted["parameters"]["encrypted"] == "true" and encrypted["allowVolumeExpansion"] is True
+    assert "repl" not in encrypted["parameters"]  # no pretend storage replication on one node
+    for s in sets:
+        assert s["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "eventpipe-hostpath-encrypted"

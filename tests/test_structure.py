@@ -84,6 +84,7 @@ ENTRY_POINTS: dict[str, set[str]] = {
     "include/eventpipe/ml/cli.py": {"*"},
     "include/eventpipe/archive/cli.py": {"*"},
     "include/eventpipe/migrate/cli.py": {"*"},
+    "include/eventpipe/stateful/cli.py": {"*"},
     "include/eventpipe/results.py": {"emit"},  # where a CLI command writes its XCom result
     "include/eventpipe/archive/quiesce.py": {"day_is_closed"},  # sensor callable on the Airflow worker
     "include/eventpipe/orchestration/command.py": {"*"},  # DAG parse: the task environments

@@ -62,7 +62,7 @@ Topics = Annotated[str, typer.Option("--topics", help="Comma-separated source to
 
 # Commands of the dev environment (they bring their own settings) and those that never touch S3.
 DEVSTACK_COMMANDS = frozenset({"devstack", "demo"})
-WITHOUT_S3 = frozenset({"rollup"})
+WITHOUT_S3 = frozenset({"rollup", "expand"})
 
 
 @app.callback()
@@ -233,6 +233,9 @@ app.add_typer(ml_app, name="ml")
 from eventpipe.migrate.cli import migrate_app  # noqa: E402
 
 app.add_typer(migrate_app, name="migrate")
+from eventpipe.stateful.cli import app as storage_app  # noqa: E402
+
+app.add_typer(storage_app, name="storage")
 # -- end of sub-command groups
 
 
