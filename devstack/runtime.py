@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from eventpipe.lifetime import child_preexec
 
@@ -40,6 +41,24 @@ def progress(message: str) -> None:
     with _PROGRESS_LOCK:
         sys.stderr.write(line)
         sys.stderr.flush()
+
+
+T = TypeVar("T")
+
+
+class TimedSteps:
+    """The steps of a multi-step setup, each announced with its seconds, which the command reports."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str, action: Callable[[], T]) -> T:
+        began = time.monotonic()
+        result = action()
+        self.timings[name] = round(time.monotonic() - began, 1)
+        self.say(f"{name}: {self.timings[name]}s")
+        return result
 
 
 def run_step(

@@ -40,6 +40,7 @@ from devstack.cluster.podnet import NODE_IP
 from devstack.runtime import (
     REPO_ROOT,
     DevstackError,
+    TimedSteps,
     log_path,
     pid_of,
     progress,
@@ -377,14 +378,8 @@ def install() -> dict[str, float]:
     if not REGISTRY.parent.exists():
         raise DevstackError(f"{KUBELET_ROOT} is missing: the kubelet has not run on this host yet")
     go = _go()
-    timings: dict[str, float] = {}
-
-    def step(name: str, action: Callable[[], object]) -> object:
-        began = time.monotonic()
-        result = action()
-        timings[name] = round(time.monotonic() - began, 1)
-        _say(f"{name}: {timings[name]}s")
-        return result
+    step = TimedSteps(_say)
+    timings = step.timings
 
     step("build eventpipe-csi", lambda: build_driver(go))
 

@@ -14,15 +14,13 @@ import hashlib
 import json
 import re
 import subprocess
-import time
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from devstack.cluster import image, podnet, system_images
 from devstack.cluster.kubernetes import CONTAINERD_SOCKET, kubeconfig, kubectl
-from devstack.runtime import REPO_ROOT, DevstackError, subdir
+from devstack.runtime import REPO_ROOT, DevstackError, TimedSteps, subdir
 from devstack.stack import DEVSTACK_CREDENTIALS, local_env, service
 
 NAMESPACE = "eventpipe"
@@ -235,13 +233,8 @@ def prepare(*, build: bool = True, csi: bool = True) -> dict[str, float]:
 
     ``csi`` (default): external-snapshotter and the host-path CSI driver, so VolumeSnapshots are real.
     """
-    timings: dict[str, float] = {}
-
-    def step(name: str, action: Callable[[], object]) -> None:
-        began = time.monotonic()
-        action()
-        timings[name] = round(time.monotonic() - began, 1)
-        _say(f"{name}: {timings[name]}s")
+    step = TimedSteps(_say)
+    timings = step.timings
 
     step("host services on the pod bridge", host_services_for_pods)
     if build:
