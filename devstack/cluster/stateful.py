@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 
 from devstack.cluster import csi, image
 from devstack.cluster.kubernetes import CONTAINERD_SOCKET, kubectl
-from devstack.runtime import REPO_ROOT, DevstackError
+from devstack.images.services import build_service_image, tag
+from devstack.runtime import REPO_ROOT, DevstackError, TimedSteps
 
 OVERLAY = REPO_ROOT / "devstack" / "kubernetes" / "deploy" / "stateful"
 # (namespace, StatefulSet, image name, image version): the tags devstack.images builds
@@ -27,14 +27,10 @@ def _say(message: str) -> None:
 
 def service_images() -> list[str]:
     """Build (or find current) the Kafka and Elasticsearch images; their tags."""
-    try:
-        from devstack.images.services import build_service_image
-    except ModuleNotFoundError as exc:  # the image recipes live in devstack.images (the compose work)
-        raise DevstackError(f"the service image recipes are not installed ({exc.name}): devstack.images") from exc
     refs = []
     for _, _, name, version in WORKLOADS:
         ref = str(build_service_image(name)["tag"])
-        if ref != f"eventpipe/{name}:{version}":
+        if ref != tag(name, version):
             raise DevstackError(f"image {ref} is not the {version} deploy/stateful names; update both together")
         refs.append(ref)
     return refs
@@ -77,15 +73,10 @@ def wait_ready(timeout_s: float = 900.0) -> None:
 
 
 def deploy_stateful(*, build: bool = True, timeout_s: float = 900.0) -> dict[str, float]:
-    timings: dict[str, float] = {}
+    step = TimedSteps(_say)
+    timings = step.timings
 
-    def step(name: str, action: Callable[[], object]) -> None:
-        began = time.monotonic()
-        action()
-        timings[name] = round(time.monotonic() - began, 1)
-        _say(f"{name}: {timings[name]}s")
-
-    refs = [f"eventpipe/{name}:{version}" for *_, name, version in WORKLOADS]
+    refs = [tag(name, version) for *_, name, version in WORKLOADS]
     if build:
         step("service images", service_images)
     for ref in refs:
