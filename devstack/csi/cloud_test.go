@@ -80,6 +80,15 @@ func objectKeys(t *testing.T, target cloudTarget) []string {
 	return keys
 }
 
+// volumeWithPayload creates and mounts a plain volume of size holding a file "payload" of random bytes; its mount.
+func volumeWithPayload(t *testing.T, d *driver, name string, size, payload int64) string {
+	t.Helper()
+	create(t, d, name, size, nil, "")
+	dir, _ := mount(t, d, name, nil)
+	mustWrite(t, filepath.Join(dir, "payload"), string(randomBytes(t, int(payload))))
+	return dir
+}
+
 func mustTarget(t *testing.T, secrets map[string]string) cloudTarget {
 	t.Helper()
 	target, err := targetFrom(secrets, "test")
@@ -129,9 +138,7 @@ func digestOf(t *testing.T, path string) [32]byte {
 func TestCloudSnapshotIsIncrementalAndRestoresOnANodeThatNeverHeldIt(t *testing.T) {
 	secrets := cloudSecrets(t)
 	source, other := newTestDriver(t), newTestDriver(t)
-	create(t, source, "pvc-data", 64*mib, nil, "")
-	dir, _ := mount(t, source, "pvc-data", nil)
-	mustWrite(t, filepath.Join(dir, "payload"), string(randomBytes(t, int(12*mib))))
+	dir := volumeWithPayload(t, source, "pvc-data", 64*mib, 12*mib)
 	first := digestOf(t, filepath.Join(dir, "payload"))
 	if _, err := cloudSnapshot(source, "snap-full", "pvc-data", secrets); err != nil {
 		t.Fatalf("first cloud snapshot: %v", err)
@@ -213,9 +220,7 @@ func TestCloudSnapshotOfAnEncryptedVolumeLeavesTheNodeEncrypted(t *testing.T) {
 func TestCloudRestoreRefusesAChunkWhoseDigestDoesNotMatch(t *testing.T) {
 	secrets := cloudSecrets(t)
 	source, other := newTestDriver(t), newTestDriver(t)
-	create(t, source, "pvc-a", 32*mib, nil, "")
-	dir, _ := mount(t, source, "pvc-a", nil)
-	mustWrite(t, filepath.Join(dir, "payload"), string(randomBytes(t, int(4*mib))))
+	volumeWithPayload(t, source, "pvc-a", 32*mib, 4*mib)
 	if _, err := cloudSnapshot(source, "snap-a", "pvc-a", secrets); err != nil {
 		t.Fatal(err)
 	}
@@ -309,9 +314,7 @@ func TestCloudUploadCutMidwayIsNeverRestorableAndResumes(t *testing.T) {
 	source, other := newTestDriver(t), newTestDriver(t)
 	proxy := newS3Proxy(t, secrets[secretEndpoint])
 	cut := via(secrets, proxy.url)
-	create(t, source, "pvc-a", 64*mib, nil, "")
-	dir, _ := mount(t, source, "pvc-a", nil)
-	mustWrite(t, filepath.Join(dir, "payload"), string(randomBytes(t, int(24*mib))))
+	dir := volumeWithPayload(t, source, "pvc-a", 64*mib, 24*mib)
 	proxy.setHook(func(r *http.Request, _ int64) bool { // S3 goes away once 3 chunks have been stored
 		return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/chunks/") && proxy.chunksStored.Load() >= 3
 	})
@@ -371,9 +374,7 @@ func TestCloudSnapshotWithWrongCredentialsIsRefusedClearly(t *testing.T) {
 func TestCloudDeleteKeepsChunksANewerSnapshotUsesAndCollectsTheRest(t *testing.T) {
 	secrets := cloudSecrets(t)
 	d := newTestDriver(t)
-	create(t, d, "pvc-a", 32*mib, nil, "")
-	dir, _ := mount(t, d, "pvc-a", nil)
-	mustWrite(t, filepath.Join(dir, "payload"), string(randomBytes(t, int(8*mib))))
+	dir := volumeWithPayload(t, d, "pvc-a", 32*mib, 8*mib)
 	if _, err := cloudSnapshot(d, "snap-old", "pvc-a", secrets); err != nil {
 		t.Fatal(err)
 	}
@@ -417,9 +418,7 @@ func TestCloudSnapshotDeletedWhileBeingRestored(t *testing.T) {
 	secrets := cloudSecrets(t)
 	source, other := newTestDriver(t), newTestDriver(t)
 	proxy := newS3Proxy(t, secrets[secretEndpoint])
-	create(t, source, "pvc-a", 32*mib, nil, "")
-	dir, _ := mount(t, source, "pvc-a", nil)
-	mustWrite(t, filepath.Join(dir, "payload"), string(randomBytes(t, int(8*mib))))
+	volumeWithPayload(t, source, "pvc-a", 32*mib, 8*mib)
 	if _, err := cloudSnapshot(source, "snap-a", "pvc-a", secrets); err != nil {
 		t.Fatal(err)
 	}

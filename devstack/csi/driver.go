@@ -363,13 +363,8 @@ func (d *driver) restoreInto(ctx context.Context, image, source string, capacity
 	if snap.Cloud != "" {
 		return d.restoreFromCloud(ctx, image, source, capacity, encrypted, secrets)
 	}
-	if capacity < snap.Size {
-		return status.Errorf(codes.OutOfRange, "a volume of %s cannot hold snapshot %q of %s",
-			human(capacity), source, human(snap.Size))
-	}
-	if snap.Encrypted != encrypted {
-		return status.Errorf(codes.InvalidArgument, "snapshot %q is encrypted=%v; the class asks encrypted=%v",
-			source, snap.Encrypted, encrypted)
+	if err := fitsRestore(source, snap.Size, snap.Encrypted, capacity, encrypted); err != nil {
+		return err
 	}
 	if err := d.checkFree(snap.DataBytes+(capacity-snap.Size), "restoring snapshot "+source); err != nil {
 		return err
@@ -394,13 +389,8 @@ func (d *driver) restoreFromCloud(ctx context.Context, image, source string, cap
 		}
 		return s3Status(err, "snapshot %q: read its manifest in %s", source, target)
 	}
-	if capacity < m.Size {
-		return status.Errorf(codes.OutOfRange, "a volume of %s cannot hold snapshot %q of %s",
-			human(capacity), source, human(m.Size))
-	}
-	if m.Encrypted != encrypted {
-		return status.Errorf(codes.InvalidArgument, "snapshot %q is encrypted=%v; the class asks encrypted=%v",
-			source, m.Encrypted, encrypted)
+	if err := fitsRestore(source, m.Size, m.Encrypted, capacity, encrypted); err != nil {
+		return err
 	}
 	var stored int64
 	for _, digest := range m.Chunks {
@@ -418,6 +408,20 @@ func (d *driver) restoreFromCloud(ctx context.Context, image, source string, cap
 	logf("restored cloud snapshot %s from %s (%d chunks, %s stored) in %s", source, target, len(m.Chunks),
 		human(stored), time.Since(began))
 	return growRestored(image, m.Size, capacity)
+}
+
+// fitsRestore refuses a restore of snapshot source (size bytes, encrypted or not) into a smaller volume or
+// into a class of the other encryption, wherever the snapshot is kept.
+func fitsRestore(source string, size int64, snapEncrypted bool, capacity int64, encrypted bool) error {
+	if capacity < size {
+		return status.Errorf(codes.OutOfRange, "a volume of %s cannot hold snapshot %q of %s",
+			human(capacity), source, human(size))
+	}
+	if snapEncrypted != encrypted {
+		return status.Errorf(codes.InvalidArgument, "snapshot %q is encrypted=%v; the class asks encrypted=%v",
+			source, snapEncrypted, encrypted)
+	}
+	return nil
 }
 
 // growRestored grows a restored image of size to capacity (offline: nothing mounts it yet).
