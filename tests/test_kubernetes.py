@@ -121,7 +121,11 @@ def _run(api: Any, pod: Any, *, timeout: float = 300, expect_start: bool = True)
             time.sleep(0.5)
         else:
             raise AssertionError(f"pod {name} did not finish in {timeout}s: {reason} {message}")
-        logs = api.read_namespaced_pod_log(name, namespace, container="base") if exit_code is not None else ""
+        # raw bytes: the client deserialises a log that happens to be one JSON document into a dict (its repr)
+        logs = ""
+        if exit_code is not None:
+            raw = api.read_namespaced_pod_log(name, namespace, container="base", _preload_content=False)
+            logs = raw.data.decode()
         xcom = None
         if exit_code == 0:
             out = stream(api.connect_get_namespaced_pod_exec, name, namespace, container="airflow-xcom-sidecar",

@@ -224,15 +224,15 @@ def test_volume_snapshot_custom_objects_match_the_archive_constants(cluster: Non
 
 
 def test_a_pod_deleted_mid_snapshot_leaves_a_consistent_snapshot_and_an_intact_volume(namespace: str) -> None:
-    """The workload's pod is deleted while its volume is being snapshotted (a 192 MiB copy, frozen ext4).
+    """The workload's pod is deleted while its volume's snapshot is in progress (a 1 GiB copy of a frozen ext4).
 
     The driver serialises unstaging behind the copy, so: the snapshot completes; a volume restored from it holds
     the writer's log as whole lines 0..k with no torn line; the original volume mounts again with lines 0..m, m >= k.
     """
     claim = _claim("busy", namespace, {"app": "mid-snapshot"})
-    claim["spec"]["resources"]["requests"]["storage"] = "512Mi"
+    claim["spec"]["resources"]["requests"]["storage"] = "1536Mi"
     writer = (
-        "dd if=/dev/urandom of=/data/filler bs=1M count=192 2>/dev/null && sync && "
+        "dd if=/dev/urandom of=/data/filler bs=1M count=1024 2>/dev/null && sync && "
         "i=0; while true; do echo $i >> /data/log; i=$((i+1)); done"
     )
     apply_objects(claim, _pod("writer", namespace, "busy", writer))
@@ -244,8 +244,9 @@ def test_a_pod_deleted_mid_snapshot_leaves_a_consistent_snapshot_and_an_intact_v
     )
     snapshot = volume_snapshot("busy-mid", namespace, "busy", snapshot_class="eventpipe-archive")
     apply_objects(snapshot)
-    kubectl("-n", namespace, "delete", "pod", "writer", "--grace-period=1", "--wait=false")
     ready_at_delete = get_object("volumesnapshot", "busy-mid", namespace).get("status", {}).get("readyToUse")
+    kubectl("-n", namespace, "delete", "pod", "writer", "--grace-period=1", "--wait=false")
+    assert ready_at_delete is not True  # the snapshot was still in progress when the pod went
     _wait_for(
         lambda: get_object("volumesnapshot", "busy-mid", namespace).get("status", {}).get("readyToUse") is True,
         "snapshot ready",
@@ -257,14 +258,13 @@ def test_a_pod_deleted_mid_snapshot_leaves_a_consistent_snapshot_and_an_intact_v
     _wait_for(lambda: not _pods(namespace), "writer gone", timeout=300)
 
     check = "stat -c %s /data/filler; awk 'NR-1 != $0 {print \"torn\", NR, $0; exit 1} END {print NR}' /data/log"
-    apply_objects(
-        _claim("restored", namespace, {"app": "mid-snapshot"}, source="busy-mid"),
-        _pod("restored-reader", namespace, "restored", check),
-    )
+    restored_claim = _claim("restored", namespace, {"app": "mid-snapshot"}, source="busy-mid")
+    restored_claim["spec"]["resources"]["requests"]["storage"] = "1536Mi"  # at least the snapshot's size
+    apply_objects(restored_claim, _pod("restored-reader", namespace, "restored", check))
     restored = _finished(namespace, "restored-reader")
     apply_objects(_pod("original-reader", namespace, "busy", check))
     original = _finished(namespace, "original-reader")
-    assert restored[0] == original[0] == str(192 << 20)
+    assert restored[0] == original[0] == str(1 << 30)
     assert 100 < int(restored[1]) <= int(original[1]), (restored, original)
 
 
