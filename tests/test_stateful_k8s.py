@@ -16,17 +16,14 @@ from kubernetes.client import models as k8s
 from kubernetes.utils import parse_quantity
 
 from devstack.cluster.node import kubectl
-from devstack.cluster.stateful import deploy_stateful
+from devstack.cluster.stateful import IN_CLUSTER_ENDPOINTS, deploy_stateful
 from eventpipe.errors import PERMANENT_EXIT_CODE
 
 from .test_kubernetes import _pod, _run, cluster  # noqa: F401  (the session's cluster fixture)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services, pytest.mark.slow]
 
-IN_CLUSTER = {
-    "EVENTPIPE_KAFKA_BOOTSTRAP": "kafka.kafka.svc:9092",
-    "EVENTPIPE_ES_URL": "http://elasticsearch.elastic.svc:9200",
-}
+IN_CLUSTER = IN_CLUSTER_ENDPOINTS
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from devstack.stack import DATA_SERVICES, up
 from eventpipe.archive.indices import day_index, existing, snapshot_name
 from eventpipe.archive.snapshot import LIVE_INDICES, post_hook, pre_hook, take_snapshot
 from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
+from eventpipe.k8s.schemas import volume_snapshot
 from eventpipe.settings import Settings
 
 from .k8s_support import apply_objects, get_object, wait_for
@@ -220,3 +221,64 @@ def test_volume_snapshot_custom_objects_match_the_archive_constants(cluster: Non
     klass = get_object("volumesnapshotclass", "eventpipe-archive")
     assert klass["driver"] == csi.DRIVER_NAME and klass["deletionPolicy"] == "Retain"
     assert csi.healthy()
+
+
+def test_a_pod_deleted_mid_snapshot_leaves_a_consistent_snapshot_and_an_intact_volume(namespace: str) -> None:
+    """The workload's pod is deleted while its volume is being snapshotted (a 192 MiB copy, frozen ext4).
+
+    The driver serialises unstaging behind the copy, so: the snapshot completes; a volume restored from it holds
+    the writer's log as whole lines 0..k with no torn line; the original volume mounts again with lines 0..m, m >= k.
+    """
+    claim = _claim("busy", namespace, {"app": "mid-snapshot"})
+    claim["spec"]["resources"]["requests"]["storage"] = "512Mi"
+    writer = (
+        "dd if=/dev/urandom of=/data/filler bs=1M count=192 2>/dev/null && sync && "
+        "i=0; while true; do echo $i >> /data/log; i=$((i+1)); done"
+    )
+    apply_objects(claim, _pod("writer", namespace, "busy", writer))
+    _wait_for(lambda: get_object("pod", "writer", namespace)["status"].get("phase") == "Running", "writer Running")
+    _wait_for(
+        lambda: int(_exec(namespace, "writer", "wc -l < /data/log 2>/dev/null || echo 0").strip() or 0) > 100,
+        "the writer's log",
+        timeout=300,
+    )
+    snapshot = volume_snapshot("busy-mid", namespace, "busy", snapshot_class="eventpipe-archive")
+    apply_objects(snapshot)
+    kubectl("-n", namespace, "delete", "pod", "writer", "--grace-period=1", "--wait=false")
+    ready_at_delete = get_object("volumesnapshot", "busy-mid", namespace).get("status", {}).get("readyToUse")
+    _wait_for(
+        lambda: get_object("volumesnapshot", "busy-mid", namespace).get("status", {}).get("readyToUse") is True,
+        "snapshot ready",
+        timeout=300,
+    )
+    status = get_object("volumesnapshot", "busy-mid", namespace)["status"]
+    assert not status.get("error"), status
+    print(f"\nsnapshot ready at pod deletion: {ready_at_delete}; restore size {status.get('restoreSize')}")
+    _wait_for(lambda: not _pods(namespace), "writer gone", timeout=300)
+
+    check = "stat -c %s /data/filler; awk 'NR-1 != $0 {print \"torn\", NR, $0; exit 1} END {print NR}' /data/log"
+    apply_objects(
+        _claim("restored", namespace, {"app": "mid-snapshot"}, source="busy-mid"),
+        _pod("restored-reader", namespace, "restored", check),
+    )
+    restored = _finished(namespace, "restored-reader")
+    apply_objects(_pod("original-reader", namespace, "busy", check))
+    original = _finished(namespace, "original-reader")
+    assert restored[0] == original[0] == str(192 << 20)
+    assert 100 < int(restored[1]) <= int(original[1]), (restored, original)
+
+
+def _pods(namespace: str) -> list[str]:
+    return kubectl("-n", namespace, "get", "pods", "-o", "name").split()
+
+
+def _finished(namespace: str, pod: str) -> list[str]:
+    """The pod's log lines, once it Succeeded (its log names a torn line otherwise)."""
+    _wait_for(
+        lambda: get_object("pod", pod, namespace)["status"].get("phase") in ("Succeeded", "Failed"),
+        f"{pod} done",
+        timeout=300,
+    )
+    logs = kubectl("-n", namespace, "logs", pod)
+    assert get_object("pod", pod, namespace)["status"]["phase"] == "Succeeded", logs
+    return logs.split()

@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
+
+from kubernetes.utils import parse_quantity
 
 from devstack.cluster import csi, image
 from devstack.cluster.kubernetes import CONTAINERD_SOCKET, kubectl
+from devstack.cluster.podnet import NODE_IP
 from devstack.images.services import build_service_image, tag
 from devstack.runtime import REPO_ROOT, DevstackError, TimedSteps
 
 OVERLAY = REPO_ROOT / "devstack" / "kubernetes" / "deploy" / "stateful"
 # (namespace, StatefulSet, image name, image version): the tags devstack.images builds
+# From the host (the overlay's external.yaml NodePorts); pods use kafka.kafka.svc:9092 and elasticsearch.elastic.svc
+HOST_KAFKA_BOOTSTRAP = f"{NODE_IP}:31090"
+HOST_ES_URL = f"http://{NODE_IP}:30920"
+IN_CLUSTER_ENDPOINTS = {
+    "EVENTPIPE_KAFKA_BOOTSTRAP": "kafka.kafka.svc:9092",
+    "EVENTPIPE_ES_URL": "http://elasticsearch.elastic.svc:9200",
+}
+HOST_ENDPOINTS = {"EVENTPIPE_KAFKA_BOOTSTRAP": HOST_KAFKA_BOOTSTRAP, "EVENTPIPE_ES_URL": HOST_ES_URL}
 WORKLOADS = (("kafka", "kafka", "kafka", "4.4.0"), ("elastic", "elasticsearch", "elasticsearch", "9.5.3"))
 
 
@@ -72,6 +84,48 @@ def wait_ready(timeout_s: float = 900.0) -> None:
     raise DevstackError(f"StatefulSets not ready after {timeout_s:.0f}s: {pending}")
 
 
+def keep_grown_claims(rendered: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+    """``rendered``'s StatefulSet with each claim template at least as large as the live one's.
+
+    ``eventpipe storage expand`` grows the claims and re-creates the StatefulSet with the larger template (as
+    Strimzi and ECK do), so a re-apply of the manifests would ask to shrink it, which the API server forbids.
+    Expansion only grows: the live size stays. A manifest larger than the live template is an expansion and
+    goes through ``storage expand`` (pod by pod, gated), not through an apply.
+    """
+    if live is None:
+        return rendered
+    live_sizes = {
+        t["metadata"]["name"]: t["spec"]["resources"]["requests"]["storage"]
+        for t in live["spec"].get("volumeClaimTemplates", [])
+    }
+    for template in rendered["spec"].get("volumeClaimTemplates", []):
+        requests = template["spec"]["resources"]["requests"]
+        live_size = live_sizes.get(template["metadata"]["name"])
+        if live_size is None:
+            continue
+        if parse_quantity(requests["storage"]) > parse_quantity(live_size):
+            name = rendered["metadata"]["name"]
+            raise DevstackError(
+                f"statefulset {name}: claim template {template['metadata']['name']} asks {requests['storage']}, "
+                f"the live one has {live_size}; grow it with `eventpipe storage expand --statefulset {name} "
+                f"--size {requests['storage']}`, one pod at a time"
+            )
+        requests["storage"] = live_size
+    return rendered
+
+
+def apply_overlay() -> None:
+    """``kubectl apply`` of the rendered overlay, with the claim templates :func:`keep_grown_claims` keeps."""
+    docs = json.loads(kubectl("apply", "-k", str(OVERLAY), "--dry-run=client", "-o", "json", timeout=60))
+    items = docs.get("items", [docs])
+    for item in items:
+        if item["kind"] == "StatefulSet":
+            meta = item["metadata"]
+            out = kubectl("-n", meta["namespace"], "get", "sts", meta["name"], "-o", "json", "--ignore-not-found")
+            keep_grown_claims(item, json.loads(out) if out.strip() else None)
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}), timeout=180)
+
+
 def deploy_stateful(*, build: bool = True, timeout_s: float = 900.0) -> dict[str, float]:
     step = TimedSteps(_say)
     timings = step.timings
@@ -82,6 +136,6 @@ def deploy_stateful(*, build: bool = True, timeout_s: float = 900.0) -> dict[str
     for ref in refs:
         step(f"import {ref}", lambda ref=ref: image.import_image(CONTAINERD_SOCKET, ref))
     step("namespaces and volume keys", namespaces_and_keys)
-    step("apply -k devstack/kubernetes/deploy/stateful", lambda: kubectl("apply", "-k", str(OVERLAY), timeout=180))
+    step("apply -k devstack/kubernetes/deploy/stateful", apply_overlay)
     step("pods ready", lambda: wait_ready(timeout_s))
     return timings
