@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -482,6 +482,10 @@ class Drill:
         details |= self.recovery(t0, broker)
         after = log_dir_bytes(pod)
         details |= {"log_dir_bytes_before": before, "log_dir_bytes_after": after}
+        if details.get("catch_up_s") is None and details.get("urp_zero_after_s") is not None:
+            # never seen leaving DescribeCluster between two polls: catch-up counted from the pod's Ready
+            details["catch_up_s"] = round(details["urp_zero_after_s"] - details["pod_ready_after_s"], 1)
+            details["catch_up_from"] = "pod Ready"
         # kept: what it fetched = its log dir's growth (an upper bound: it includes what was produced meanwhile);
         # lost: everything on its new volume came from its peers
         details["bytes_re_replicated"] = after if lose_claim else (after - before if after and before else None)
@@ -503,13 +507,9 @@ class Drill:
         admin.create_topics([NewTopic(topic, 3, 3, topic_configs={"min.insync.replicas": "2"})])
         admin.close()
         t0 = time.time()
+        # 512 KiB batches (5 records): under the broker's default 1 MiB message.max.bytes
         producer = KafkaProducer(
-            bootstrap_servers=self.args.bootstrap,
-            acks="all",
-            linger_ms=50,
-            batch_size=1 << 20,
-            max_request_size=2 << 20,
-            retries=2**31 - 1,
+            bootstrap_servers=self.args.bootstrap, acks="all", linger_ms=50, batch_size=512 * 1024, retries=2**31 - 1
         )
         chunk = 100 * 1024
         for n in range(size // chunk + 1):
@@ -654,7 +654,11 @@ def main() -> None:
     parser.add_argument("--es-node", type=int, default=1, help="the Elasticsearch pod of phase c")
     parser.add_argument("--out", type=Path, default=None, help="directory for restarts.json/.png (bench/results)")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics and documents")
+    parser.add_argument("--report-from", type=Path, help="only redraw the report from a run's raw JSON")
     args = parser.parse_args()
+    if args.report_from:
+        report_from(args.report_from, args)
+        return
 
     from kubernetes.utils import parse_quantity
 
@@ -732,6 +736,9 @@ def main() -> None:
     indexed, letters = scan_topic(es, topic)
     offsets = end_offsets(args.bootstrap, topic)
     books = account(log.produced, len(log.failures), offsets, indexed, letters, log.valid_ids)
+    raw = Path(f"/tmp/drill-{tag}.raw.json")
+    dump(raw, drill, drains, log, monitor, books, topic, fill_topic, seed)
+    say(f"raw measurements in {raw} (--report-from {raw} redraws the report)")
     report(run, args, drill, drains, log, monitor, books, topic, fill_topic, seed)
     if not args.keep:
         from kafka.admin import KafkaAdminClient
@@ -744,6 +751,50 @@ def main() -> None:
     es.close()
     if not books.balanced:
         raise SystemExit("the books do not balance: see the accounting above")
+
+
+def dump(path: Path, drill: Drill, drains: Drains, log: ProducerLog, monitor: Monitor, books: Any, *rest: Any) -> None:
+    """What ``report`` reads, as JSON: a failed report or chart can be redrawn without rerunning the drill."""
+    path.write_text(
+        json.dumps(
+            {
+                "phases": [p.__dict__ for p in drill.phases],
+                "drains": {
+                    "freshness": drains.freshness,
+                    "grace": drains.grace,
+                    "results": drains.results,
+                    "failures": drains.failures,
+                },
+                "log": {"acks": log.acks, "failures": log.failures},
+                "monitor": {
+                    "urp": monitor.urp,
+                    "brokers": monitor.brokers,
+                    "health": monitor.health,
+                    "cores_busy": monitor.cores_busy,
+                    "every": monitor.every,
+                },
+                "books": {k: v for k, v in books.as_dict().items() if k != "balanced"},
+                "rest": rest,
+            },
+            default=str,
+        )
+    )
+
+
+def report_from(path: Path, args: argparse.Namespace) -> None:
+    from types import SimpleNamespace as NS
+
+    from bench.drill_metrics import Accounting
+
+    raw = json.loads(path.read_text())
+    drill = NS(phases=[Phase(**p) for p in raw["phases"]])
+    drains = NS(**raw["drains"])
+    drains.freshness = {int(k): v for k, v in drains.freshness.items()}
+    log = NS(acks=[tuple(a) for a in raw["log"]["acks"]], failures=raw["log"]["failures"])
+    monitor = NS(**raw["monitor"])
+    run = Run("restarts")
+    run.started = drill.phases[0].start
+    report(run, args, drill, drains, log, monitor, Accounting(**raw["books"]), *raw["rest"])  # type: ignore[arg-type]
 
 
 def report(
@@ -788,7 +839,10 @@ def report(
         by.get("d", {}).get("urp_zero_after_s"),
         resolution_s=monitor.every,
     )
-    catch_up = goals(None, {}, by.get("b", {}).get("catch_up_s"), by.get("d", {}).get("catch_up_s"), monitor.every)[-1]
+    catch_up = replace(
+        goals(None, {}, by.get("b", {}).get("catch_up_s"), by.get("d", {}).get("catch_up_s"), monitor.every)[-1],
+        name="catch-up only (broker back -> in sync), lost PVC / kept PVC",
+    )
 
     table = Table(title=f"restart drill: {args.rate:.0f} events/s acks=all, 1-min drains, topic {topic}")
     for column in (
