@@ -382,6 +382,7 @@ class Drill:
     settings: Any
     monitor: Monitor
     phases: list[Phase] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
     def wait(self, what: str, condition: Any, timeout: float) -> float:
         deadline = time.time() + timeout
@@ -397,9 +398,17 @@ class Drill:
         health = [v for t, v in self.monitor.health if t > since]
         return bool(urp) and urp[-1] == 0 and bool(health) and health[-1] == "green"
 
-    def settle(self, since: float, minimum: float, timeout: float = 1800) -> float:
-        """Wait for a healthy cluster, and at least ``minimum`` s after ``since``; returns when it was healthy."""
-        healthy = self.wait("cluster healthy (URP 0, green)", lambda: self.healthy_since(time.time() - 6), timeout)
+    def settle(self, since: float, minimum: float, timeout: float = 900) -> float | None:
+        """Wait for a healthy cluster, and at least ``minimum`` s after ``since``; when it was healthy, or None
+        (noted, and the drill goes on: the accounting at the end still says whether anything was lost)."""
+        try:
+            healthy: float | None = self.wait(
+                "cluster healthy (URP 0, green)", lambda: self.healthy_since(time.time() - 6), timeout
+            )
+        except TimeoutError as exc:
+            self.problems.append(f"{utc(since):%H:%M:%S}: {exc}")
+            say(f"[red]{exc}")
+            healthy = None
         while time.time() < since + minimum:
             time.sleep(1.0)
         return healthy
@@ -467,8 +476,12 @@ class Drill:
                     return False
             return pod_ready(now)
 
-        ready = self.wait(f"{pod} back and Ready", back, 1200)
-        details["pod_ready_after_s"] = round(ready - t0, 1)
+        try:
+            details["pod_ready_after_s"] = round(self.wait(f"{pod} back and Ready", back, 900) - t0, 1)
+        except TimeoutError as exc:
+            self.problems.append(f"{utc(t0):%H:%M:%S}: {exc}")
+            say(f"[red]{exc}")
+            details["pod_ready_after_s"] = None
         if with_claim:
             pvc = json.loads(kubectl("-n", namespace, "get", "pvc", with_claim, "-o", "json"))
             details["new_volume"] = pvc["spec"].get("volumeName")
@@ -484,7 +497,8 @@ class Drill:
         details |= {"log_dir_bytes_before": before, "log_dir_bytes_after": after}
         if details.get("catch_up_s") is None and details.get("urp_zero_after_s") is not None:
             # never seen leaving DescribeCluster between two polls: catch-up counted from the pod's Ready
-            details["catch_up_s"] = round(details["urp_zero_after_s"] - details["pod_ready_after_s"], 1)
+            ready = details["pod_ready_after_s"]
+            details["catch_up_s"] = None if ready is None else round(details["urp_zero_after_s"] - ready, 1)
             details["catch_up_from"] = "pod Ready"
         # kept: what it fetched = its log dir's growth (an upper bound: it includes what was produced meanwhile);
         # lost: everything on its new volume came from its peers
@@ -759,6 +773,7 @@ def dump(path: Path, drill: Drill, drains: Drains, log: ProducerLog, monitor: Mo
         json.dumps(
             {
                 "phases": [p.__dict__ for p in drill.phases],
+                "problems": drill.problems,
                 "drains": {
                     "freshness": drains.freshness,
                     "grace": drains.grace,
@@ -787,7 +802,7 @@ def report_from(path: Path, args: argparse.Namespace) -> None:
     from bench.drill_metrics import Accounting
 
     raw = json.loads(path.read_text())
-    drill = NS(phases=[Phase(**p) for p in raw["phases"]])
+    drill = NS(phases=[Phase(**p) for p in raw["phases"]], problems=raw.get("problems", []))
     drains = NS(**raw["drains"])
     drains.freshness = {int(k): v for k, v in drains.freshness.items()}
     log = NS(acks=[tuple(a) for a in raw["log"]["acks"]], failures=raw["log"]["failures"])
@@ -912,6 +927,7 @@ def report(
         "accounting": books.as_dict(),
         "drains": drains.results,
         "drain_failures": drains.failures,
+        "problems": getattr(drill, "problems", []),
         "freshness_by_interval": {utc(k).strftime("%H:%M"): v for k, v in sorted(drains.freshness.items())},
         "send_failures": log.failures[:20],
         "how_measured": {
