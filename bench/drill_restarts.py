@@ -242,8 +242,9 @@ class Monitor:
 
     def run(self) -> None:
         from elasticsearch import Elasticsearch
+        from kafka import KafkaAdminClient
 
-        from eventpipe.stateful.kafka_state import admin_client, broker_ids, partition_states
+        from eventpipe.stateful.kafka_state import broker_ids, partition_states
 
         es = Elasticsearch(self.es_url, request_timeout=5)
         admin = None
@@ -251,7 +252,8 @@ class Monitor:
         while not self.stop.is_set():
             t = time.time()
             try:
-                admin = admin or admin_client(self.bootstrap)
+                # a short request timeout: a poll that hangs on a broker going away would blur the timeline
+                admin = admin or KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
                 states = partition_states(admin)
                 self.urp.append((t, sum(1 for p in states if len(p.isr) < len(p.replicas))))
                 self.brokers.append((t, tuple(broker_ids(admin))))
