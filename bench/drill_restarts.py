@@ -229,13 +229,12 @@ def free_bytes(pod: str) -> int:
 
 @dataclass
 class Monitor:
-    """Polls every ``every`` s: under-replicated partitions, live brokers, Elasticsearch health, CPU busy."""
+    """Polls every ``every`` s: under-replicated partitions, Elasticsearch health, CPU busy."""
 
     bootstrap: str
     es_url: str
     every: float = 2.0
     urp: list[tuple[float, int | None]] = field(default_factory=list)
-    brokers: list[tuple[float, tuple[int, ...] | None]] = field(default_factory=list)
     health: list[tuple[float, str | None]] = field(default_factory=list)
     cores_busy: list[tuple[float, float]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -244,7 +243,7 @@ class Monitor:
         from elasticsearch import Elasticsearch
         from kafka import KafkaAdminClient
 
-        from eventpipe.stateful.kafka_state import broker_ids, partition_states
+        from eventpipe.stateful.kafka_state import partition_states
 
         es = Elasticsearch(self.es_url, request_timeout=5)
         admin = None
@@ -256,10 +255,8 @@ class Monitor:
                 admin = admin or KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
                 states = partition_states(admin)
                 self.urp.append((t, sum(1 for p in states if len(p.isr) < len(p.replicas))))
-                self.brokers.append((t, tuple(broker_ids(admin))))
             except Exception:  # noqa: BLE001 (a broker away: the state is unknown for this poll, not an error)
                 self.urp.append((t, None))
-                self.brokers.append((t, None))
                 if admin is not None:
                     admin.close()
                 admin = None
@@ -426,26 +423,16 @@ class Drill:
         self.settle(start, self.args.baseline)
         self.finish("a: baseline", start, {})
 
-    def recovery(self, since: float, broker: int | None = None) -> dict[str, Any]:
-        """From the monitor's samples: when URP reached 0 for good, when green, when the broker re-registered."""
+    def recovery(self, since: float) -> dict[str, Any]:
+        """From the monitor's samples: when URP reached 0 for good, and when Elasticsearch was green for good."""
         now = time.time()
         urp_ok = recovered_at(self.monitor.urp, since, now, lambda v: v == 0)
         green = recovered_at(self.monitor.health, since, now, lambda v: v == "green")
-        out: dict[str, Any] = {
+        return {
             "urp_zero_after_s": seconds_since(urp_ok, since),
             "green_after_s": seconds_since(green, since),
             "max_urp": max((v for t, v in self.monitor.urp if t >= since and v is not None), default=0),
         }
-        if broker is not None:
-            gone = next((t for t, v in self.monitor.brokers if t >= since and v is not None and broker not in v), None)
-            back = next(
-                (t for t, v in self.monitor.brokers if gone and t > gone and v is not None and broker in v), None
-            )
-            out["broker_gone_after_s"] = seconds_since(gone, since)
-            out["broker_registered_after_s"] = seconds_since(back, since)
-            # catch-up: from the broker answering again until every partition has its full ISR
-            out["catch_up_s"] = round(urp_ok - back, 1) if urp_ok and back else None
-        return out
 
     def restart_pod(self, namespace: str, pod: str, *, with_claim: str | None = None) -> tuple[float, dict[str, Any]]:
         old = pod_json(namespace, pod)
@@ -487,6 +474,11 @@ class Drill:
         if with_claim:
             pvc = json.loads(kubectl("-n", namespace, "get", "pvc", with_claim, "-o", "json"))
             details["new_volume"] = pvc["spec"].get("volumeName")
+        started = ((pod_json(namespace, pod) or {}).get("status", {}).get("containerStatuses") or [{}])[0]
+        started_at = started.get("state", {}).get("running", {}).get("startedAt")
+        if started_at:  # the new container's start (whole seconds): where the process's own recovery begins
+            at = datetime.fromisoformat(started_at.replace("Z", "+00:00")).timestamp()
+            details["container_started_after_s"] = round(at - t0, 1)
         return t0, details
 
     def broker_phase(self, name: str, broker: int, *, lose_claim: bool) -> Phase:
@@ -494,14 +486,13 @@ class Drill:
         before = log_dir_bytes(pod)
         t0, details = self.restart_pod("kafka", pod, with_claim=f"data-kafka-{broker}" if lose_claim else None)
         self.settle(t0, self.args.phase_min)
-        details |= self.recovery(t0, broker)
+        details |= self.recovery(t0)
         after = log_dir_bytes(pod)
         details |= {"log_dir_bytes_before": before, "log_dir_bytes_after": after}
-        if details.get("catch_up_s") is None and details.get("urp_zero_after_s") is not None:
-            # never seen leaving DescribeCluster between two polls: catch-up counted from the pod's Ready
-            ready = details["pod_ready_after_s"]
-            details["catch_up_s"] = None if ready is None else round(details["urp_zero_after_s"] - ready, 1)
-            details["catch_up_from"] = "pod Ready"
+        # catch-up: from the new broker process's start (JVM, log recovery, fetching) until every ISR is full.
+        # Not from Ready: the readiness probe runs every 10 s, and the ISR was seen full before the pod was Ready.
+        started, in_sync = details.get("container_started_after_s"), details.get("urp_zero_after_s")
+        details["catch_up_s"] = round(in_sync - started, 1) if started is not None and in_sync is not None else None
         # kept: what it fetched = its log dir's growth (an upper bound: it includes what was produced meanwhile);
         # lost: everything on its new volume came from its peers
         details["bytes_re_replicated"] = after if lose_claim else (after - before if after and before else None)
@@ -785,7 +776,6 @@ def dump(path: Path, drill: Drill, drains: Drains, log: ProducerLog, monitor: Mo
                 "log": {"acks": log.acks, "failures": log.failures},
                 "monitor": {
                     "urp": monitor.urp,
-                    "brokers": monitor.brokers,
                     "health": monitor.health,
                     "cores_busy": monitor.cores_busy,
                     "every": monitor.every,
@@ -858,7 +848,7 @@ def report(
     )
     catch_up = replace(
         goals(None, {}, by.get("b", {}).get("catch_up_s"), by.get("d", {}).get("catch_up_s"), monitor.every)[-1],
-        name="catch-up only (broker back -> in sync), lost PVC / kept PVC",
+        name="catch-up only (broker process start -> in sync), lost PVC / kept PVC",
     )
 
     table = Table(title=f"restart drill: {args.rate:.0f} events/s acks=all, 1-min drains, topic {topic}")
@@ -939,7 +929,7 @@ def report(
             "the interval ends in",
             "urp_zero_after_s": "from the delete until under-replicated partitions (all topics) stayed 0, polled "
             f"every {monitor.every:.0f} s",
-            "catch_up_s": "from the broker re-registering (in DescribeCluster) until URP 0",
+            "catch_up_s": "from the new broker container's start (pod status startedAt, whole seconds) until URP 0",
             "bytes_re_replicated": "du -sb of the broker's log dir once back in sync: kept PVC, minus before the "
             "delete (an upper bound: includes what was produced meanwhile); lost PVC, all of it",
         },
