@@ -78,6 +78,23 @@ def recovered_at(
     return next((t for t, v in window if t > last_bad and v is not None and healthy(v)), None)
 
 
+def rejoin_span(samples: Sequence[tuple[float, int | None]], since: float, until: float) -> float | None:
+    """Seconds from the first partition back in sync (the count drops below its peak) until the last (0 for good).
+
+    The part of a broker's catch-up that depends on how much it must fetch: a broker that kept its volume
+    rejoins every ISR at once (0 here), one that lost it rejoins small partitions first and big ones last.
+    None when the count never rose or never came back to 0 in the window.
+    """
+    window = [(t, v) for t, v in samples if since <= t <= until and v is not None]
+    peak = max((v for _, v in window), default=0)
+    end = recovered_at(samples, since, until, lambda v: v == 0)
+    if peak == 0 or end is None:
+        return None
+    peak_at = next(t for t, v in window if v == peak)
+    first_drop = next((t for t, v in window if t > peak_at and v < peak), end)
+    return round(end - first_drop, 1)
+
+
 def seconds_since(t: float | None, since: float) -> float | None:
     return None if t is None else round(t - since, 1)
 

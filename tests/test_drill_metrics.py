@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.drill_metrics import Phase, account, by_phase, goals, percentile, recovered_at, summary
+from bench.drill_metrics import Phase, account, by_phase, goals, percentile, recovered_at, rejoin_span, summary
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -86,3 +86,12 @@ def test_a_kept_pvc_faster_than_one_poll_is_floored_to_the_poll() -> None:
 def test_a_goal_not_measured_is_neither_met_nor_failed() -> None:
     freshness, sync = goals(None, {"b": 5.0}, keep_sync_s=None, lost_sync_s=30.0)
     assert freshness.met is None and sync.met is None
+
+
+def test_rejoin_span_is_first_to_last_partition_back_in_sync() -> None:
+    lost = [(0, 0), (2, 57), (15, 57), (17, 3), (39, 2), (41, 0), (43, 0)]
+    assert rejoin_span(lost, 0, 43) == 24.0  # small partitions back at 17, the big ones at 41
+    kept = [(0, 57), (28, 57), (30, 0), (32, 0)]
+    assert rejoin_span(kept, 0, 32) == 0.0  # every ISR at once
+    assert rejoin_span([(0, 0), (2, 0)], 0, 2) is None  # never out of sync
+    assert rejoin_span([(0, 5), (2, 4)], 0, 2) is None  # never back
