@@ -44,7 +44,7 @@ from bench.report import Run
 
 MINUTE = 60.0
 NODE_IP = "10.244.0.1"
-console = Console(width=160)
+console = Console(width=200)
 
 
 def say(message: str) -> None:
@@ -382,6 +382,7 @@ class Drill:
     monitor: Monitor
     phases: list[Phase] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    run_load: dict[str, Any] = field(default_factory=dict)
 
     def wait(self, what: str, condition: Any, timeout: float) -> float:
         deadline = time.time() + timeout
@@ -745,6 +746,7 @@ def main() -> None:
     offsets = end_offsets(args.bootstrap, topic)
     books = account(log.produced, len(log.failures), offsets, indexed, letters, log.valid_ids)
     raw = Path(f"/tmp/drill-{tag}.raw.json")
+    drill.run_load = {"started": run.started, "before": run.load_before, "after": os.getloadavg()}
     dump(raw, drill, drains, log, monitor, books, topic, fill_topic, seed)
     say(f"raw measurements in {raw} (--report-from {raw} redraws the report)")
     report(run, args, drill, drains, log, monitor, books, topic, fill_topic, seed)
@@ -768,6 +770,7 @@ def dump(path: Path, drill: Drill, drains: Drains, log: ProducerLog, monitor: Mo
             {
                 "phases": [p.__dict__ for p in drill.phases],
                 "problems": drill.problems,
+                "run": drill.run_load,
                 "drains": {
                     "freshness": drains.freshness,
                     "grace": drains.grace,
@@ -801,7 +804,11 @@ def report_from(path: Path, args: argparse.Namespace) -> None:
     log = NS(acks=[tuple(a) for a in raw["log"]["acks"]], failures=raw["log"]["failures"])
     monitor = NS(**raw["monitor"])
     run = Run("restarts")
-    run.started = drill.phases[0].start
+    measured = raw.get("run", {})  # the run's own start and load, not the redraw's
+    run.started = measured.get("started", drill.phases[0].start)
+    run.load_before = tuple(measured.get("before", run.load_before))
+    drill.run_load = measured
+    drill.notes = raw.get("patched")
     report(run, args, drill, drains, log, monitor, Accounting(**raw["books"]), *raw["rest"])  # type: ignore[arg-type]
 
 
@@ -897,11 +904,13 @@ def report(
             opt(r["cores_busy_mean"], ""),
         )
     console.print(table)
-    for g in [*met, catch_up, span]:
+    for g in met:
         console.print(
             f"goal {g.name}: {g.ratio} (limit {'<=' if g.at_most else '>='} {g.limit}): "
             f"{'met' if g.met else 'NOT met' if g.met is not None else 'not measured'}"
         )
+    for g in (catch_up, span):
+        console.print(f"  where the time goes, {g.name.removeprefix('part: ')}: {g.ratio}")
     console.print(f"accounting: {books.as_dict()}")
     expansion = next((p for p in phases if p.name.startswith("e:")), None)
     if expansion:
@@ -950,7 +959,14 @@ def report(
     }
     kwargs = {"out": args.out} if args.out else {}
     bars = [(f"{r['phase']}: freshness p99 (s)", r["freshness_s"]["p99"] or 0.0) for r in rows]
+    if getattr(drill, "notes", None):
+        data["notes"] = drill.notes
     json_path, png_path = run.write(data, bars, xlabel="seconds", title="Restart drill", **kwargs)
+    if drill.run_load.get("after"):  # a redraw: the machine figures of the run, not of now
+        document = json.loads(json_path.read_text())
+        document["machine"]["load_average_1_5_15_after"] = [round(v, 2) for v in drill.run_load["after"]]
+        document["wall_seconds"] = round(drill.phases[-1].end - run.started, 1)
+        json_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     chart(png_path, phases, log, drains, monitor)
     console.print(f"wrote {json_path} and {png_path}")
 
