@@ -657,6 +657,7 @@ def main() -> None:
     parser.add_argument("--es-url", default=f"http://{NODE_IP}:30920", help="Elasticsearch's NodePort")
     parser.add_argument("--rate", type=float, default=500.0, help="events/s of the steady producer")
     parser.add_argument("--baseline", type=float, default=180.0, help="seconds of the baseline phase")
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds of load before the baseline begins")
     parser.add_argument("--phase-min", type=float, default=150.0, help="each disruption phase lasts at least this")
     parser.add_argument("--fill-gib", type=float, default=1.0, help="partition data before the broker phases")
     parser.add_argument("--expand-by", default="2Gi", help="grow the Kafka claims by this ('' skips the expansion)")
@@ -712,7 +713,8 @@ def main() -> None:
     drain_thread.start()
     fresh_thread.start()
     drill = Drill(args, settings, monitor)
-    while time.time() < first + MINUTE + 0.5:  # the baseline begins after the first (partial) interval
+    # the baseline begins after the first (partial) interval and one warm-up interval (new day index, cold JIT)
+    while time.time() < first + MINUTE + args.warmup + 0.5:
         time.sleep(0.5)
 
     drill.baseline()
