@@ -29,7 +29,7 @@ from devstack.stack import GROUPS, up
 
 from .k8s_support import apply_objects, get_object, wait_for
 
-pytestmark = [pytest.mark.k8s, pytest.mark.monitoring, pytest.mark.slow]
+pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
 PROMETHEUS = f"http://127.0.0.1:{PROMETHEUS_PORT}"
 ALERTMANAGER = f"http://127.0.0.1:{ALERTMANAGER_PORT}"
