@@ -129,6 +129,20 @@ def kubelet_scrape_job() -> dict[str, Any] | None:
     return job
 
 
+def grant_kubelet_access() -> str:
+    """For ``devstack k8s``: grant Prometheus its kubelet role; reload a running devstack Prometheus to add the job."""
+    from devstack.cluster import kubelet_metrics
+
+    kubelet_metrics.grant()
+    if pid_of(Prometheus.name) is None:
+        return "granted"
+    try:
+        Prometheus().reload()
+    except httpx.HTTPError as exc:
+        raise DevstackError(f"reloading Prometheus with the kubelet job failed: {exc}") from exc
+    return "granted, Prometheus reloaded"
+
+
 def _get(url: str) -> httpx.Response:
     return httpx.get(url, timeout=3.0)
 

@@ -7,7 +7,8 @@ that, nothing else: not the API server's admin or kubelet-client certificates.
 
 The scrape job is added to the rendered ``prometheus.yml`` only when the cluster PKI exists (before the first
 ``devstack k8s`` there is no CA to trust); a cluster that is down is a down target, nothing more.
-``devstack k8s`` grants the role and reloads a running Prometheus, so the order of the two does not matter.
+``devstack k8s`` grants the role and reloads a running Prometheus (``devstack.monitoring.grant_kubelet_access``),
+so the order of the two does not matter.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from devstack.cluster.node import NODE_NAME, SERVICE_IP, kubectl
 from devstack.cluster.pki import ensure_pki
 from devstack.cluster.podnet import NODE_IP
-from devstack.runtime import DevstackError, home, pid_of
+from devstack.runtime import home
 
 KUBELET_PORT = 10250  # devstack/kubernetes/kubelet.yaml
 USER = "eventpipe:prometheus"  # the certificate's CN: pki.identities' "prometheus"
@@ -79,19 +80,3 @@ def scrape_job() -> dict[str, Any] | None:
         "static_configs": [{"targets": [f"{NODE_IP}:{KUBELET_PORT}"], "labels": {"node": NODE_NAME}}],
         "metric_relabel_configs": [{"source_labels": ["__name__"], "regex": KEEP, "action": "keep"}],
     }
-
-
-def grant_and_reload() -> str:
-    """For ``devstack k8s``: grant the role, and reload a running devstack Prometheus so it has the job."""
-    import httpx
-
-    from devstack.monitoring import Prometheus
-
-    grant()
-    if pid_of(Prometheus.name) is None:
-        return "granted"
-    try:
-        Prometheus().reload()
-    except httpx.HTTPError as exc:
-        raise DevstackError(f"reloading Prometheus with the kubelet job failed: {exc}") from exc
-    return "granted, Prometheus reloaded"
