@@ -5,7 +5,9 @@ binaries are missing). The StatsD exporter is not packaged in Debian 12, so it i
 module proxy with the local Go toolchain, like the S3 server. Configuration lives in
 ``devstack/monitoring/``; the alert rules are extracted from ``deploy/prometheusrule.yaml`` at every
 start (one source of truth), with the devstack's shorter evaluation interval and ``for:`` applied
-from ``devstack/monitoring/rule-overrides.yaml`` so an alert fires in seconds, not hours.
+from ``devstack/monitoring/rule-overrides.yaml`` so an alert fires in seconds, not hours. When the devstack
+cluster's PKI exists, Prometheus also scrapes its kubelet (volume stats for the storage alerts; see
+``devstack.cluster.kubelet_metrics``); a cluster that is down is just a down target.
 
 Everything binds to 127.0.0.1. Ports avoid Kafka (9092/9093), Elasticsearch (9200), S3 (9000) and
 Airflow (8080/8793).
@@ -26,7 +28,16 @@ from typing import Any
 import httpx
 import yaml
 
-from devstack.runtime import REPO_ROOT, DevstackError, Service, pid_of, run_step, start_process, subdir
+from devstack.runtime import (
+    REPO_ROOT,
+    DevstackError,
+    Service,
+    pid_of,
+    progress,
+    run_step,
+    start_process,
+    subdir,
+)
 
 CONFIG_DIR = REPO_ROOT / "devstack" / "monitoring"
 RULES_SOURCE = REPO_ROOT / "deploy" / "prometheusrule.yaml"
@@ -100,6 +111,36 @@ def render_rules(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
             if "for" in rule and "for" in overrides:
                 rule["for"] = overrides["for"]
     return {"groups": groups}
+
+
+def kubelet_scrape_job() -> dict[str, Any] | None:
+    """The devstack cluster kubelet's scrape job (volume stats), or None when no cluster was ever set up here.
+
+    Its RBAC is granted here too when the API server answers; if it does not, ``devstack k8s`` grants it later.
+    """
+    from devstack.cluster import kubelet_metrics
+
+    job = kubelet_metrics.scrape_job()
+    if job is not None:
+        try:
+            kubelet_metrics.grant()
+        except (DevstackError, subprocess.TimeoutExpired, OSError) as exc:
+            progress(f"prometheus: kubelet metrics role not granted now ({str(exc).splitlines()[0][:200]})")
+    return job
+
+
+def grant_kubelet_access() -> str:
+    """For ``devstack k8s``: grant Prometheus its kubelet role; reload a running devstack Prometheus to add the job."""
+    from devstack.cluster import kubelet_metrics
+
+    kubelet_metrics.grant()
+    if pid_of(Prometheus.name) is None:
+        return "granted"
+    try:
+        Prometheus().reload()
+    except httpx.HTTPError as exc:
+        raise DevstackError(f"reloading Prometheus with the kubelet job failed: {exc}") from exc
+    return "granted, Prometheus reloaded"
 
 
 def _get(url: str) -> httpx.Response:
@@ -199,6 +240,14 @@ class Prometheus(_DebianService):
         """Copy prometheus.yml and write the rules file next to it; promtool checks both before launch."""
         config = self.data / "prometheus.yml"
         shutil.copyfile(CONFIG_DIR / "prometheus.yml", config)
+        kubelet = kubelet_scrape_job()
+        if kubelet is not None:
+            spec = yaml.safe_load(config.read_text())
+            spec["scrape_configs"].append(kubelet)
+            config.write_text(
+                "# devstack/monitoring/prometheus.yml plus the devstack cluster's kubelet; rendered, do not edit.\n"
+                + yaml.safe_dump(spec, sort_keys=False)
+            )
         (self.data / RULES_FILE).write_text(
             "# Generated from deploy/prometheusrule.yaml with devstack/monitoring/rule-overrides.yaml; do not edit.\n"
             + yaml.safe_dump(render_rules(), sort_keys=False)

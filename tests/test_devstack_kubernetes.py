@@ -185,7 +185,7 @@ def test_image_import_retries_once_when_containerd_loses_a_layer_snapshot(
             raise DevstackError(failures[len(attempts) - 1])
 
     monkeypatch.setattr(image, "_save_into", save_into)
-    marker = tmp_path / "image" / "imported"
+    marker = tmp_path / "image" / "imports" / "docker.io_library_eventpipe_0.1.0"
     if imported:
         assert image.import_image("/run/containerd.sock", "eventpipe:0.1.0") is True
         assert marker.read_text() == "docker.io/library/eventpipe:0.1.0 sha256:new"
@@ -194,3 +194,24 @@ def test_image_import_retries_once_when_containerd_loses_a_layer_snapshot(
             image.import_image("/run/containerd.sock", "eventpipe:0.1.0")
         assert not marker.exists()
     assert len(attempts) == calls
+
+
+def test_image_import_keeps_one_record_per_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing kafka, then elasticsearch, then both again copies each once: neither record replaces the other."""
+    monkeypatch.setenv("EVENTPIPE_DEVSTACK_HOME", str(tmp_path))
+    ids = {"eventpipe/kafka:4.4.0": "sha256:k", "eventpipe/elasticsearch:9.5.3": "sha256:e"}
+    monkeypatch.setattr(image, "_size", lambda ref: {"id": ids[ref]})
+    copied: list[str] = []
+    monkeypatch.setattr(image, "_save_into", lambda socket, ref: copied.append(ref))
+
+    def ctr_list(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        """containerd lists what was copied into it (``ctr images list name==<name>``)."""
+        name = argv[-1].removeprefix("name==")
+        return subprocess.CompletedProcess(argv, 0, stdout=f"{name}\n" if name in copied else "", stderr="")
+
+    monkeypatch.setattr(image.subprocess, "run", ctr_list)
+    first = [image.import_image("/run/containerd.sock", ref) for ref in ids]
+    again = [image.import_image("/run/containerd.sock", ref) for ref in ids]
+    assert (first, again, copied) == ([True, True], [False, False], list(ids))
+    ids["eventpipe/kafka:4.4.0"] = "sha256:k2"  # a rebuilt kafka image is copied again, elasticsearch is not
+    assert [image.import_image("/run/containerd.sock", ref) for ref in ids] == [True, False]

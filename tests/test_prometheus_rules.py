@@ -122,3 +122,34 @@ def test_monitoring_is_an_opt_in_group_on_free_ports() -> None:
     for name in OPTIONAL_SERVICES:
         assert service(name).port not in ports, f"{name} would clash on {service(name).port}"
         ports.append(service(name).port)
+
+
+def test_kubelet_scrape_is_added_only_with_a_cluster_pki_and_passes_promtool(
+    promtool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No cluster ever set up: no kubelet job (nothing to trust). With the PKI: an https job whose client
+    certificate (made on demand, CN eventpipe:prometheus) and CA promtool finds, keeping only volume stats."""
+    from devstack.cluster import kubelet_metrics
+    from devstack.cluster.node import NODE_NAME, SERVICE_IP
+    from devstack.cluster.pki import ensure_pki
+    from devstack.cluster.podnet import NODE_IP
+
+    monkeypatch.setenv("EVENTPIPE_DEVSTACK_HOME", str(tmp_path))
+    prometheus = monitoring.Prometheus()
+    jobs = [job["job_name"] for job in yaml.safe_load(prometheus.render_config().read_text())["scrape_configs"]]
+    assert "kubelet" not in jobs and not (tmp_path / "kubernetes").exists()
+
+    pki = tmp_path / "kubernetes" / "pki"
+    ensure_pki(pki, NODE_NAME, NODE_IP, SERVICE_IP)
+    (pki / "prometheus.crt").unlink()  # a PKI made before the identity existed gets it at the next render
+    (pki / "prometheus.key").unlink()
+    spec = yaml.safe_load(prometheus.render_config().read_text())  # runs promtool check config
+    [job] = [job for job in spec["scrape_configs"] if job["job_name"] == "kubelet"]
+    assert job["scheme"] == "https" and job["static_configs"][0]["targets"] == [f"{NODE_IP}:10250"]
+    assert job["tls_config"]["cert_file"] == str(pki / "prometheus.crt")
+    subject = _run("openssl", "x509", "-noout", "-subject", "-in", str(pki / "prometheus.crt")).stdout
+    assert "CN = eventpipe:prometheus" in subject or "CN=eventpipe:prometheus" in subject
+    assert job["metric_relabel_configs"] == [
+        {"source_labels": ["__name__"], "regex": "kubelet_volume_stats_.+", "action": "keep"}
+    ]
+    assert [r["resources"] for r in kubelet_metrics.rbac_objects()[0]["rules"]] == [["nodes/metrics"]]

@@ -20,6 +20,7 @@ from typing import Any
 
 from devstack.cluster import image, podnet, system_images
 from devstack.cluster.kubernetes import CONTAINERD_SOCKET, kubeconfig, kubectl
+from devstack.monitoring import grant_kubelet_access
 from devstack.runtime import REPO_ROOT, DevstackError, TimedSteps, subdir
 from devstack.stack import DEVSTACK_CREDENTIALS, local_env, service
 
@@ -252,4 +253,5 @@ def prepare(*, build: bool = True, csi: bool = True) -> dict[str, float]:
     if csi:
         step("volume key secret", lambda: csi_stack.volume_key_secret(NAMESPACE))  # the encrypted class's key
     step("snapshot repository claim", snapshot_repository_claim)
+    step("kubelet metrics for Prometheus", grant_kubelet_access)
     return timings

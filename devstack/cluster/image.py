@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -153,6 +154,11 @@ def _save_into(containerd_socket: str, ref: str) -> None:
         raise DevstackError(f"docker save {ref} failed (exit {save.returncode})")
 
 
+def import_marker(name: str) -> Path:
+    """The record of the image id last imported as ``name``: one per image, so importing one never erases another's."""
+    return subdir("image", "imports") / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
 def import_image(containerd_socket: str, ref: str = IMAGE) -> bool:
     """Copy ``ref`` into the cluster's containerd unless the same image id is there; True if imported."""
     image_id = _size(ref).get("id")
@@ -165,7 +171,7 @@ def import_image(containerd_socket: str, ref: str = IMAGE) -> bool:
         text=True,
         check=False,
     ).stdout
-    marker = subdir("image") / "imported"
+    marker = import_marker(name)
     if name in listing and marker.exists() and marker.read_text() == f"{name} {image_id}":
         return False
     began = time.monotonic()

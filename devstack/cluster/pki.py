@@ -57,6 +57,8 @@ def identities(node_name: str, node_ip: str, service_ip: str) -> list[Identity]:
         Identity("csi-provisioner", "eventpipe:csi-provisioner"),
         Identity("csi-snapshot-controller", "eventpipe:snapshot-controller"),
         Identity("csi-snapshotter", "eventpipe:csi-snapshotter"),
+        # the devstack Prometheus reading the kubelet's /metrics (devstack.cluster.kubelet_metrics)
+        Identity("prometheus", "eventpipe:prometheus"),
     ]
 
 
