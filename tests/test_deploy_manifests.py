@@ -576,8 +576,10 @@ def _bytes(quantity: str) -> int:
 def test_stateful_kustomization_lists_its_manifests() -> None:
     listed = yaml.safe_load((STATEFUL / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(p.name for p in STATEFUL.glob("*.yaml") if p.name != "kustomization.yaml")
-    overlay = yaml.safe_load((ROOT / "devstack/kubernetes/deploy/stateful/kustomization.yaml").read_text())
-    assert overlay["resources"] == ["../../../../deploy/stateful"]
+    overlay_dir = ROOT / "devstack/kubernetes/deploy/stateful"
+    overlay = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
+    own = sorted(p.name for p in overlay_dir.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert overlay["resources"] == ["../../../../deploy/stateful", *own]  # the base, then the overlay's own files
 
 
 def test_kafka_durability_defaults() -> None:
