@@ -101,26 +101,44 @@ def run_demo(
     *,
     start_devstack: bool = True,
     airflow_url: str = "http://127.0.0.1:8080",
+    data: str = "host",
 ) -> dict[str, object]:
     """``execution="kubernetes"``: the same runs, every task a pod on the devstack cluster (started first).
+
+    ``data="cluster"`` (with kubernetes): Kafka and Elasticsearch are the StatefulSets (``devstack k8s-stateful``,
+    deployed first): the task pods use their Services, this process and Airflow's worker their node ports; topics
+    get RF 3, indices 1 replica, and the nightly snapshot also takes VolumeSnapshots of their data claims
+    (``devstack.cluster.stateful.data_env``). Archive and snapshot mirror go to buckets of their own.
 
     ``start_devstack=False``: start nothing, run against the stack the ``EVENTPIPE_*`` endpoints and ``airflow_url``
     point at (the docker compose stack), so both paths print the same summary from the same code.
     """
     import os
 
-    from devstack.airflow import EXECUTION_ENV
+    from devstack.airflow import DATA_ENV, EXECUTION_ENV
     from devstack.airflow_api import AirflowClient
 
+    if data not in {"host", "cluster"} or (data == "cluster" and execution != "kubernetes"):
+        raise ValueError(f"data={data!r}: 'host', or 'cluster' with execution='kubernetes'")
+    if data == "cluster":
+        from devstack.cluster.stateful import data_env
+
+        os.environ.update(data_env())  # this process reaches the StatefulSets on the node IP
     for key, value in local_env().items():  # plumbing: the demo sets the devstack's environment up
         os.environ.setdefault(key, value)
     os.environ[EXECUTION_ENV] = execution  # the devstack Airflow restarts if it runs the other mode
+    os.environ[DATA_ENV] = data  # ... or the other data
     timings: dict[str, float] = {}
     if execution == "kubernetes":
         from devstack.cluster.deploy import prepare
 
         console.rule("starting the data services and the local Kubernetes cluster (tasks run as pods)")
         timings = {**up(DATA_SERVICES), **up(["kubernetes"]), **prepare()}
+    if data == "cluster":
+        from devstack.cluster.stateful import deploy_stateful
+
+        console.rule("Kafka and Elasticsearch as StatefulSets on the cluster (the tasks' data services)")
+        timings.update({f"stateful: {k}": v for k, v in deploy_stateful().items()})
     if start_devstack:
         console.rule("starting the embedded services")
         timings.update(up(SERVICES))
@@ -179,6 +197,7 @@ def run_demo(
     summary = {
         "days": f"{demo_days[0]} … {demo_days[-1]}",
         "execution": execution,
+        "data": "Kafka and Elasticsearch StatefulSets" if data == "cluster" else "devstack host processes",
         "services_up_seconds": timings,
         "produced": produced.produced,
         "valid": produced.valid,

@@ -138,6 +138,11 @@ class ArchiveSettings(Section):
     volume_snapshots: bool = env("EVENTPIPE_VOLUME_SNAPSHOTS", False, plain=True)
     volume_snapshot_class: str = env("EVENTPIPE_VOLUME_SNAPSHOT_CLASS", "eventpipe-archive", plain=True)
     volume_snapshot_selector: str = env("EVENTPIPE_VOLUME_SNAPSHOT_SELECTOR", "eventpipe.io/snapshot=true", plain=True)
+    volume_snapshot_namespaces: str | None = env(
+        "EVENTPIPE_VOLUME_SNAPSHOT_NAMESPACES",
+        plain=True,
+        description="comma-separated namespaces whose labelled PVCs are snapshotted; empty: EVENTPIPE_NAMESPACE",
+    )
     snapshot_ready_timeout_s: int = 900
 
 
@@ -171,6 +176,12 @@ class KubernetesSettings(Section):
     snapshot_fs_claim: str | None = env(
         "EVENTPIPE_SNAPSHOT_FS_CLAIM", description="PVC holding an fs snapshot repository, mounted into task pods"
     )
+    # An Airflow outside the cluster (the devstack's) reaches Kafka and Elasticsearch at other addresses than its
+    # task pods do: these replace EVENTPIPE_KAFKA_BOOTSTRAP / EVENTPIPE_ES_URL in the pods' environment only.
+    pod_kafka_bootstrap: str | None = env(
+        "EVENTPIPE_POD_KAFKA_BOOTSTRAP", description="Kafka bootstrap as task pods see it; unset: the worker's"
+    )
+    pod_es_url: str | None = env("EVENTPIPE_POD_ES_URL", description="Elasticsearch URL as task pods see it")
 
 
 class MlSettings(Section):
