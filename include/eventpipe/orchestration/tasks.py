@@ -20,6 +20,11 @@ def execution_mode() -> str:
     return Settings().kubernetes.execution  # a ValueError (pydantic's) for anything but kubernetes/local
 
 
+def volume_snapshots_taken() -> bool:
+    """Whether the nightly snapshot takes VolumeSnapshots here (the restore drill then restores them too)."""
+    return Settings().archive.volume_snapshots
+
+
 def cli_task(
     task_id: str, command: TaskCommand, *, profile: str = "small", mode: str | None = None, **kwargs: Any
 ) -> BaseOperator:
