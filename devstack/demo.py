@@ -179,6 +179,12 @@ def run_demo(
         drill_conf = {"day": demo_days[-1].isoformat(), "source": "both"}
         runs["restore drill"] = _run(api, "eventpipe_restore_drill", None, drill_conf, timeout=1800)
         drill = api.xcom("eventpipe_restore_drill", str(runs["restore drill"]["run_id"]), "restore")  # type: ignore[index]
+        # --data cluster: the drill also brought the day's Elasticsearch claims back from their VolumeSnapshots
+        volumes = (
+            api.xcom("eventpipe_restore_drill", str(runs["restore drill"]["run_id"]), "restore_volumes")  # type: ignore[index]
+            if data == "cluster"
+            else None
+        )
         console.rule(f"re-running the ingest of {demo_days[-1]}: the champion now scores its events")
         runs[f"ingest+score {demo_days[-1]}"] = _run(api, "eventpipe_ingest", demo_days[-1], {}, timeout=1800)
         # leave a known state: unpausing made the scheduler start each DAG's latest scheduled run (e.g. a
@@ -215,7 +221,10 @@ def run_demo(
         "archive_rows": {d.isoformat(): m.rows for d, m in manifests.items()},
         "archive_revisions": {d.isoformat(): m.revision for d, m in manifests.items()},
         "archive_verified": all(is_verified(s3, settings.s3.bucket, d) for d in demo_days),
-        f"restored_{demo_days[-1]}": {source: drill[source]["documents"] for source in ("snapshot", "archive")},
+        f"restored_{demo_days[-1]}": {
+            **{source: drill[source]["documents"] for source in ("snapshot", "archive")},
+            **({"volume_snapshots": volumes["documents"]} if volumes else {}),
+        },
         "model": {
             "version": trained.get("version"),
             "champion": champion,
@@ -248,7 +257,9 @@ def run_demo(
         table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
     Console().print(table)
     archived = sum(m.rows for m in manifests.values())
-    restored_ok = all(drill[source]["matches"] for source in ("snapshot", "archive"))
+    restored_ok = all(drill[source]["matches"] for source in ("snapshot", "archive")) and (
+        volumes is None or volumes["matches"]
+    )
     ok = (
         summary["indexed_in_elasticsearch"] == produced.valid == archived
         and summary["archive_verified"]

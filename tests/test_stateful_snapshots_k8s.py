@@ -130,6 +130,18 @@ def test_archive_snapshot_covers_the_kafka_and_elasticsearch_claims_inside_the_h
         assert not any(_write_blocked(cluster_es, index) for index in held)
         snapshots = cluster_es.snapshot.get(repository=data_env_repository(), snapshot=snapshot_name(day))
         assert snapshots["snapshots"][0]["state"] == "SUCCESS"
+
+        # the restore drill from those volume snapshots: a scratch cluster in elastic holds the day as the source does
+        args = ["archive", "restore-volumes", "--day", day.isoformat(), "--no-manifest"]
+        drill = _run(stateful, _task_pod("restore_volumes", args), timeout=1800)
+        assert drill.exit_code == 0, drill.logs[-3000:]
+        restored = drill.xcom or {}
+        source = cluster_es.count(index=day_index(day))["count"]
+        assert restored["documents"] == restored["source_documents"] == source >= 1, restored
+        assert restored["snapshots"] == [name for ns, name in wanted if ns == "elastic"]
+        print(f"volume restore drill of {day}: {json.dumps(restored)}")
+        leftovers = kubectl("-n", "elastic", "get", "sts,pvc,svc", "-l", "app.kubernetes.io/name=elasticsearch-restore")
+        assert not leftovers.strip(), leftovers
     finally:
         with contextlib.suppress(Exception):
             cluster_es.snapshot.delete(repository=data_env_repository(), snapshot=snapshot_name(day))

@@ -170,6 +170,9 @@ def restore_volumes(
     statefulset: Annotated[str, typer.Option(help="The Elasticsearch StatefulSet whose claims were snapshotted")] = (
         "elasticsearch"
     ),
+    manifest: Annotated[
+        bool, typer.Option(help="Also compare with the day's archive manifest (--no-manifest: a day not archived)")
+    ] = True,
 ) -> None:
     """Restore the day's Elasticsearch claims from their VolumeSnapshots into a scratch cluster; compare counts."""
     from eventpipe.archive.manifest import load
@@ -182,7 +185,7 @@ def restore_volumes(
     if not cfg.volume_snapshots:
         emit("archive restore-volumes", {"day": when.isoformat(), "skipped": "EVENTPIPE_VOLUME_SNAPSHOTS is off"})
         return
-    rows = load(s3_client(settings), settings.s3.bucket, when).rows
+    rows = load(s3_client(settings), settings.s3.bucket, when).rows if manifest else None
     result = restore(
         settings.elastic.url,
         cfg,
