@@ -17,6 +17,7 @@ import json
 import time
 from typing import Any
 
+import yaml
 from kubernetes.utils import parse_quantity
 
 from devstack.cluster import csi, image
@@ -242,8 +243,9 @@ def keep_grown_claims(rendered: dict[str, Any], live: dict[str, Any] | None) -> 
 
 def apply_overlay() -> None:
     """``kubectl apply`` of the rendered overlay, with the claim templates :func:`keep_grown_claims` keeps."""
-    docs = json.loads(kubectl("apply", "-k", str(OVERLAY), "--dry-run=client", "-o", "json", timeout=60))
-    items = docs.get("items", [docs])
+    # `kubectl kustomize` renders the overlay alone; `apply -k --dry-run=client -o json` would print each existing
+    # object as it lives, not as the manifests now say (a changed template was never applied)
+    items = [doc for doc in yaml.safe_load_all(kubectl("kustomize", str(OVERLAY), timeout=60)) if doc]
     for item in items:
         if item["kind"] == "StatefulSet":
             meta = item["metadata"]
