@@ -58,6 +58,8 @@ def data_env() -> dict[str, str]:
         "EVENTPIPE_POD_ES_URL": IN_CLUSTER_ENDPOINTS["EVENTPIPE_ES_URL"],
         "EVENTPIPE_KAFKA_REPLICATION_FACTOR": "3",
         "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS": "2",
+        # the demo's days lie in the past: under the brokers' 7-day time retention they would be deleted on arrival
+        "EVENTPIPE_KAFKA_RETENTION_MS": "-1",
         "EVENTPIPE_ES_REPLICAS": "1",
         "EVENTPIPE_ARCHIVE_BUCKET": "eventpipe-archive-cluster",
         "EVENTPIPE_SNAPSHOT_BUCKET": "eventpipe-snapshots-cluster",

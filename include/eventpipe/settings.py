@@ -91,6 +91,12 @@ class KafkaSettings(Section):
     min_insync_replicas: int = env(
         "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS", 1, plain=True, description="min.insync.replicas of a new topic"
     )
+    # Records carry their event time (CreateTime): a broker's time retention deletes backfilled days at once
+    retention_ms: int | None = env(
+        "EVENTPIPE_KAFKA_RETENTION_MS",
+        plain=True,
+        description="retention.ms of a new source topic; unset: the broker's default; -1: by size only",
+    )
 
 
 class ElasticSettings(Section):
