@@ -52,10 +52,15 @@ EXECUTION ?= local
 ifeq ($(filter $(EXECUTION),local kubernetes),)
 $(error EXECUTION must be local or kubernetes, not "$(EXECUTION)")
 endif
+# DATA=cluster (with EXECUTION=kubernetes): Kafka and Elasticsearch are the StatefulSets of `devstack k8s-stateful`
+DATA ?= host
+ifeq ($(filter $(DATA),host cluster),)
+$(error DATA must be host or cluster, not "$(DATA)")
+endif
 # kubernetes: the demo starts the cluster and deploys itself (what `make k8s` does); the host packages come first
 DEMO_NEEDS := $(if $(filter kubernetes,$(EXECUTION)),k8s-host)
-demo: install $(DEMO_NEEDS)  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary (EXECUTION=kubernetes: tasks as pods, cluster included)
-	$(EP) demo --execution $(EXECUTION)
+demo: install $(DEMO_NEEDS)  ## everything up (incl. Airflow), produce events, run the pipeline through Airflow, print a summary (EXECUTION=kubernetes: tasks as pods, cluster included; DATA=cluster too: against the Kafka and Elasticsearch StatefulSets)
+	$(EP) demo --execution $(EXECUTION) --data $(DATA)
 
 test: services browser  ## everything up, then the whole test suite against the real services
 	$(BIN)/ruff check include devstack dags plugins tests bench

@@ -8,7 +8,7 @@ from airflow.sdk import DAG, Param
 
 from eventpipe.orchestration.command import TaskCommand
 from eventpipe.orchestration.defaults import default_args
-from eventpipe.orchestration.tasks import cli_task, setup_task
+from eventpipe.orchestration.tasks import cli_task, setup_task, volume_snapshots_taken
 
 with DAG(
     dag_id="eventpipe_restore_drill",
@@ -31,12 +31,19 @@ Elasticsearch snapshot into `restore-eventpipe-events-…` and from its Parquet 
 `restore-archive-eventpipe-events-…` — and fails unless both hold exactly the ids the day's
 manifest lists. Scratch indices are replaced on every run.
 
+Where the nightly snapshot takes VolumeSnapshots (`EVENTPIPE_VOLUME_SNAPSHOTS`), `restore_volumes`
+also restores the Elasticsearch data claims from the day's VolumeSnapshots into a scratch StatefulSet and
+fails unless it holds the day's documents as the live cluster and the manifest do.
+
 For a real restore into a new cluster: `eventpipe archive restore --day D --source archive
 --into eventpipe-events-YYYY.MM.DD` (see docs/runbook.md).
 """,
 ) as dag:
-    setup_task() >> cli_task(
+    setup = setup_task()
+    setup >> cli_task(
         "restore",
         TaskCommand(["archive", "restore", "--day", "{{ params.day }}", "--source", "{{ params.source }}"]),
         profile="archive",
     )
+    if volume_snapshots_taken():
+        setup >> cli_task("restore_volumes", TaskCommand(["archive", "restore-volumes", "--day", "{{ params.day }}"]))

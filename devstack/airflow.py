@@ -54,6 +54,9 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per health
 # How the devstack Airflow runs tasks ("local" processes or "kubernetes" pods). Not EVENTPIPE_EXECUTION itself:
 # tests and the demo export the local task environment (EVENTPIPE_EXECUTION=local) into their own process.
 EXECUTION_ENV = "EVENTPIPE_AIRFLOW_EXECUTION"
+# Where the kubernetes-mode tasks find Kafka and Elasticsearch: "host" (the devstack's processes, on the node IP)
+# or "cluster" (the StatefulSets of `devstack k8s-stateful`; devstack.cluster.stateful.data_env).
+DATA_ENV = "EVENTPIPE_AIRFLOW_DATA"
 
 
 def airflow_home() -> Path:
@@ -84,6 +87,14 @@ class Airflow(Service):
         self.execution = execution or os.environ.get(EXECUTION_ENV) or "local"
         if self.execution not in {"local", "kubernetes"}:
             raise DevstackError(f"{EXECUTION_ENV} must be 'local' or 'kubernetes', not {self.execution!r}")
+        self.data = os.environ.get(DATA_ENV) or "host"
+        if self.data not in {"host", "cluster"} or (self.data == "cluster" and self.execution != "kubernetes"):
+            raise DevstackError(f"{DATA_ENV} must be 'host', or 'cluster' with kubernetes execution, not {self.data!r}")
+
+    @property
+    def mode(self) -> str:
+        """What the running instance records: the execution mode, plus where the data lives when not the host."""
+        return self.execution if self.data == "host" else f"{self.execution} data={self.data}"
 
     @property
     def url(self) -> str:
@@ -111,10 +122,15 @@ class Airflow(Service):
 
         if not (kubeconfig().exists() and podnet.present()):
             raise DevstackError("Airflow in kubernetes mode needs the devstack cluster: run `make k8s` first")
-        return {
+        env = {
             **deploy.task_env(),
             "AIRFLOW_CONN_KUBERNETES_DEFAULT": deploy.kubernetes_connection(deploy.xcom_sidecar_image()),
         }
+        if self.data == "cluster":
+            from devstack.cluster.stateful import data_env
+
+            env.update(data_env())
+        return env
 
     def env(self) -> dict[str, str]:
         """Environment of every Airflow process and of CLI calls against this instance."""
@@ -271,13 +287,13 @@ class Airflow(Service):
     def start(self) -> None:
         """As every service, plus: running in the other execution mode means a restart in the asked one."""
         running = self.running_execution()
-        if running is not None and running != self.execution:
-            progress(f"airflow: running {running} tasks; restarting it to run {self.execution} tasks")
+        if running is not None and running != self.mode:
+            progress(f"airflow: running {running} tasks; restarting it to run {self.mode} tasks")
             self.stop()
         super().start()
 
     def launch(self) -> None:
-        self._execution_file.write_text(self.execution)
+        self._execution_file.write_text(self.mode)
         self.supervisor_socket.unlink(missing_ok=True)
         supervisord = str(_bin_dir() / "supervisord")
         if not Path(supervisord).exists():

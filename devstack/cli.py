@@ -205,6 +205,13 @@ def demo(
         bool, typer.Option(help="Start the process devstack first; --no-devstack: use a running stack (docker compose)")
     ] = True,
     airflow_url: Annotated[str, typer.Option(help="Airflow API of the stack")] = "http://127.0.0.1:8080",
+    data: Annotated[
+        str,
+        typer.Option(
+            help="host: Kafka and Elasticsearch are the devstack's processes; cluster (with --execution kubernetes): "
+            "their StatefulSets on the cluster (deployed first), RF 3, VolumeSnapshots of their claims nightly"
+        ),
+    ] = "host",
 ) -> None:
     """Start everything; produce days; ingest, archive, train and score through Airflow; print a summary."""
     from devstack.demo import run_demo
@@ -215,7 +222,13 @@ def demo(
         raise InvalidArgument("--execution must be local or kubernetes")
     if execution == "kubernetes" and not devstack:
         raise InvalidArgument("--execution kubernetes runs on the process devstack's cluster: drop --no-devstack")
-    run_demo(parse_day(day), rate, days, execution, start_devstack=devstack, airflow_url=airflow_url)
+    if data not in {"host", "cluster"}:
+        raise InvalidArgument("--data must be host or cluster")
+    if data == "cluster" and execution != "kubernetes":
+        raise InvalidArgument(
+            "--data cluster runs the tasks as pods beside the StatefulSets: add --execution kubernetes"
+        )
+    run_demo(parse_day(day), rate, days, execution, start_devstack=devstack, airflow_url=airflow_url, data=data)
 
 
 def register(root: typer.Typer) -> None:

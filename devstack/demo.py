@@ -101,26 +101,44 @@ def run_demo(
     *,
     start_devstack: bool = True,
     airflow_url: str = "http://127.0.0.1:8080",
+    data: str = "host",
 ) -> dict[str, object]:
     """``execution="kubernetes"``: the same runs, every task a pod on the devstack cluster (started first).
+
+    ``data="cluster"`` (with kubernetes): Kafka and Elasticsearch are the StatefulSets (``devstack k8s-stateful``,
+    deployed first): the task pods use their Services, this process and Airflow's worker their node ports; topics
+    get RF 3, indices 1 replica, and the nightly snapshot also takes VolumeSnapshots of their data claims
+    (``devstack.cluster.stateful.data_env``). Archive and snapshot mirror go to buckets of their own.
 
     ``start_devstack=False``: start nothing, run against the stack the ``EVENTPIPE_*`` endpoints and ``airflow_url``
     point at (the docker compose stack), so both paths print the same summary from the same code.
     """
     import os
 
-    from devstack.airflow import EXECUTION_ENV
+    from devstack.airflow import DATA_ENV, EXECUTION_ENV
     from devstack.airflow_api import AirflowClient
 
+    if data not in {"host", "cluster"} or (data == "cluster" and execution != "kubernetes"):
+        raise ValueError(f"data={data!r}: 'host', or 'cluster' with execution='kubernetes'")
+    if data == "cluster":
+        from devstack.cluster.stateful import data_env
+
+        os.environ.update(data_env())  # this process reaches the StatefulSets on the node IP
     for key, value in local_env().items():  # plumbing: the demo sets the devstack's environment up
         os.environ.setdefault(key, value)
     os.environ[EXECUTION_ENV] = execution  # the devstack Airflow restarts if it runs the other mode
+    os.environ[DATA_ENV] = data  # ... or the other data
     timings: dict[str, float] = {}
     if execution == "kubernetes":
         from devstack.cluster.deploy import prepare
 
         console.rule("starting the data services and the local Kubernetes cluster (tasks run as pods)")
         timings = {**up(DATA_SERVICES), **up(["kubernetes"]), **prepare()}
+    if data == "cluster":
+        from devstack.cluster.stateful import deploy_stateful
+
+        console.rule("Kafka and Elasticsearch as StatefulSets on the cluster (the tasks' data services)")
+        timings.update({f"stateful: {k}": v for k, v in deploy_stateful().items()})
     if start_devstack:
         console.rule("starting the embedded services")
         timings.update(up(SERVICES))
@@ -161,6 +179,12 @@ def run_demo(
         drill_conf = {"day": demo_days[-1].isoformat(), "source": "both"}
         runs["restore drill"] = _run(api, "eventpipe_restore_drill", None, drill_conf, timeout=1800)
         drill = api.xcom("eventpipe_restore_drill", str(runs["restore drill"]["run_id"]), "restore")  # type: ignore[index]
+        # --data cluster: the drill also brought the day's Elasticsearch claims back from their VolumeSnapshots
+        volumes = (
+            api.xcom("eventpipe_restore_drill", str(runs["restore drill"]["run_id"]), "restore_volumes")  # type: ignore[index]
+            if data == "cluster"
+            else None
+        )
         console.rule(f"re-running the ingest of {demo_days[-1]}: the champion now scores its events")
         runs[f"ingest+score {demo_days[-1]}"] = _run(api, "eventpipe_ingest", demo_days[-1], {}, timeout=1800)
         # leave a known state: unpausing made the scheduler start each DAG's latest scheduled run (e.g. a
@@ -179,6 +203,7 @@ def run_demo(
     summary = {
         "days": f"{demo_days[0]} … {demo_days[-1]}",
         "execution": execution,
+        "data": "Kafka and Elasticsearch StatefulSets" if data == "cluster" else "devstack host processes",
         "services_up_seconds": timings,
         "produced": produced.produced,
         "valid": produced.valid,
@@ -196,7 +221,10 @@ def run_demo(
         "archive_rows": {d.isoformat(): m.rows for d, m in manifests.items()},
         "archive_revisions": {d.isoformat(): m.revision for d, m in manifests.items()},
         "archive_verified": all(is_verified(s3, settings.s3.bucket, d) for d in demo_days),
-        f"restored_{demo_days[-1]}": {source: drill[source]["documents"] for source in ("snapshot", "archive")},
+        f"restored_{demo_days[-1]}": {
+            **{source: drill[source]["documents"] for source in ("snapshot", "archive")},
+            **({"volume_snapshots": volumes["documents"]} if volumes else {}),
+        },
         "model": {
             "version": trained.get("version"),
             "champion": champion,
@@ -229,7 +257,9 @@ def run_demo(
         table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
     Console().print(table)
     archived = sum(m.rows for m in manifests.values())
-    restored_ok = all(drill[source]["matches"] for source in ("snapshot", "archive"))
+    restored_ok = all(drill[source]["matches"] for source in ("snapshot", "archive")) and (
+        volumes is None or volumes["matches"]
+    )
     ok = (
         summary["indexed_in_elasticsearch"] == produced.valid == archived
         and summary["archive_verified"]

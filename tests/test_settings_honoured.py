@@ -81,11 +81,10 @@ def test_bulk_retries_exactly_as_often_as_the_settings_say(unavailable: str, mon
 
 
 @pytest.mark.services
-def test_new_topics_take_partitions_replication_and_min_insync_from_settings(services: Settings) -> None:
+def test_new_topics_take_partitions_replication_min_insync_and_retention_from_settings(services: Settings) -> None:
     name = f"test-{uuid.uuid4().hex[:8]}.topic-settings"
-    ensure_topics(
-        services.updated(kafka={"topic_partitions": 2, "replication_factor": 1, "min_insync_replicas": 1}), [name]
-    )
+    durability = {"topic_partitions": 2, "replication_factor": 1, "min_insync_replicas": 1, "retention_ms": 86_400_000}
+    ensure_topics(services.updated(kafka=durability), [name])
     admin = KafkaAdminClient(bootstrap_servers=services.kafka.bootstrap, client_id="test-topic-settings")
     try:
         (described,) = admin.describe_topics([name])
@@ -93,7 +92,11 @@ def test_new_topics_take_partitions_replication_and_min_insync_from_settings(ser
         assert {len(p["replica_nodes"]) for p in described["partitions"]} == {1}
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])["topic"][name]
         set_on_topic = {k: v["value"] for k, v in configs.items() if v["config_source"] == "DYNAMIC_TOPIC_CONFIG"}
-        assert set_on_topic == {"min.insync.replicas": "1", "message.timestamp.type": "CreateTime"}
+        assert set_on_topic == {
+            "min.insync.replicas": "1",
+            "message.timestamp.type": "CreateTime",
+            "retention.ms": "86400000",
+        }
     finally:
         admin.delete_topics([name])
         admin.close()

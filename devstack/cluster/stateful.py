@@ -4,6 +4,11 @@ Opt-in, after ``devstack k8s`` (which brings the CSI driver and its encrypted cl
 service images (``devstack.images``, skipped when current), copies them into the node's containerd, creates the
 encrypted class's key Secret in each namespace, applies ``devstack/kubernetes/deploy/stateful`` and waits until
 every pod is Ready. Idempotent; returns seconds per step.
+
+Elasticsearch's snapshot repository: the archive's ``fs`` repository on a directory of the node that all three
+pods mount through a claim (a static hostPath volume; Pod Security forbids hostPath in pod specs), and the task
+pods mount read-only at the same path to mirror it to S3. It is not the host Elasticsearch's repository directory:
+two clusters must never write one repository. ``data_env`` is what the demo's ``--data cluster`` gives Airflow.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import json
 import time
 from typing import Any
 
+import yaml
 from kubernetes.utils import parse_quantity
 
 from devstack.cluster import csi, image
 from devstack.cluster.kubernetes import CONTAINERD_SOCKET, kubectl
 from devstack.cluster.podnet import NODE_IP
 from devstack.images.services import build_service_image, tag
-from devstack.runtime import REPO_ROOT, DevstackError, TimedSteps
+from devstack.runtime import REPO_ROOT, DevstackError, TimedSteps, subdir
 
 OVERLAY = REPO_ROOT / "devstack" / "kubernetes" / "deploy" / "stateful"
 # (namespace, StatefulSet, image name, image version): the tags devstack.images builds
@@ -31,6 +37,129 @@ IN_CLUSTER_ENDPOINTS = {
 }
 HOST_ENDPOINTS = {"EVENTPIPE_KAFKA_BOOTSTRAP": HOST_KAFKA_BOOTSTRAP, "EVENTPIPE_ES_URL": HOST_ES_URL}
 WORKLOADS = (("kafka", "kafka", "kafka", "4.4.0"), ("elastic", "elasticsearch", "elasticsearch", "9.5.3"))
+# The fs repository: mounted here in the Elasticsearch pods (below the image's path.repo) and the task pods
+SNAPSHOT_LOCATION = "/usr/share/elasticsearch/snapshots/eventpipe-snapshots"
+ES_REPOSITORY_CLAIM = "elasticsearch-snapshots"  # in elastic, read-write (the overlay mounts it)
+TASK_REPOSITORY_CLAIM = "eventpipe-devstack-cluster-snapshot-repository"  # in eventpipe, read-only
+ES_UID = 1000
+
+
+def data_env() -> dict[str, str]:
+    """Settings of a kubernetes-mode Airflow whose tasks use the StatefulSets (the demo's ``--data cluster``).
+
+    The worker (sensors, callbacks) and the host side of the demo reach them on the node IP, the pods through
+    their Services. Durability as deploy/stateful sets it (RF 3, min ISR 2, 1 replica per index); the archive's
+    snapshot covers the data claims in kafka and elastic. Buckets of their own: the archive, its model registry
+    and the snapshot mirror belong to one Elasticsearch and one Kafka, and the host ones already write theirs.
+    """
+    return {
+        **HOST_ENDPOINTS,
+        "EVENTPIPE_POD_KAFKA_BOOTSTRAP": IN_CLUSTER_ENDPOINTS["EVENTPIPE_KAFKA_BOOTSTRAP"],
+        "EVENTPIPE_POD_ES_URL": IN_CLUSTER_ENDPOINTS["EVENTPIPE_ES_URL"],
+        "EVENTPIPE_KAFKA_REPLICATION_FACTOR": "3",
+        "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS": "2",
+        # the demo's days lie in the past: under the brokers' 7-day time retention they would be deleted on arrival
+        "EVENTPIPE_KAFKA_RETENTION_MS": "-1",
+        "EVENTPIPE_ES_REPLICAS": "1",
+        "EVENTPIPE_ARCHIVE_BUCKET": "eventpipe-archive-cluster",
+        "EVENTPIPE_SNAPSHOT_BUCKET": "eventpipe-snapshots-cluster",
+        "EVENTPIPE_SNAPSHOT_FS_LOCATION": SNAPSHOT_LOCATION,
+        "EVENTPIPE_SNAPSHOT_FS_CLAIM": TASK_REPOSITORY_CLAIM,
+        "EVENTPIPE_VOLUME_SNAPSHOTS": "true",
+        "EVENTPIPE_VOLUME_SNAPSHOT_NAMESPACES": ",".join(w[0] for w in WORKLOADS),
+    }
+
+
+def snapshot_repository_claims() -> None:
+    """The node directory of the StatefulSet cluster's fs repository, owned by Elasticsearch's uid, as two claims:
+    read-write for the Elasticsearch pods (``elastic``), read-only for the snapshot task's mirror (``eventpipe``).
+    A PersistentVolume binds one claim, so each claim has its own volume on the same directory."""
+    import os
+
+    location = subdir("kubernetes", "elasticsearch-snapshots")
+    os.chown(location, ES_UID, ES_UID)
+    labels = {"app.kubernetes.io/managed-by": "eventpipe-devstack"}
+    items: list[dict[str, Any]] = []
+    for volume, namespace, claim, mode in (
+        ("eventpipe-devstack-es-snapshots", "elastic", ES_REPOSITORY_CLAIM, "ReadWriteMany"),
+        ("eventpipe-devstack-es-snapshots-ro", "eventpipe", TASK_REPOSITORY_CLAIM, "ReadOnlyMany"),
+    ):
+        common = {"accessModes": [mode], "storageClassName": ""}
+        items += [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume, "labels": labels},
+                "spec": {
+                    **common,
+                    "capacity": {"storage": "50Gi"},
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": str(location), "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace, "labels": labels},
+                "spec": {**common, "volumeName": volume, "resources": {"requests": {"storage": "50Gi"}}},
+            },
+        ]
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+
+def _es_health(timeout_s: float) -> str:
+    import httpx
+
+    try:
+        url = f"{HOST_ES_URL}/_cluster/health?wait_for_status=green&timeout={int(timeout_s)}s"
+        return str(httpx.get(url, timeout=timeout_s + 10).json().get("status"))
+    except (httpx.HTTPError, ValueError):
+        return "unreachable"
+
+
+def wait_green(timeout_s: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    status = "unknown"
+    while time.monotonic() < deadline:
+        status = _es_health(min(60.0, max(1.0, deadline - time.monotonic())))
+        if status == "green":
+            return
+        time.sleep(5)
+    raise DevstackError(f"Elasticsearch (StatefulSet) not green after {timeout_s:.0f}s: {status}")
+
+
+def roll_outdated(namespace: str = "elastic", name: str = "elasticsearch", timeout_s: float = 900.0) -> list[str]:
+    """Restart the pods of an OnDelete StatefulSet that run an older template, one at a time, green between
+    (as ECK does); the data stays on their claims. Returns the pods restarted."""
+    sts = json.loads(kubectl("-n", namespace, "get", "statefulset", name, "-o", "json"))
+    revision = sts.get("status", {}).get("updateRevision")
+    restarted = []
+    for ordinal in reversed(range(sts["spec"]["replicas"])):
+        pod_name = f"{name}-{ordinal}"
+        pod = json.loads(kubectl("-n", namespace, "get", "pod", pod_name, "-o", "json"))
+        if pod["metadata"].get("labels", {}).get("controller-revision-hash") == revision:
+            continue
+        wait_green(timeout_s)
+        _say(f"restarting {pod_name} onto template {revision}")
+        kubectl("-n", namespace, "delete", "pod", pod_name, "--wait=true", timeout=300)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out = kubectl("-n", namespace, "get", "pod", pod_name, "-o", "json", "--ignore-not-found")
+            pod = json.loads(out) if out.strip() else {}
+            labels = pod.get("metadata", {}).get("labels", {})
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
+            )
+            if labels.get("controller-revision-hash") == revision and ready:
+                break
+            time.sleep(5)
+        else:
+            raise DevstackError(f"{pod_name} not Ready on template {revision} after {timeout_s:.0f}s")
+        restarted.append(pod_name)
+    if restarted:
+        wait_green(timeout_s)
+    return restarted
 
 
 def _say(message: str) -> None:
@@ -116,8 +245,9 @@ def keep_grown_claims(rendered: dict[str, Any], live: dict[str, Any] | None) -> 
 
 def apply_overlay() -> None:
     """``kubectl apply`` of the rendered overlay, with the claim templates :func:`keep_grown_claims` keeps."""
-    docs = json.loads(kubectl("apply", "-k", str(OVERLAY), "--dry-run=client", "-o", "json", timeout=60))
-    items = docs.get("items", [docs])
+    # `kubectl kustomize` renders the overlay alone; `apply -k --dry-run=client -o json` would print each existing
+    # object as it lives, not as the manifests now say (a changed template was never applied)
+    items = [doc for doc in yaml.safe_load_all(kubectl("kustomize", str(OVERLAY), timeout=60)) if doc]
     for item in items:
         if item["kind"] == "StatefulSet":
             meta = item["metadata"]
@@ -136,6 +266,8 @@ def deploy_stateful(*, build: bool = True, timeout_s: float = 900.0) -> dict[str
     for ref in refs:
         step(f"import {ref}", lambda ref=ref: image.import_image(CONTAINERD_SOCKET, ref))
     step("namespaces and volume keys", namespaces_and_keys)
+    step("snapshot repository claims", snapshot_repository_claims)
     step("apply -k devstack/kubernetes/deploy/stateful", apply_overlay)
     step("pods ready", lambda: wait_ready(timeout_s))
+    step("elasticsearch pods on the current template", lambda: roll_outdated(timeout_s=timeout_s))
     return timings

@@ -91,6 +91,12 @@ class KafkaSettings(Section):
     min_insync_replicas: int = env(
         "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS", 1, plain=True, description="min.insync.replicas of a new topic"
     )
+    # Records carry their event time (CreateTime): a broker's time retention deletes backfilled days at once
+    retention_ms: int | None = env(
+        "EVENTPIPE_KAFKA_RETENTION_MS",
+        plain=True,
+        description="retention.ms of a new source topic; unset: the broker's default; -1: by size only",
+    )
 
 
 class ElasticSettings(Section):
@@ -138,6 +144,11 @@ class ArchiveSettings(Section):
     volume_snapshots: bool = env("EVENTPIPE_VOLUME_SNAPSHOTS", False, plain=True)
     volume_snapshot_class: str = env("EVENTPIPE_VOLUME_SNAPSHOT_CLASS", "eventpipe-archive", plain=True)
     volume_snapshot_selector: str = env("EVENTPIPE_VOLUME_SNAPSHOT_SELECTOR", "eventpipe.io/snapshot=true", plain=True)
+    volume_snapshot_namespaces: str | None = env(
+        "EVENTPIPE_VOLUME_SNAPSHOT_NAMESPACES",
+        plain=True,
+        description="comma-separated namespaces whose labelled PVCs are snapshotted; empty: EVENTPIPE_NAMESPACE",
+    )
     snapshot_ready_timeout_s: int = 900
 
 
@@ -171,6 +182,12 @@ class KubernetesSettings(Section):
     snapshot_fs_claim: str | None = env(
         "EVENTPIPE_SNAPSHOT_FS_CLAIM", description="PVC holding an fs snapshot repository, mounted into task pods"
     )
+    # An Airflow outside the cluster (the devstack's) reaches Kafka and Elasticsearch at other addresses than its
+    # task pods do: these replace EVENTPIPE_KAFKA_BOOTSTRAP / EVENTPIPE_ES_URL in the pods' environment only.
+    pod_kafka_bootstrap: str | None = env(
+        "EVENTPIPE_POD_KAFKA_BOOTSTRAP", description="Kafka bootstrap as task pods see it; unset: the worker's"
+    )
+    pod_es_url: str | None = env("EVENTPIPE_POD_ES_URL", description="Elasticsearch URL as task pods see it")
 
 
 class MlSettings(Section):

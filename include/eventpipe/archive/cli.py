@@ -124,6 +124,17 @@ def retention(
     emit("archive retention", apply_retention(settings, es, cfg, when, dry_run=dry_run))
 
 
+def _latest(settings: Settings) -> date:
+    """The latest committed archive day (what ``--day latest`` means)."""
+    from eventpipe.archive.layout import committed_days
+    from eventpipe.storage.s3 import s3_client
+
+    days = committed_days(s3_client(settings), settings.s3.bucket)
+    if not days:
+        raise InvalidArgument("no committed archive day to restore yet")
+    return days[-1]
+
+
 class RestoreSource(str, Enum):
     snapshot = "snapshot"
     archive = "archive"
@@ -141,16 +152,47 @@ def restore(
 
     settings, es, cfg, when = _context(None if day == "latest" else day)
     if day == "latest":
-        from eventpipe.archive.layout import committed_days
-        from eventpipe.storage.s3 import s3_client
-
-        days = committed_days(s3_client(settings), settings.s3.bucket)
-        if not days:
-            raise InvalidArgument("no committed archive day to restore yet")
-        when = days[-1]
+        when = _latest(settings)
     results = {}
     if source in {RestoreSource.snapshot, RestoreSource.both}:
         results["snapshot"] = restore_snapshot(settings, es, cfg, when).__dict__
     if source in {RestoreSource.archive, RestoreSource.both}:
         results["archive"] = restore_archive(settings, es, when, into=into or None).__dict__
     emit("archive restore", {"day": when.isoformat(), **results})
+
+
+@app.command("restore-volumes")
+def restore_volumes(
+    day: Day,
+    namespace: Annotated[str, typer.Option(help="Namespace of the Elasticsearch StatefulSet and its snapshots")] = (
+        "elastic"
+    ),
+    statefulset: Annotated[str, typer.Option(help="The Elasticsearch StatefulSet whose claims were snapshotted")] = (
+        "elasticsearch"
+    ),
+    manifest: Annotated[
+        bool, typer.Option(help="Also compare with the day's archive manifest (--no-manifest: a day not archived)")
+    ] = True,
+) -> None:
+    """Restore the day's Elasticsearch claims from their VolumeSnapshots into a scratch cluster; compare counts."""
+    from eventpipe.archive.manifest import load
+    from eventpipe.archive.volume_restore import restore_volumes as restore
+    from eventpipe.storage.s3 import s3_client
+
+    settings, _, cfg, when = _context(None if day == "latest" else day)
+    if day == "latest":
+        when = _latest(settings)
+    if not cfg.volume_snapshots:
+        emit("archive restore-volumes", {"day": when.isoformat(), "skipped": "EVENTPIPE_VOLUME_SNAPSHOTS is off"})
+        return
+    rows = load(s3_client(settings), settings.s3.bucket, when).rows if manifest else None
+    result = restore(
+        settings.elastic.url,
+        cfg,
+        settings.kubernetes,
+        when,
+        namespace=namespace,
+        statefulset=statefulset,
+        manifest_rows=rows,
+    )
+    emit("archive restore-volumes", result)

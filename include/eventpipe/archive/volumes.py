@@ -1,4 +1,9 @@
-"""CSI VolumeSnapshots of the pipeline's labelled PVCs (Kubernetes only), taken inside the write hold."""
+"""CSI VolumeSnapshots of the labelled PVCs (Kubernetes only), taken inside the write hold.
+
+The PVCs are looked up in each namespace of ``EVENTPIPE_VOLUME_SNAPSHOT_NAMESPACES`` (default: the pipeline's
+own), e.g. ``kafka`` and ``elastic`` where ``deploy/stateful`` keeps its data claims: a VolumeSnapshot must live
+in its PVC's namespace. Names outside the pipeline's namespace are reported as ``namespace/name``.
+"""
 
 from __future__ import annotations
 
@@ -26,38 +31,49 @@ def snapshot_objects(cfg: ArchiveSettings, day: date, pvcs: list[str], namespace
     ]
 
 
+def snapshot_namespaces(cfg: ArchiveSettings, kube: KubernetesSettings) -> list[str]:
+    """The namespaces whose labelled PVCs are snapshotted, in the order given (default: the pipeline's)."""
+    named = [ns.strip() for ns in (cfg.volume_snapshot_namespaces or "").split(",") if ns.strip()]
+    return list(dict.fromkeys(named)) or [kube.namespace]
+
+
+def qualified(namespace: str, name: str, home: str) -> str:
+    """``name`` in the pipeline's own namespace ``home``, else ``namespace/name``."""
+    return name if namespace == home else f"{namespace}/{name}"
+
+
 def snapshot_volumes(cfg: ArchiveSettings, day: date, kube: KubernetesSettings) -> list[str]:
     """Create (or reuse) one VolumeSnapshot per labelled PVC and wait until all are readyToUse."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
-    namespace = kube.namespace
     try:
         config.load_incluster_config()
     except config.ConfigException:
         # the file named here, not the client's default (read from KUBECONFIG once, at its import)
         config.load_kube_config(config_file=kube.kubeconfig)
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
-    claims = core.list_namespaced_persistent_volume_claim(namespace, label_selector=cfg.volume_snapshot_selector)
-    objects = snapshot_objects(cfg, day, sorted(pvc.metadata.name for pvc in claims.items), namespace)
-    for obj in objects:
-        try:
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj)
-        except ApiException as exc:
-            if exc.status != 409:  # already exists: a retry of the same day
-                raise
-    names = [obj["metadata"]["name"] for obj in objects]
+    wanted: list[tuple[str, str]] = []  # (namespace, VolumeSnapshot name)
+    for namespace in snapshot_namespaces(cfg, kube):
+        claims = core.list_namespaced_persistent_volume_claim(namespace, label_selector=cfg.volume_snapshot_selector)
+        for obj in snapshot_objects(cfg, day, sorted(pvc.metadata.name for pvc in claims.items), namespace):
+            try:
+                custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj)
+            except ApiException as exc:
+                if exc.status != 409:  # already exists: a retry of the same day
+                    raise
+            wanted.append((namespace, obj["metadata"]["name"]))
     deadline = time.monotonic() + cfg.snapshot_ready_timeout_s
-    pending = set(names)
+    pending = set(wanted)
     while pending:
-        for name in sorted(pending):
+        for namespace, name in sorted(pending):
             status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status", {})
             if status.get("error"):
-                raise RuntimeError(f"VolumeSnapshot {name} failed: {status['error']}")
+                raise RuntimeError(f"VolumeSnapshot {namespace}/{name} failed: {status['error']}")
             if status.get("readyToUse"):
-                pending.discard(name)
+                pending.discard((namespace, name))
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"VolumeSnapshots not readyToUse after {cfg.snapshot_ready_timeout_s}s: {pending}")
         if pending:
             time.sleep(5)
-    return names
+    return [qualified(namespace, name, kube.namespace) for namespace, name in wanted]

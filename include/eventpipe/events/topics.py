@@ -28,6 +28,8 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = SOURCE_TOPICS.valu
     try:
         existing = set(admin.list_topics())
         source = {"message.timestamp.type": "CreateTime", **durability}
+        if kafka.retention_ms is not None:
+            source["retention.ms"] = str(kafka.retention_ms)
         wanted = [
             NewTopic(name, kafka.topic_partitions, kafka.replication_factor, topic_configs=source)
             for name in topics

@@ -13,11 +13,16 @@ from airflow.sdk import BaseOperator
 
 from eventpipe.orchestration.command import TaskCommand
 from eventpipe.orchestration.profiles import PROFILES
-from eventpipe.settings import SECRET_ENV, Settings
+from eventpipe.settings import SECRET_ENV, KubernetesSettings, Settings
 
 
 def execution_mode() -> str:
     return Settings().kubernetes.execution  # a ValueError (pydantic's) for anything but kubernetes/local
+
+
+def volume_snapshots_taken() -> bool:
+    """Whether the nightly snapshot takes VolumeSnapshots here (the restore drill then restores them too)."""
+    return Settings().archive.volume_snapshots
 
 
 def cli_task(
@@ -60,7 +65,7 @@ def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: An
         image_pull_policy="IfNotPresent",
         cmds=command.argv[:1],
         arguments=command.argv[1:],
-        env_vars={**command.env, "HOME": "/tmp"},
+        env_vars={**command.env, **pod_endpoints(kube), "HOME": "/tmp"},
         secrets=[
             Secret("env", env_name, secret_name, key)
             for secret_name in command.secrets
@@ -97,6 +102,12 @@ def _pod_operator(task_id: str, command: TaskCommand, profile: str, **kwargs: An
         startup_timeout_seconds=300,
         **kwargs,
     )
+
+
+def pod_endpoints(kube: KubernetesSettings) -> dict[str, str]:
+    """Kafka and Elasticsearch as the pods reach them, where that differs from the Airflow worker's view."""
+    pairs = {"EVENTPIPE_KAFKA_BOOTSTRAP": kube.pod_kafka_bootstrap, "EVENTPIPE_ES_URL": kube.pod_es_url}
+    return {name: value for name, value in pairs.items() if value}
 
 
 def _snapshot_repository(claim: str | None, location: str | None) -> list[Any]:

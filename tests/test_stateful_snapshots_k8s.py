@@ -1,0 +1,157 @@
+"""The nightly archive's application-consistent snapshot against the Kafka and Elasticsearch StatefulSets.
+
+The three snapshot steps run as task pods exactly as the ``--data cluster`` demo's Airflow launches them
+(``devstack.cluster.stateful.data_env``: in-cluster endpoints, the StatefulSet cluster's fs repository claim,
+``EVENTPIPE_VOLUME_SNAPSHOT_NAMESPACES=kafka,elastic``): the pre-hook holds the live indices' writes, the snapshot
+step takes the Elasticsearch snapshot and one VolumeSnapshot per labelled data claim in ``kafka`` and ``elastic``
+(readyToUse while the hold is still in place), the post-hook lifts the hold. ``make test-k8s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from devstack.cluster.deploy import task_env
+from devstack.cluster.node import kubectl
+from devstack.cluster.stateful import HOST_ES_URL, data_env, deploy_stateful
+from eventpipe.archive.indices import day_index, existing, snapshot_name
+from eventpipe.archive.snapshot import LIVE_INDICES
+from eventpipe.settings import PLAIN_ENV
+
+from .test_kubernetes import _run, cluster  # noqa: F401  (the session's cluster fixture)
+
+pytestmark = [pytest.mark.k8s, pytest.mark.services, pytest.mark.slow]
+
+CLAIMS = {
+    "kafka": [f"data-kafka-{n}" for n in range(3)],
+    "elastic": [f"elasticsearch-data-elasticsearch-{n}" for n in range(3)],
+}
+
+
+@pytest.fixture(scope="module")
+def stateful(cluster: Any) -> Any:  # noqa: F811
+    print(f"\nstateful sets ready: {deploy_stateful()}")
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster_es(stateful: Any) -> Iterator[Elasticsearch]:
+    es = Elasticsearch(HOST_ES_URL, request_timeout=60)
+    yield es
+    es.close()
+
+
+def _task_pod(task_id: str, args: list[str]) -> Any:
+    """The pod the cluster-data Airflow would launch: its worker environment is task_env() plus data_env()."""
+    from eventpipe.orchestration.command import TaskCommand
+    from eventpipe.orchestration.tasks import cli_task
+
+    worker = {**task_env(), **data_env()}
+    saved = {k: os.environ.get(k) for k in worker}
+    os.environ.update(worker)
+    try:
+        command = TaskCommand(args, env={k: worker[k] for k in PLAIN_ENV if worker.get(k)})
+        pod = cli_task(task_id, command, mode="kubernetes").build_pod_request_obj(dry_run=True)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    pod.metadata.name = f"{pod.metadata.name[:40]}-{uuid.uuid4().hex[:6]}"
+    return pod
+
+
+def _write_blocked(es: Elasticsearch, index: str) -> bool:
+    flat = es.indices.get_settings(index=index, name="index.blocks.write", flat_settings=True)
+    return flat.body.get(index, {}).get("settings", {}).get("index.blocks.write") == "true"
+
+
+def _snapshot(namespace: str, name: str) -> dict[str, Any]:
+    return json.loads(kubectl("-n", namespace, "get", "volumesnapshot", name, "-o", "json"))
+
+
+def _drop_snapshot(namespace: str, name: str) -> None:
+    """Delete a test VolumeSnapshot and, through deletionPolicy Delete, the driver's copy."""
+    out = kubectl("-n", namespace, "get", "volumesnapshot", name, "-o", "json", "--ignore-not-found")
+    if not out.strip():
+        return
+    content = json.loads(out).get("status", {}).get("boundVolumeSnapshotContentName")
+    if content:
+        kubectl("patch", "volumesnapshotcontent", content, "--type=merge",
+                "-p", '{"spec":{"deletionPolicy":"Delete"}}', check=False)  # fmt: skip
+    kubectl("-n", namespace, "delete", "volumesnapshot", name, "--wait=false", check=False)
+
+
+def test_archive_snapshot_covers_the_kafka_and_elasticsearch_claims_inside_the_hold(
+    stateful: Any, cluster_es: Elasticsearch
+) -> None:
+    day = date(2022, 1, 1) + timedelta(days=uuid.uuid4().int % 365)
+    wanted = [(ns, f"{claim}-{day:%Y%m%d}") for ns, claims in CLAIMS.items() for claim in claims]
+    setup = _run(stateful, _task_pod("setup", ["setup"]), timeout=600)
+    assert setup.exit_code == 0, setup.logs[-3000:]
+    if not cluster_es.indices.exists(index=day_index(day)):
+        cluster_es.indices.create(index=day_index(day))  # from the template the setup pod installed
+    cluster_es.index(index=day_index(day), id=f"marker-{day}", document={"event_id": f"marker-{day}"}, refresh=True)
+    try:
+        pre = _run(stateful, _task_pod("pre_hook", ["archive", "snapshot-pre", "--day", day.isoformat()]))
+        assert pre.exit_code == 0, pre.logs[-3000:]
+        held = pre.xcom["held"] if pre.xcom else []
+        assert held and sorted(held) == sorted(existing(cluster_es, LIVE_INDICES)), pre.xcom
+
+        take = _run(stateful, _task_pod("take", ["archive", "snapshot", "--day", day.isoformat()]), timeout=900)
+        assert take.exit_code == 0, take.logs[-3000:]
+        result = take.xcom or {}
+        assert result["volume_snapshots"] == [f"{ns}/{name}" for ns, name in wanted], result
+        assert result["state"] == "SUCCESS" and day_index(day) in result["indices"]
+        assert result["mirrored_files"] > 0  # the pods' read-only view of the StatefulSet cluster's repository
+        # between pre- and post-hook: every volume snapshot is usable and the writes are still held
+        sizes = {}
+        for namespace, name in wanted:
+            snap = _snapshot(namespace, name)
+            assert snap["status"]["readyToUse"] is True, snap["status"]
+            assert snap["metadata"]["labels"]["eventpipe.io/day"] == day.isoformat()
+            sizes[f"{namespace}/{name}"] = snap["status"]["restoreSize"]
+        assert all(_write_blocked(cluster_es, index) for index in held)
+        print(f"\nvolume snapshots of {day} ({result['seconds']} s for the step): {json.dumps(sizes)}")
+
+        post = _run(stateful, _task_pod("post_hook", ["archive", "snapshot-post", "--day", day.isoformat()]))
+        assert post.exit_code == 0, post.logs[-3000:]
+        assert sorted((post.xcom or {})["released"]) == sorted(held)
+        assert not any(_write_blocked(cluster_es, index) for index in held)
+        snapshots = cluster_es.snapshot.get(repository=data_env_repository(), snapshot=snapshot_name(day))
+        assert snapshots["snapshots"][0]["state"] == "SUCCESS"
+
+        # the restore drill from those volume snapshots: a scratch cluster in elastic holds the day as the source does
+        args = ["archive", "restore-volumes", "--day", day.isoformat(), "--no-manifest"]
+        drill = _run(stateful, _task_pod("restore_volumes", args), timeout=1800)
+        assert drill.exit_code == 0, drill.logs[-3000:]
+        restored = drill.xcom or {}
+        source = cluster_es.count(index=day_index(day))["count"]
+        assert restored["documents"] == restored["source_documents"] == source >= 1, restored
+        assert restored["snapshots"] == [name for ns, name in wanted if ns == "elastic"]
+        print(f"volume restore drill of {day}: {json.dumps(restored)}")
+        leftovers = kubectl("-n", "elastic", "get", "sts,pvc,svc", "-l", "app.kubernetes.io/name=elasticsearch-restore")
+        assert not leftovers.strip(), leftovers
+    finally:
+        with contextlib.suppress(Exception):
+            cluster_es.snapshot.delete(repository=data_env_repository(), snapshot=snapshot_name(day))
+        with contextlib.suppress(Exception):
+            cluster_es.indices.delete(index=day_index(day))
+        for namespace, name in wanted:
+            _drop_snapshot(namespace, name)
+
+
+def data_env_repository() -> str:
+    from eventpipe.settings import Settings
+
+    return Settings.from_env({**task_env(), **data_env()}).archive.repository
