@@ -253,7 +253,12 @@ def apply_overlay() -> None:
             meta = item["metadata"]
             out = kubectl("-n", meta["namespace"], "get", "sts", meta["name"], "-o", "json", "--ignore-not-found")
             keep_grown_claims(item, json.loads(out) if out.strip() else None)
-    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}), timeout=180)
+    # server-side: no last-applied annotation to go stale (an earlier client-side apply of live objects wrote
+    # resourceVersion into it, and every later patch then failed to clear it)
+    kubectl(
+        "apply", "--server-side", "--force-conflicts", "--field-manager=eventpipe-devstack", "-f", "-",
+        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}), timeout=180,
+    )  # fmt: skip
 
 
 def deploy_stateful(*, build: bool = True, timeout_s: float = 900.0) -> dict[str, float]:
