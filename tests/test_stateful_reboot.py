@@ -34,13 +34,14 @@ RECORDS, DOCUMENTS = 3000, 2000
 
 
 def _volume_handles() -> dict[str, str]:
-    """claim -> CSI volume handle of every StatefulSet claim (the same volumes must come back)."""
+    """claim -> CSI volume handle of every CSI claim in the StatefulSets' namespaces (the same must come back)."""
     handles = {}
     for namespace, *_ in WORKLOADS:
         claims = json.loads(kubectl("-n", namespace, "get", "pvc", "-o", "json"))["items"]
-        for claim in claims:
+        for claim in (c for c in claims if c["spec"].get("volumeName")):
             pv = json.loads(kubectl("get", "pv", claim["spec"]["volumeName"], "-o", "json"))
-            handles[f"{namespace}/{claim['metadata']['name']}"] = pv["spec"]["csi"]["volumeHandle"]
+            if "csi" in pv["spec"]:  # not the shared hostPath snapshot repository claim
+                handles[f"{namespace}/{claim['metadata']['name']}"] = pv["spec"]["csi"]["volumeHandle"]
     return handles
 
 
