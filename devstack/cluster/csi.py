@@ -337,6 +337,9 @@ def cloud_objects(endpoint: str, access_key: str, secret_key: str, region: str =
                 "cloud": "s3",
                 "csi.storage.k8s.io/snapshotter-secret-name": CLOUD_SECRET,
                 "csi.storage.k8s.io/snapshotter-secret-namespace": CLOUD_SECRET_NAMESPACE,
+                # ListSnapshots of a pre-provisioned content (a migration's restore) reads the same store
+                "csi.storage.k8s.io/snapshotter-list-secret-name": CLOUD_SECRET,
+                "csi.storage.k8s.io/snapshotter-list-secret-namespace": CLOUD_SECRET_NAMESPACE,
             },
         },
         {
