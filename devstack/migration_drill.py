@@ -1,0 +1,172 @@
+"""The full migration drill: live ingest, the chain (``devstack.migration``), ingest resumed on the target for
+several intervals, then the exact offset accounting, and the source brought back (the devstack's home cluster).
+
+Ingest is the pipeline's own commands run interval by interval: ``eventpipe produce`` of one interval's events
+(event time ahead of everything already in the topics, so intervals own contiguous offset ranges), then
+``eventpipe drain`` of it, the ingest DAG's task. Pausing lets the running interval finish; resuming continues
+with the next interval against the endpoints given (the target's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from devstack.migration import Chain, MigrationReport, cluster_down, cluster_up, target_env_file, workdir
+from devstack.runtime import DevstackError, subdir
+
+
+class Interval(BaseModel):
+    start: datetime
+    end: datetime
+    cluster: str
+    produce_s: float
+    drain_s: float
+    drained: dict[str, Any] = {}
+
+
+class DrillIngest:
+    """Back-to-back intervals of ``length`` event time, each produced then drained, in a thread."""
+
+    def __init__(self, env_file: Path, first: datetime, *, length: timedelta, rate: float, cluster: str = "source"):
+        self.env_file, self.next_start, self.length, self.rate = env_file, first, length, rate
+        self.cluster = cluster
+        self.intervals: list[Interval] = []
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _env(self) -> dict[str, str]:
+        values = dict(line.split("=", 1) for line in self.env_file.read_text().splitlines() if "=" in line)
+        return {**os.environ, **values, "PYTHONUNBUFFERED": "1"}
+
+    def _cli(self, *args: str) -> dict[str, Any]:
+        result = subprocess.run([sys.executable, "-m", "eventpipe.cli", *args], capture_output=True, text=True,
+                                env=self._env(), timeout=900, check=False)  # fmt: skip
+        if result.returncode != 0:
+            raise DevstackError(f"eventpipe {' '.join(args)} failed ({result.returncode}): {result.stderr[-2000:]}")
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            return {"stdout": result.stdout[-500:]}
+
+    def one_interval(self) -> Interval:
+        start, end = self.next_start, self.next_start + self.length
+        window = ["--start", start.isoformat(), "--end", end.isoformat()]
+        began = time.monotonic()
+        self._cli("produce", *window, "--rate", str(self.rate), "--no-truth", "--seed", str(int(start.timestamp())))
+        produced = time.monotonic()
+        drained = self._cli("drain", *window)
+        done = Interval(start=start, end=end, cluster=self.cluster, produce_s=round(produced - began, 3),
+                        drain_s=round(time.monotonic() - produced, 3), drained=drained)  # fmt: skip
+        self.intervals.append(done)
+        self.next_start = end
+        return done
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.one_interval()
+        except Exception as exc:  # noqa: BLE001 - reported by pause()
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="drill-ingest", daemon=True)
+        self._thread.start()
+
+    def pause(self) -> dict[str, Any]:
+        """Let the running interval finish (an interval boundary), start no new one."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.error:
+            raise DevstackError(f"ingest failed before the pause: {self.error}")
+        return {"last_interval_end": self.next_start.isoformat(), "intervals": len(self.intervals)}
+
+    def resume(self, endpoints: dict[str, str]) -> dict[str, Any]:
+        """Continue with the next interval against ``endpoints`` (the env file names them)."""
+        self.cluster = "target" if self.cluster == "source" else "source"
+        lines = [ln for ln in self.env_file.read_text().splitlines() if ln.split("=", 1)[0] not in endpoints]
+        self.env_file.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in endpoints.items())]) + "\n")
+        self.start()
+        return {"next_interval_start": self.next_start.isoformat(), "endpoints": endpoints}
+
+
+def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 60, before: int = 3, after: int = 3,
+          restore_source: bool = True) -> dict[str, Any]:  # fmt: skip
+    """One full drill; returns (and writes under the devstack's migration dir) its report."""
+    from eventpipe.events.topics import SOURCE_TOPICS
+    from eventpipe.migrate.accounting import account, elastic_offsets
+    from eventpipe.migrate.cli import target_settings
+    from eventpipe.storage.elastic import client
+
+    work = workdir()
+    chain_dir = work / "chain"
+    work.mkdir(parents=True, exist_ok=True)
+    env_file = target_env_file(work / "ingest.env")
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    ingest = DrillIngest(env_file, now + timedelta(minutes=2), length=timedelta(seconds=interval_s), rate=rate)
+    began = time.monotonic()
+    for _ in range(before):  # live ingest before the move
+        ingest.one_interval()
+    ingest.start()
+    report: MigrationReport = Chain(ingest, chain_dir, precopy=precopy).run()  # type: ignore[arg-type]
+    result: dict[str, Any] = {"migration": report.model_dump(mode="json"), "precopy": precopy, "rate": rate,
+                              "interval_s": interval_s}  # fmt: skip
+    if report.outcome == "migrated":
+        while len([i for i in ingest.intervals if i.cluster == "target"]) < after and ingest.error is None:
+            time.sleep(2)
+        ingest.pause()
+        topics = list(SOURCE_TOPICS.values())
+        settings = target_settings(env_file)
+        es = client(settings)
+        try:
+            ranges = drained_ranges(es, topics, ingest.intervals[0].start, ingest.next_start)
+            indexed, dead = elastic_offsets(es, topics)
+        finally:
+            es.close()
+        accounting = account(ranges, indexed, dead)
+        result["accounting"] = accounting.model_dump(mode="json")
+    result["intervals"] = [i.model_dump(mode="json") for i in ingest.intervals]
+    result["total_s"] = round(time.monotonic() - began, 3)
+    (work / "drill.json").write_text(json.dumps(result, indent=1, default=str))
+    if restore_source and report.outcome == "migrated":
+        cluster_down("target")
+        cluster_up("source")
+    result["workdir"] = str(work)
+    return result
+
+
+def drained_ranges(
+    es: Any, topics: list[str], first: datetime, end: datetime
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per partition, the offsets the drill's interval drains covered: [first start, last end) of the complete
+    manifests of intervals inside [first, end) (consecutive intervals cover consecutive offsets)."""
+    from elasticsearch import helpers
+
+    from eventpipe.storage.elastic import MANIFEST_INDEX
+
+    es.indices.refresh(index=MANIFEST_INDEX)
+    within = {"range": {"interval_start": {"gte": first.isoformat(), "lt": end.isoformat()}}}
+    query = {"bool": {"filter": [{"terms": {"topic": topics}}, {"term": {"kind": "interval"}}, within]}}
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for hit in helpers.scan(es, index=MANIFEST_INDEX, query={"query": query}):
+        for p in hit["_source"]["partitions"]:
+            key = (str(p["topic"]), int(p["partition"]))
+            lo, hi = ranges.get(key, (int(p["start"]), int(p["end"])))
+            ranges[key] = (min(lo, int(p["start"])), max(hi, int(p["end"])))
+    return ranges
+
+
+def drill_dir() -> Path:
+    return subdir("migration")
