@@ -1,8 +1,8 @@
 """Exact offset accounting: every Kafka offset of a topic is indexed or dead-lettered exactly once.
 
 Counts cannot show it (a duplicate and a gap cancel out), so the offsets themselves are compared: each
-partition's log range [start, end) against the offsets the events index (``kafka.offset``) and the dead
-letters (``offset``) carry. Run after a migration, with ingest drained to the log end, on the target.
+partition's accounted range [start, end) (a whole log, or the offsets some intervals' drains covered) against
+the offsets the events index (``kafka.offset``) and the dead letters (``offset``) carry inside it. Run after a migration, with ingest drained to the log end, on the target.
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ class PartitionAccount(BaseModel):
     dead_lettered: int = 0
     missing: list[int] = Field(default_factory=list)  # in the log, in neither index (first 20)
     duplicated: list[int] = Field(default_factory=list)  # more than once across both (first 20)
-    outside: list[int] = Field(default_factory=list)  # indexed but not in the log range (first 20)
     missing_count: int = 0
     duplicated_count: int = 0
 
     @property
     def exact(self) -> bool:
-        return not (self.missing_count or self.duplicated_count or self.outside)
+        return not (self.missing_count or self.duplicated_count)
 
 
 class Accounting(BaseModel):
@@ -51,8 +50,8 @@ def account(ranges: dict[tuple[str, int], tuple[int, int]], indexed: Offsets, de
     for kind, offsets in (("indexed", indexed), ("dead_lettered", dead)):
         for topic, partition, offset in offsets:
             key = (topic, partition)
-            if key not in ranges:
-                continue  # another topic's; only the named ones are accounted
+            if key not in ranges or not ranges[key][0] <= offset < ranges[key][1]:
+                continue  # outside the accounted ranges: other topics', other intervals'
             seen[key][offset] += 1
             kinds[key][kind] += 1
     parts = []
@@ -60,7 +59,6 @@ def account(ranges: dict[tuple[str, int], tuple[int, int]], indexed: Offsets, de
         counts = seen[(topic, partition)]
         missing = [o for o in range(start, end) if o not in counts]
         dupes = sorted(o for o, n in counts.items() if n > 1)
-        outside = sorted(o for o in counts if not start <= o < end)
         parts.append(
             PartitionAccount(
                 topic=topic,
@@ -71,7 +69,6 @@ def account(ranges: dict[tuple[str, int], tuple[int, int]], indexed: Offsets, de
                 dead_lettered=kinds[(topic, partition)]["dead_lettered"],
                 missing=missing[:20],
                 duplicated=dupes[:20],
-                outside=outside[:20],
                 missing_count=len(missing),
                 duplicated_count=len(dupes),
             )
