@@ -95,8 +95,10 @@ def devstack(cluster: str, *args: str, timeout: float = 3600) -> None:
 
 
 def cluster_up(cluster: str) -> None:
-    devstack(cluster, "k8s")
-    devstack(cluster, "k8s-stateful")
+    """The cluster and its StatefulSets; images are not rebuilt (the migration moves data, not code: a rebuild
+    from this checkout would also replace the image the source's pods run)."""
+    devstack(cluster, "k8s", "--no-build")
+    devstack(cluster, "k8s-stateful", "--no-build")
 
 
 def cluster_down(cluster: str) -> None:
@@ -274,9 +276,9 @@ class Chain:
             self.step("carry the volume keys", self._carry_keys)
             self.step("source down (state kept)", lambda: cluster_down("source"))
             self.step("target: fresh state", lambda: {"removed": wipe_target()})
-            self.step("target up", lambda: devstack("target", "k8s"))
+            self.step("target up", lambda: devstack("target", "k8s", "--no-build"))
             self.step("restore PVCs from the cloud snapshots", self._restore)
-            self.step("StatefulSets on the target", lambda: devstack("target", "k8s-stateful"))
+            self.step("StatefulSets on the target", lambda: devstack("target", "k8s-stateful", "--no-build"))
             self.step("verify against the inventory", self._verify)
         except Exception as exc:  # noqa: BLE001 - every failure ends in the rollback, with its message
             self.report.error = f"{type(exc).__name__}: {exc}"

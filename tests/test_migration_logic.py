@@ -201,7 +201,7 @@ def test_a_failed_verify_takes_the_target_down_and_the_source_up_again(
     report = chain.run()
     assert report.outcome == "rolled back" and report.paused_window_s is None
     assert calls[calls.index("down source") :] == [
-        "down source", "wipe target", "target: k8s", "_restore", "target: k8s-stateful",
+        "down source", "wipe target", "target: k8s --no-build", "_restore", "target: k8s-stateful --no-build",
         "down target", "up source", "resume",
     ]  # fmt: skip
     saved = json.loads((tmp_path / "m" / "report.json").read_text())
