@@ -354,13 +354,9 @@ def cloud_objects(endpoint: str, access_key: str, secret_key: str, region: str =
     ]  # fmt: skip
 
 
-def apply_cloud_objects() -> None:
-    """:func:`cloud_objects` for the devstack's S3 server (credentials on stdin, never argv)."""
-    from devstack.s3 import S3Server
-    from devstack.stack import DEVSTACK_CREDENTIALS
-
-    items = cloud_objects(f"http://127.0.0.1:{S3Server.port}", DEVSTACK_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          DEVSTACK_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+def apply_cloud_objects(endpoint: str, access_key: str, secret_key: str) -> None:
+    """:func:`cloud_objects` applied (credentials on stdin, never argv)."""
+    items = cloud_objects(endpoint, access_key, secret_key)
     kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
             stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))  # fmt: skip
 
@@ -508,7 +504,6 @@ def install() -> dict[str, float]:
     step("build external-snapshotter", lambda: build_snapshotter(go))
     step("snapshot-controller + csi-snapshotter", lambda: [
         _start(p, SNAPSHOTTER_VERSION) for p in ("csi-snapshot-controller", "csi-snapshotter")])  # fmt: skip
-    step("cloud snapshot class, restore class, S3 secret", apply_cloud_objects)
     time.sleep(1)
     for process in PROCESSES:
         if pid_of(process) is None:
