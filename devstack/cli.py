@@ -182,8 +182,8 @@ def migrate(
         bool, typer.Option(help="Ship a pre-copy pass while ingest runs (only the delta paused)")
     ] = True,
     rate: Annotated[float, typer.Option(help="Events per second of event time while the drill ingests")] = 200.0,
-    interval_s: Annotated[int, typer.Option(help="Length of one ingest interval (event time)")] = 60,
-    before: Annotated[int, typer.Option(help="Intervals ingested on the source before the move")] = 3,
+    interval_s: Annotated[int, typer.Option(help="Length of one ingest interval (paced to the clock)")] = 30,
+    before: Annotated[int, typer.Option(help="Intervals ingested on the source before the move")] = 2,
     after: Annotated[int, typer.Option(help="Intervals ingested on the target after the move")] = 3,
     restore_source: Annotated[
         bool, typer.Option(help="At the end: target down, source up again (the devstack's home cluster)")

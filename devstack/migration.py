@@ -73,7 +73,7 @@ class Ingest(Protocol):
 
     def pause(self) -> None: ...
 
-    def resume(self, endpoints: dict[str, str]) -> None: ...
+    def resume(self, endpoints: dict[str, str], cluster: str) -> None: ...
 
 
 def _say(message: str) -> None:
@@ -284,7 +284,7 @@ class Chain:
             self.report.error = f"{type(exc).__name__}: {exc}"
             _say(f"failed: {self.report.error}")
         if self.report.error is None and not self.report.differences:
-            self.step("switch endpoints and resume", lambda: self.ingest.resume(HOST_ENDPOINTS))
+            self.step("switch endpoints and resume", lambda: self.ingest.resume(HOST_ENDPOINTS, "target"))
             self.report.paused_window_s = round(time.monotonic() - paused, 3)
             self.report.outcome = "migrated"
         else:
@@ -297,7 +297,7 @@ class Chain:
         try:
             self.step("rollback: target down", lambda: cluster_down("target"))
             self.step("rollback: source up", lambda: cluster_up("source"))
-            self.step("rollback: resume ingest on the source", lambda: self.ingest.resume(HOST_ENDPOINTS))
+            self.step("rollback: resume ingest on the source", lambda: self.ingest.resume(HOST_ENDPOINTS, "source"))
             self.report.outcome = "rolled back"
         except Exception as exc:  # noqa: BLE001
             self.report.outcome = "failed"

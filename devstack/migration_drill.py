@@ -60,7 +60,11 @@ class DrillIngest:
             return {"stdout": result.stdout[-500:]}
 
     def one_interval(self) -> Interval:
+        """Paced to the wall clock: an interval is produced once it has begun (Kafka refuses timestamps too
+        far ahead, and a live pipeline's event time is its clock), then drained."""
         start, end = self.next_start, self.next_start + self.length
+        while (wait := (start - datetime.now(timezone.utc)).total_seconds()) > 0 and not self._stop.is_set():
+            time.sleep(min(wait, 1.0))
         window = ["--start", start.isoformat(), "--end", end.isoformat()]
         began = time.monotonic()
         self._cli("produce", *window, "--rate", str(self.rate), "--no-truth", "--seed", str(int(start.timestamp())))
@@ -93,29 +97,24 @@ class DrillIngest:
             raise DevstackError(f"ingest failed before the pause: {self.error}")
         return {"last_interval_end": self.next_start.isoformat(), "intervals": len(self.intervals)}
 
-    def resume(self, endpoints: dict[str, str]) -> dict[str, Any]:
-        """Continue with the next interval against ``endpoints`` (the env file names them)."""
-        self.cluster = "target" if self.cluster == "source" else "source"
+    def resume(self, endpoints: dict[str, str], cluster: str) -> dict[str, Any]:
+        """Continue with the next interval against ``endpoints`` (the env file names them) on ``cluster``."""
+        self.cluster = cluster
         lines = [ln for ln in self.env_file.read_text().splitlines() if ln.split("=", 1)[0] not in endpoints]
         self.env_file.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in endpoints.items())]) + "\n")
         self.start()
         return {"next_interval_start": self.next_start.isoformat(), "endpoints": endpoints}
 
 
-def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 60, before: int = 3, after: int = 3,
+def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 30, before: int = 2, after: int = 3,
           restore_source: bool = True) -> dict[str, Any]:  # fmt: skip
     """One full drill; returns (and writes under the devstack's migration dir) its report."""
-    from eventpipe.events.topics import SOURCE_TOPICS
-    from eventpipe.migrate.accounting import account, elastic_offsets
-    from eventpipe.migrate.cli import target_settings
-    from eventpipe.storage.elastic import client
-
     work = workdir()
     chain_dir = work / "chain"
     work.mkdir(parents=True, exist_ok=True)
     env_file = target_env_file(work / "ingest.env")
-    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
-    ingest = DrillIngest(env_file, now + timedelta(minutes=2), length=timedelta(seconds=interval_s), rate=rate)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    ingest = DrillIngest(env_file, now + timedelta(seconds=5), length=timedelta(seconds=interval_s), rate=rate)
     began = time.monotonic()
     for _ in range(before):  # live ingest before the move
         ingest.one_interval()
@@ -123,28 +122,51 @@ def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 60, be
     report: MigrationReport = Chain(ingest, chain_dir, precopy=precopy).run()  # type: ignore[arg-type]
     result: dict[str, Any] = {"migration": report.model_dump(mode="json"), "precopy": precopy, "rate": rate,
                               "interval_s": interval_s}  # fmt: skip
-    if report.outcome == "migrated":
-        while len([i for i in ingest.intervals if i.cluster == "target"]) < after and ingest.error is None:
-            time.sleep(2)
+    try:
+        if report.outcome == "migrated":
+            while len([i for i in ingest.intervals if i.cluster == "target"]) < after and ingest.error is None:
+                time.sleep(2)
         ingest.pause()
-        topics = list(SOURCE_TOPICS.values())
-        settings = target_settings(env_file)
-        es = client(settings)
-        try:
-            ranges = drained_ranges(es, topics, ingest.intervals[0].start, ingest.next_start)
-            indexed, dead = elastic_offsets(es, topics)
-        finally:
-            es.close()
-        accounting = account(ranges, indexed, dead)
-        result["accounting"] = accounting.model_dump(mode="json")
-    result["intervals"] = [i.model_dump(mode="json") for i in ingest.intervals]
-    result["total_s"] = round(time.monotonic() - began, 3)
-    (work / "drill.json").write_text(json.dumps(result, indent=1, default=str))
-    if restore_source and report.outcome == "migrated":
-        cluster_down("target")
-        cluster_up("source")
+        if report.outcome == "migrated":
+            result["accounting"] = accounting(env_file, ingest).model_dump(mode="json")
+        result["paused"] = paused_windows(report)
+    finally:
+        result["intervals"] = [i.model_dump(mode="json") for i in ingest.intervals]
+        result["total_s"] = round(time.monotonic() - began, 3)
+        (work / "drill.json").write_text(json.dumps(result, indent=1, default=str))
+        if restore_source and report.outcome == "migrated":
+            cluster_down("target")
+            cluster_up("source")
     result["workdir"] = str(work)
     return result
+
+
+def accounting(env_file: Path, ingest: DrillIngest) -> Any:
+    """Every offset the drill's intervals covered, before and after the move, against the target's indices."""
+    from eventpipe.events.topics import SOURCE_TOPICS
+    from eventpipe.migrate.accounting import account, elastic_offsets
+    from eventpipe.migrate.cli import target_settings
+    from eventpipe.storage.elastic import client
+
+    topics = list(SOURCE_TOPICS.values())
+    es = client(target_settings(env_file))
+    try:
+        ranges = drained_ranges(es, topics, ingest.intervals[0].start, ingest.next_start)
+        indexed, dead = elastic_offsets(es, topics)
+    finally:
+        es.close()
+    return account(ranges, indexed, dead)
+
+
+def paused_windows(report: MigrationReport) -> dict[str, float | None]:
+    """The paused window measured, and without pre-copy: the final pass would have shipped everything, which
+    is what the pre-copy pass took (an estimate from the same run; ``--no-precopy`` measures it)."""
+    passes = {p.label: p.seconds for p in report.passes}
+    without = None
+    if report.paused_window_s is not None and "precopy" in passes and "final" in passes:
+        without = round(report.paused_window_s - passes["final"] + passes["precopy"], 3)
+    return {"with_precopy_s" if "precopy" in passes else "without_precopy_s": report.paused_window_s,
+            "without_precopy_estimate_s": without}  # fmt: skip
 
 
 def drained_ranges(

@@ -172,8 +172,8 @@ class _Ingest:
     def pause(self) -> None:
         self.calls.append("pause")
 
-    def resume(self, endpoints: dict[str, str]) -> None:
-        self.calls.append("resume")
+    def resume(self, endpoints: dict[str, str], cluster: str) -> None:
+        self.calls.append(f"resume on {cluster}")
 
 
 def _chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, differences: list[str]) -> tuple[Any, list[str]]:
@@ -202,7 +202,7 @@ def test_a_failed_verify_takes_the_target_down_and_the_source_up_again(
     assert report.outcome == "rolled back" and report.paused_window_s is None
     assert calls[calls.index("down source") :] == [
         "down source", "wipe target", "target: k8s --no-build", "_restore", "target: k8s-stateful --no-build",
-        "down target", "up source", "resume",
+        "down target", "up source", "resume on source",
     ]  # fmt: skip
     saved = json.loads((tmp_path / "m" / "report.json").read_text())
     assert saved["differences"] == ["kafka iot.telemetry/0 log_end: source 10, target 9"]
@@ -213,7 +213,7 @@ def test_a_passing_verify_switches_and_resumes_on_the_target(tmp_path: Path, mon
     report = chain.run()
     assert report.outcome == "migrated" and report.paused_window_s is not None
     assert calls[:3] == ["_pass", "pause", "_flush_elasticsearch"]  # the pre-copy runs before the pause
-    assert calls[-1] == "resume" and "up source" not in calls
+    assert calls[-1] == "resume on target" and "up source" not in calls
     assert [s.name for s in report.steps][-1] == "switch endpoints and resume"
 
 
@@ -227,7 +227,7 @@ def test_a_step_that_raises_rolls_back_with_its_message(tmp_path: Path, monkeypa
     report = chain.run()
     assert report.outcome == "rolled back"
     assert report.error == "TimeoutError: VolumeSnapshots not readyToUse after 1800s: ['kafka/data-kafka-0-final']"
-    assert calls[-3:] == ["down target", "up source", "resume"]
+    assert calls[-3:] == ["down target", "up source", "resume on source"]
 
 
 def test_devstack_migrate_exits_3_when_the_move_rolled_back(monkeypatch: pytest.MonkeyPatch) -> None:
