@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EP := $(BIN)/eventpipe
 
 .PHONY: help setup install services monitoring demo test test-random test-fast lint bench down status clean k8s test-k8s test-csi \
-  compose-plugin images test-compose
+  compose-plugin images test-compose drill-migrate
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-11s %s\n", $$1, $$2 }'
@@ -101,6 +101,10 @@ k8s: install k8s-host  ## opt-in: local Kubernetes (built from the Go proxy on f
 
 test-k8s: k8s  ## the k8s-marked tests against the local cluster
 	$(BIN)/python -m pytest -ra -m "k8s or csi"
+
+drill-migrate: k8s  ## opt-in: migration drill (Kafka + ES to a 2nd cluster and back), docs/bench/migration.*
+	$(EP) devstack k8s-stateful
+	$(BIN)/python bench/drill_migrate.py --out docs/bench
 
 test-csi: install  ## the CSI driver's Go tests and csi-sanity, as root, without a cluster
 	$(BIN)/python -m pytest -ra -s -m csi tests/test_csi_driver.py

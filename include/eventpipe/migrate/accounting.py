@@ -2,7 +2,8 @@
 
 Counts cannot show it (a duplicate and a gap cancel out), so the offsets themselves are compared: each
 partition's accounted range [start, end) (a whole log, or the offsets some intervals' drains covered) against
-the offsets the events index (``kafka.offset``) and the dead letters (``offset``) carry inside it. Run after a migration, with ingest drained to the log end, on the target.
+the offsets the events index (``kafka.offset``) and the dead letters (``offset``) carry inside it. Run after
+a migration, with ingest drained to the log end, on the target.
 """
 
 from __future__ import annotations
