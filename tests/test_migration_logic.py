@@ -239,3 +239,29 @@ def test_devstack_migrate_exits_3_when_the_move_rolled_back(monkeypatch: pytest.
     result = CliRunner().invoke(app, ["migrate"])
     assert result.exit_code == migration.EXIT_ROLLED_BACK == 3
     assert "index x: source 1, target 0" in result.output
+
+
+def test_the_paused_window_without_precopy_is_estimated_from_the_same_run() -> None:
+    from devstack.migration import MigrationReport, Pass
+    from devstack.migration_drill import paused_windows
+
+    report = MigrationReport(
+        paused_window_s=400.0,
+        passes=[Pass(label="precopy", seconds=90.0, snapshots=6, uploaded_chunks=900, uploaded_bytes=3 << 30),
+                Pass(label="final", seconds=12.0, snapshots=6, uploaded_chunks=20, uploaded_bytes=80 << 20)],
+    )  # fmt: skip
+    assert paused_windows(report) == {"with_precopy_s": 400.0, "without_precopy_estimate_s": 478.0}
+    only_final = MigrationReport(paused_window_s=480.0, passes=[report.passes[1]])
+    assert paused_windows(only_final) == {"without_precopy_s": 480.0, "without_precopy_estimate_s": None}
+
+
+def test_the_target_env_file_names_the_host_endpoints_and_is_private(tmp_path: Path) -> None:
+    from devstack.cluster.stateful import HOST_ENDPOINTS
+    from eventpipe.migrate.cli import target_settings
+
+    path = migration.target_env_file(tmp_path / "t.env")
+    assert path.stat().st_mode & 0o777 == 0o600  # holds the S3 credentials
+    settings = target_settings(path)
+    assert settings.kafka.bootstrap == HOST_ENDPOINTS["EVENTPIPE_KAFKA_BOOTSTRAP"] == "10.244.0.1:31090"
+    assert settings.elastic.url == HOST_ENDPOINTS["EVENTPIPE_ES_URL"]
+    assert settings.s3.access_key is not None
