@@ -167,6 +167,7 @@ class Chain:
         self.ingest, self.workdir, self.precopy = ingest, workdir, precopy
         self.topics = topics or list(SOURCE_TOPICS.values())
         self.report = MigrationReport()
+        self.source_down = self.target_up = self.paused = False
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o700)  # the carried keys pass through here
         # both clusters' host endpoints are the same node IP and NodePorts (only one runs at a time)
@@ -251,31 +252,47 @@ class Chain:
                 kube.create(obj)
         return {"claims": [f"{s.namespace}/{s.pvc}" for s in snaps], "from_pass": label}
 
-    def _verify(self) -> dict[str, Any]:
+    def _verify(self, settle_s: float = 300.0) -> dict[str, Any]:
+        """Compare the target with the saved inventory. Pods Ready is not the data served yet (partition
+        leaders being elected, shards initialising), so a difference or an unreachable side is retried for
+        ``settle_s``; what remains then is the verdict."""
         from eventpipe.migrate.cli import load_inventory
         from eventpipe.migrate.inventory import take_inventory
         from eventpipe.migrate.verify import compare
 
         source = load_inventory(self.workdir / "inventory.json")
-        target = take_inventory(self.settings(), self.topics)
-        (self.workdir / "target-inventory.json").write_text(target.model_dump_json(indent=1))
-        self.report.differences = [str(d) for d in compare(source, target)]
-        return {"identical": not self.report.differences, "differences": len(self.report.differences)}
+        deadline, attempts = time.monotonic() + settle_s, 0
+        while True:
+            attempts += 1
+            try:
+                target = take_inventory(self.settings(), self.topics)
+                self.report.differences = [str(d) for d in compare(source, target)]
+            except Exception as exc:  # noqa: BLE001 - retried until the deadline, then reported
+                target, self.report.differences = None, [f"target inventory failed: {type(exc).__name__}: {exc}"]
+            if not self.report.differences or time.monotonic() > deadline:
+                break
+            time.sleep(10)
+        if target is not None:
+            (self.workdir / "target-inventory.json").write_text(target.model_dump_json(indent=1))
+        return {"identical": not self.report.differences, "differences": len(self.report.differences),
+                "attempts": attempts}  # fmt: skip
 
     def run(self) -> MigrationReport:
         try:
             if self.precopy:
                 self.step("pre-copy: cloud snapshots while ingest runs", lambda: self._pass("precopy"))
             self.step("pause ingest at an interval boundary", lambda: self.ingest.pause())
-            paused = time.monotonic()
+            self.paused, paused = True, time.monotonic()
             self.step("flush Elasticsearch", self._flush_elasticsearch)
             began = time.monotonic()
             self.step("final cloud snapshots", lambda: self._pass("final"))
             self.report.paused_snapshot_s = round(time.monotonic() - began, 3)
             self.step("inventory of the source", self._inventory)
             self.step("carry the volume keys", self._carry_keys)
+            self.source_down = True  # from here on a failure brings it back up, even a half-stopped one
             self.step("source down (state kept)", lambda: cluster_down("source"))
             self.step("target: fresh state", lambda: {"removed": wipe_target()})
+            self.target_up = True
             self.step("target up", lambda: devstack("target", "k8s", "--no-build"))
             self.step("restore PVCs from the cloud snapshots", self._restore)
             self.step("StatefulSets on the target", lambda: devstack("target", "k8s-stateful", "--no-build"))
@@ -293,11 +310,16 @@ class Chain:
         return self.report
 
     def rollback(self) -> None:
-        """The pipeline back on the source, untouched: target down (if up), source up, ingest resumed there."""
+        """The pipeline back on the source, untouched: target down (if up), source up (if down), ingest resumed
+        there (if paused)."""
         try:
-            self.step("rollback: target down", lambda: cluster_down("target"))
-            self.step("rollback: source up", lambda: cluster_up("source"))
-            self.step("rollback: resume ingest on the source", lambda: self.ingest.resume(HOST_ENDPOINTS, "source"))
+            if self.target_up:
+                self.step("rollback: target down", lambda: cluster_down("target"))
+            if self.source_down:
+                self.step("rollback: source up", lambda: cluster_up("source"))
+            if self.paused:
+                self.step("rollback: resume ingest on the source",
+                          lambda: self.ingest.resume(HOST_ENDPOINTS, "source"))  # fmt: skip
             self.report.outcome = "rolled back"
         except Exception as exc:  # noqa: BLE001
             self.report.outcome = "failed"

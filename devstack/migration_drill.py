@@ -102,7 +102,8 @@ class DrillIngest:
         self.cluster = cluster
         lines = [ln for ln in self.env_file.read_text().splitlines() if ln.split("=", 1)[0] not in endpoints]
         self.env_file.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in endpoints.items())]) + "\n")
-        self.start()
+        if self._thread is None or not self._thread.is_alive():
+            self.start()
         return {"next_interval_start": self.next_start.isoformat(), "endpoints": endpoints}
 
 

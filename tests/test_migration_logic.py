@@ -265,3 +265,17 @@ def test_the_target_env_file_names_the_host_endpoints_and_is_private(tmp_path: P
     assert settings.kafka.bootstrap == HOST_ENDPOINTS["EVENTPIPE_KAFKA_BOOTSTRAP"] == "10.244.0.1:31090"
     assert settings.elastic.url == HOST_ENDPOINTS["EVENTPIPE_ES_URL"]
     assert settings.s3.access_key is not None
+
+
+def test_a_precopy_that_fails_leaves_both_clusters_and_ingest_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain, calls = _chain(tmp_path, monkeypatch, [])
+
+    def refused(label: str) -> dict[str, Any]:
+        raise PermissionError("S3 refused the credentials (InvalidAccessKeyId)")
+
+    monkeypatch.setattr(chain, "_pass", refused)
+    report = chain.run()
+    assert report.outcome == "rolled back" and report.error.startswith("PermissionError: S3 refused")
+    assert calls == []  # nothing stopped, nothing started, ingest never paused
