@@ -168,6 +168,7 @@ class Chain:
         self.topics = topics or list(SOURCE_TOPICS.values())
         self.report = MigrationReport()
         self.source_down = self.target_up = self.paused = False
+        self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dt%H%M%S")  # in snapshot names: lowercase
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o700)  # the carried keys pass through here
         # both clusters' host endpoints are the same node IP and NodePorts (only one runs at a time)
@@ -200,7 +201,8 @@ class Chain:
         s3 = s3_client(self.settings())
         before = store_chunks(s3, csi.CLOUD_BUCKET, csi.CLOUD_PREFIX)
         began = time.monotonic()
-        snaps = take_pass(kube, claims, label, csi.CLOUD_SNAPSHOT_CLASS)
+        # named per run: a retried step finds its own snapshots, a later drill never reuses an earlier one's
+        snaps = take_pass(kube, claims, f"{label}-{self.run_id}", csi.CLOUD_SNAPSHOT_CLASS)
         seconds = time.monotonic() - began
         chunks, size = uploaded(before, store_chunks(s3, csi.CLOUD_BUCKET, csi.CLOUD_PREFIX))
         self.report.passes.append(Pass(label=label, seconds=round(seconds, 3), snapshots=len(snaps),
