@@ -279,3 +279,35 @@ def test_a_precopy_that_fails_leaves_both_clusters_and_ingest_alone(
     report = chain.run()
     assert report.outcome == "rolled back" and report.error.startswith("PermissionError: S3 refused")
     assert calls == []  # nothing stopped, nothing started, ingest never paused
+
+
+class _Snapshots:
+    """Statuses a snapshot controller reports over time, one list per VolumeSnapshot."""
+
+    def __init__(self, timeline: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+        self.timeline = timeline
+
+    def snapshot_status(self, namespace: str, name: str) -> dict[str, Any]:
+        seq = self.timeline[(namespace, name)]
+        return seq.pop(0) if len(seq) > 1 else seq[0]
+
+
+def test_a_snapshot_error_the_controller_retries_past_is_not_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventpipe.migrate import volumes
+
+    monkeypatch.setattr(volumes.time, "sleep", lambda _: None)
+    cut = {"error": {"message": "rpc error: code = Unavailable desc = upload to S3 cut"}}
+    kube = _Snapshots({("k", "a"): [cut, {"readyToUse": True, "boundVolumeSnapshotContentName": "c"}]})
+    ready = volumes.wait_ready(kube, [("k", "a")], 60)  # type: ignore[arg-type]
+    assert ready[("k", "a")]["boundVolumeSnapshotContentName"] == "c"
+
+
+def test_a_snapshot_that_never_turns_ready_times_out_naming_its_last_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventpipe.migrate import volumes
+
+    ticks = iter(range(0, 1000, 10))
+    monkeypatch.setattr(volumes.time, "sleep", lambda _: None)
+    denied = {"error": {"message": "PermissionDenied: S3 refused the credentials (InvalidAccessKeyId)"}}
+    kube = _Snapshots({("k", "a"): [denied], ("k", "b"): [{"readyToUse": True}]})
+    with pytest.raises(TimeoutError, match=r"after 30s: \['k/a'\]; last errors: .*InvalidAccessKeyId"):
+        volumes.wait_ready(kube, [("k", "a"), ("k", "b")], 30, clock=lambda: next(ticks))  # type: ignore[arg-type]

@@ -170,27 +170,30 @@ class Kube:
 def wait_ready(
     kube: Kube, names: list[tuple[str, str]], timeout_s: float, *, clock: Callable[[], float] = time.monotonic
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Wait until every (namespace, VolumeSnapshot) is readyToUse; its status. A snapshot error fails at once
-    (a stuck upload would otherwise look like a slow one)."""
+    """Wait until every (namespace, VolumeSnapshot) is readyToUse; its status. An error the snapshot controller
+    reports is retried by it (a cut upload resumes), so it only decides the message when the time is up."""
     deadline = clock() + timeout_s
     ready: dict[tuple[str, str], dict[str, Any]] = {}
+    errors: dict[str, str] = {}
     while True:
         for key in [k for k in names if k not in ready]:
             status = kube.snapshot_status(*key)
-            if status.get("error", {}).get("message"):
-                raise RuntimeError(f"VolumeSnapshot {key[0]}/{key[1]} failed: {status['error']['message']}")
+            if message := (status.get("error") or {}).get("message"):
+                errors[f"{key[0]}/{key[1]}"] = message
             if status.get("readyToUse"):
                 ready[key] = status
+                errors.pop(f"{key[0]}/{key[1]}", None)
         if len(ready) == len(names):
             return ready
         if clock() > deadline:
             pending = sorted(f"{ns}/{n}" for ns, n in names if (ns, n) not in ready)
-            raise TimeoutError(f"VolumeSnapshots not readyToUse after {timeout_s:.0f}s: {pending}")
+            detail = f"; last errors: {errors}" if errors else ""
+            raise TimeoutError(f"VolumeSnapshots not readyToUse after {timeout_s:.0f}s: {pending}{detail}")
         time.sleep(1)
 
 
 def take_pass(
-    kube: Kube, claims: list[Claim], label: str, snapshot_class: str, timeout_s: float = 1800
+    kube: Kube, claims: list[Claim], label: str, snapshot_class: str, timeout_s: float = 900
 ) -> list[CloudSnapshot]:
     """One snapshot of every claim (created together, so they are as close in time as the API allows)."""
     objects = snapshot_manifests(claims, label, snapshot_class)
