@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from devstack.migration import Chain, MigrationReport, cluster_down, cluster_up, target_env_file, workdir
-from devstack.runtime import DevstackError, subdir
+from devstack.runtime import DevstackError, log_path, subdir
 
 
 class Interval(BaseModel):
@@ -131,6 +132,10 @@ def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 30, be
         if report.outcome == "migrated":
             result["accounting"] = accounting(env_file, ingest).model_dump(mode="json")
         result["paused"] = paused_windows(report)
+        final = chain_dir / f"snapshots-{report.passes[-1].label}.json" if report.passes else None
+        if final is not None and final.exists():
+            handles = {s["handle"] for s in json.loads(final.read_text())}
+            result["restores"] = restore_times(log_path("target-csi-driver"), handles)
     finally:
         result["intervals"] = [i.model_dump(mode="json") for i in ingest.intervals]
         result["total_s"] = round(time.monotonic() - began, 3)
@@ -168,6 +173,29 @@ def paused_windows(report: MigrationReport) -> dict[str, float | None]:
         without = round(report.paused_window_s - passes["final"] + passes["precopy"], 3)
     return {"with_precopy_s" if "precopy" in passes else "without_precopy_s": report.paused_window_s,
             "without_precopy_estimate_s": without}  # fmt: skip
+
+
+RESTORED = re.compile(
+    r"^(?P<at>\S+ \S+) restored cloud snapshot (?P<id>\S+) from \S+ \((?P<chunks>\d+) chunks, .*?\((?P<bytes>\d+) "
+    r"bytes\) stored\) in (?P<took>\S+)$"
+)
+
+
+def restore_times(log: Path, handles: set[str]) -> list[dict[str, Any]]:
+    """Per restored claim, what the target's driver logged: chunks, bytes stored and the time the restore from
+    S3 took (a Go duration, e.g. ``1.46s`` or ``1m2.5s``)."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if (m := RESTORED.match(line)) and m["id"] in handles:
+            found.append({"snapshot": m["id"], "chunks": int(m["chunks"]), "bytes": int(m["bytes"]),
+                          "seconds": round(go_duration(m["took"]), 3)})  # fmt: skip
+    return found
+
+
+def go_duration(text: str) -> float:
+    """Seconds of a Go ``time.Duration`` string (``1h2m3.5s``, ``850ms``, ``12µs``)."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(h|ms|us|µs|ns|m|s)", text))
 
 
 def drained_ranges(

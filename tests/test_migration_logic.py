@@ -311,3 +311,22 @@ def test_a_snapshot_that_never_turns_ready_times_out_naming_its_last_error(monke
     kube = _Snapshots({("k", "a"): [denied], ("k", "b"): [{"readyToUse": True}]})
     with pytest.raises(TimeoutError, match=r"after 30s: \['k/a'\]; last errors: .*InvalidAccessKeyId"):
         volumes.wait_ready(kube, [("k", "a"), ("k", "b")], 30, clock=lambda: next(ticks))  # type: ignore[arg-type]
+
+
+def test_restore_times_come_from_the_target_drivers_log(tmp_path: Path) -> None:
+    from devstack.migration_drill import go_duration, restore_times
+
+    log = tmp_path / "target-csi-driver.log"
+    log.write_text(
+        "2026/12/07 02:38:17 restored cloud snapshot snapshot-a from s3://eventpipe-snapshots/volumes "
+        "(16 chunks, 28Mi (29360128 bytes) stored) in 1.463808284s\n"
+        "2026/12/07 02:39:00 restored cloud snapshot snapshot-other from s3://b/volumes (1 chunks, 4Mi (4194304 bytes) "
+        "stored) in 2s\n"
+        "2026/12/07 02:40:00 restored cloud snapshot snapshot-b from s3://b/volumes (300 chunks, 1.1Gi (1181116006 "
+        "bytes) stored) in 1m2.5s\n"
+    )
+    assert restore_times(log, {"snapshot-a", "snapshot-b"}) == [
+        {"snapshot": "snapshot-a", "chunks": 16, "bytes": 29360128, "seconds": 1.464},
+        {"snapshot": "snapshot-b", "chunks": 300, "bytes": 1181116006, "seconds": 62.5},
+    ]
+    assert go_duration("850ms") == pytest.approx(0.85) and go_duration("1h2m3s") == 3723
