@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--from", dest="source", type=Path, help="An existing drill.json: only write the report")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-precopy", action="store_true")
+    parser.add_argument("--interval-s", type=int, default=30)
+    parser.add_argument("--before", type=int, default=2, help="intervals ingested on the source before the move")
+    parser.add_argument("--after", type=int, default=3, help="intervals ingested on the target after the move")
     args = parser.parse_args()
     run = Run("migration")
     if args.source:
@@ -50,7 +53,7 @@ def main() -> None:
     else:
         from devstack.migration_drill import drill
 
-        result = drill(precopy=not args.no_precopy)
+        result = drill(precopy=not args.no_precopy, interval_s=args.interval_s, before=args.before, after=args.after)
     bars = [(s["name"][:48], s["seconds"]) for s in result["migration"]["steps"]]
     run.write({"summary": summary(result), **result}, [("total", result.get("total_s", 0.0)), *bars],
               xlabel="seconds", title="Migration drill: Kafka + Elasticsearch StatefulSets, source -> target cluster",
