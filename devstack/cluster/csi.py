@@ -420,15 +420,17 @@ def _argv(process: str) -> list[str]:
     }[process]  # fmt: skip
 
 
-def _start(process: str, build_key: str) -> None:
-    """Start ``process`` unless it runs the current build already (a rebuilt binary restarts it)."""
+def _start(process: str, build_key: str) -> bool:
+    """Start ``process`` unless it runs the current build already (a rebuilt binary restarts it); True if it
+    (re)started."""
     name = CLUSTER.proc(process)
     started = subdir("csi", "run") / f"{name}.build"
     if pid_of(name) is not None and started.exists() and started.read_text() == build_key:
-        return
+        return False
     stop_process(name)
     start_process(name, _argv(process))
     started.write_text(build_key)
+    return True
 
 
 def driver_registered() -> bool:
@@ -495,7 +497,11 @@ def install() -> dict[str, float]:
     driver_build = driver_key()
 
     def driver() -> None:
-        _start("csi-driver", driver_build)
+        if _start("csi-driver", driver_build):
+            # the sidecars hold a connection to the old socket: csi-snapshotter exits on its next call ("Lost
+            # connection to CSI driver, exiting") and nothing restarts it, so they restart with the driver
+            for sidecar in ("csi-provisioner", "csi-snapshotter"):
+                stop_process(CLUSTER.proc(sidecar))
         _wait(driver_registered, "csi-driver", "the kubelet registering the CSI driver", 60)
 
     step("driver registered", driver)
