@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EP := $(BIN)/eventpipe
 
 .PHONY: help setup install services monitoring demo test test-random test-fast lint bench down status clean k8s test-k8s test-csi \
-  compose-plugin images test-compose drill-restarts
+  compose-plugin images test-compose drill-restarts drill-migrate
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-11s %s\n", $$1, $$2 }'
@@ -111,6 +111,10 @@ test-k8s: k8s  ## the k8s-marked tests against the local cluster
 # `make k8s` and `eventpipe devstack k8s-stateful`; writes bench/results/restarts.json/.png (docs/bench/restarts.md).
 drill-restarts: install  ## opt-in: the restart and expansion drill against the cluster's Kafka and Elasticsearch
 	$(BIN)/python bench/drill_restarts.py
+
+drill-migrate: k8s  ## opt-in: migration drill (Kafka + ES to a 2nd cluster and back), docs/bench/migration.*
+	$(EP) devstack k8s-stateful
+	$(BIN)/python bench/drill_migrate.py --out docs/bench
 
 test-csi: install  ## the CSI driver's Go tests and csi-sanity, as root, without a cluster
 	$(BIN)/python -m pytest -ra -s -m csi tests/test_csi_driver.py

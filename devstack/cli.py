@@ -17,6 +17,29 @@ app = typer.Typer(
     no_args_is_help=True, help="Local Kafka, Elasticsearch, S3 server, PostgreSQL and Airflow as processes."
 )
 Services = Annotated[str, typer.Option("--services", help="Comma-separated subset (default: all)")]
+Cluster = Annotated[
+    str,
+    typer.Option(
+        "--cluster",
+        help="Cluster identity: source (the devstack's cluster) or target (a second one, for migration drills); "
+        "default: $EVENTPIPE_K8S_CLUSTER or source",
+    ),
+]
+
+
+def _select_cluster(name: str) -> None:
+    """Make ``name`` this process's cluster identity; must run before any ``devstack.cluster`` import."""
+    import os
+    import sys
+
+    if not name:
+        return
+    if name not in ("source", "target"):
+        raise typer.BadParameter(f"--cluster {name!r}: source or target")
+    loaded = sys.modules.get("devstack.cluster.node")
+    if loaded is not None and loaded.CLUSTER.name != name:  # type: ignore[attr-defined]
+        raise typer.BadParameter(f"--cluster {name}: this process already talks to {loaded.CLUSTER.name}")  # type: ignore[attr-defined]
+    os.environ["EVENTPIPE_K8S_CLUSTER"] = name
 
 
 def _services(value: str, default: tuple[str, ...]) -> list[str]:
@@ -64,10 +87,12 @@ def k8s(
     csi: Annotated[
         bool, typer.Option(help="Host-path CSI driver, provisioner and external-snapshotter (real VolumeSnapshots)")
     ] = True,
+    cluster: Cluster = "",
 ) -> None:
     """The kubernetes service plus what eventpipe pods need: host services on the pod bridge, the image
     (Debian base, no registry), CRDs, CSI volumes and snapshots, deploy/ and the Secrets. Idempotent; prints
     each step's time."""
+    _select_cluster(cluster)
     from devstack.cluster.deploy import prepare
     from devstack.stack import up
 
@@ -81,9 +106,11 @@ def k8s(
 @app.command("k8s-stateful")
 def k8s_stateful(
     build: Annotated[bool, typer.Option(help="Build the Kafka and Elasticsearch images (cached by inputs)")] = True,
+    cluster: Cluster = "",
 ) -> None:
     """Kafka and Elasticsearch as StatefulSets on the cluster (deploy/stateful through its devstack overlay), on
     encrypted CSI volumes; after `devstack k8s`. Waits until every pod is Ready; prints each step's time."""
+    _select_cluster(cluster)
     from devstack.cluster.stateful import deploy_stateful
 
     try:
@@ -139,12 +166,46 @@ def compose() -> None:
 
 
 @app.command("down")
-def down(services: Services = "") -> None:
+def down(services: Services = "", cluster: Cluster = "") -> None:
     """Stop every service this devstack started: the default ones, monitoring, the cluster, and a Docker daemon
-    it started for image builds (one it found running stays). With --services: only those."""
+    it started for image builds (one it found running stays). With --services: only those. The cluster stopped
+    is the one --cluster names (its state is kept)."""
+    _select_cluster(cluster)
     from devstack.stack import down
 
     emit("devstack down", {"stopped": down(_running(services) if services else None)})
+
+
+@app.command("migrate")
+def migrate(
+    precopy: Annotated[
+        bool, typer.Option(help="Ship a pre-copy pass while ingest runs (only the delta paused)")
+    ] = True,
+    rate: Annotated[float, typer.Option(help="Events per second of event time while the drill ingests")] = 200.0,
+    interval_s: Annotated[int, typer.Option(help="Length of one ingest interval (paced to the clock)")] = 30,
+    before: Annotated[int, typer.Option(help="Intervals ingested on the source before the move")] = 2,
+    after: Annotated[int, typer.Option(help="Intervals ingested on the target after the move")] = 3,
+    restore_source: Annotated[
+        bool, typer.Option(help="At the end: target down, source up again (the devstack's home cluster)")
+    ] = True,
+) -> None:
+    """The migration drill: Kafka and Elasticsearch move from the source cluster to the target (cloud snapshots,
+    restore, verify, switch) with live ingest; then the exact offset accounting. Needs the source cluster and its
+    StatefulSets up. Exit 3 when verification failed and the pipeline rolled back to the source."""
+    from devstack.migration import EXIT_ROLLED_BACK
+    from devstack.migration_drill import drill
+
+    result = drill(precopy=precopy, rate=rate, interval_s=interval_s, before=before, after=after,
+                   restore_source=restore_source)  # fmt: skip
+    emit("devstack migrate", {k: v for k, v in result.items() if k != "intervals"})
+    outcome = result["migration"]["outcome"]
+    if outcome != "migrated":
+        typer.secho(f"migration {outcome}: {result['migration'].get('error') or result['migration']['differences']}",
+                    fg="red", err=True)  # fmt: skip
+        raise typer.Exit(EXIT_ROLLED_BACK if outcome == "rolled back" else 1)
+    if not result.get("accounting", {}).get("exact", False):
+        typer.secho("offset accounting is not exact after the move", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("status")

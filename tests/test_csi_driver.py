@@ -58,8 +58,8 @@ def test_driver_go_tests_pass_on_real_loop_devices(services: Settings) -> None:
     print(f"\ngo test: {len(passed)} passed in {time.monotonic() - began:.1f}s")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert not skipped, skipped
-    assert sum("TestCloud" in line for line in passed) == 7, out.stdout[-2000:]
-    assert len(passed) >= 13, out.stdout[-2000:]  # 7 cloud, 6 capacity, encryption, expansion, restore, names
+    assert sum("TestCloud" in line for line in passed) == 8, out.stdout[-2000:]
+    assert len(passed) >= 13, out.stdout[-2000:]  # 8 cloud, 6 capacity, encryption, expansion, restore, names
 
 
 @pytest.fixture()

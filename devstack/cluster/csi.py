@@ -27,6 +27,7 @@ from typing import Any
 
 from devstack.cluster.node import (
     API_PORT,
+    CLUSTER,
     NODE_NAME,
     RUNTIME_ROOT,
     SERVICE_IP,
@@ -59,6 +60,15 @@ DRIVER_NAME = "hostpath.csi.eventpipe.io"
 STORAGE_CLASS = "eventpipe-hostpath"
 STORAGE_CLASS_ENCRYPTED = "eventpipe-hostpath-encrypted"
 VOLUME_KEY_SECRET = "eventpipe-volume-key"  # per namespace: the encrypted class's node-stage Secret
+# Cloud snapshots (devstack/csi/cloud.go): the class ships each snapshot to the S3 server, into the snapshot
+# bucket under "volumes/"; the restore class reads the same store (provisioner secret), so a cluster whose node
+# never held a volume restores it. One Secret names the store for both, in kube-system (cluster components only).
+CLOUD_SNAPSHOT_CLASS = "eventpipe-cloud"
+CLOUD_RESTORE_CLASS = "eventpipe-hostpath-encrypted-cloud"
+CLOUD_SECRET = "eventpipe-cloud-snapshots"
+CLOUD_SECRET_NAMESPACE = "kube-system"
+CLOUD_BUCKET = "eventpipe-snapshots"
+CLOUD_PREFIX = "volumes"
 SANITY_MODULE = "github.com/kubernetes-csi/csi-test/v5"
 SANITY_VERSION = "v5.6.0"
 SOURCE = REPO_ROOT / "devstack" / "csi"
@@ -73,7 +83,8 @@ IDENTITIES = {
     "csi-snapshot-controller": ("eventpipe:snapshot-controller", "snapshot-controller-runner"),
     "csi-snapshotter": ("eventpipe:csi-snapshotter", "external-snapshotter-runner"),
 }
-PROCESSES = ("csi-driver", "csi-provisioner", "csi-snapshot-controller", "csi-snapshotter")
+ROLES = ("csi-driver", "csi-provisioner", "csi-snapshot-controller", "csi-snapshotter")
+PROCESSES = tuple(CLUSTER.proc(r) for r in ROLES)  # pidfile names: the target cluster's are prefixed
 NO_GROUP_SNAPSHOTS = "--feature-gates=CSIVolumeGroupSnapshot=false"  # the driver has no group controller
 
 
@@ -280,6 +291,76 @@ def storage_classes() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((SOURCE / "storageclasses.yaml").read_text()) if d]
 
 
+def cloud_objects(endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1") -> list[dict[str, Any]]:
+    """The cloud VolumeSnapshotClass, the class restores from it use, and the Secret naming the S3 store.
+
+    ``endpoint`` is the S3 server as the driver sees it: the driver is a host process, so the host's address.
+    Retain: deleting a VolumeSnapshot keeps the cloud copy (a migration's restore point outlives its objects).
+    The restore class is the encrypted one plus the provisioner secret; a restored volume keeps the
+    ciphertext of its source, so its namespace needs the source's key Secret (a migration carries it over).
+    """
+    labels = {"app.kubernetes.io/managed-by": "eventpipe-devstack"}
+    secret_ref = {"name": CLOUD_SECRET, "namespace": CLOUD_SECRET_NAMESPACE}
+    encrypted = next(c for c in storage_classes() if c["metadata"]["name"] == STORAGE_CLASS_ENCRYPTED)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {**secret_ref, "labels": labels},
+            "type": "Opaque",
+            "stringData": {"endpoint": endpoint, "region": region, "bucket": CLOUD_BUCKET, "prefix": CLOUD_PREFIX,
+                           "accessKeyId": access_key, "secretAccessKey": secret_key},
+        },
+        # upstream's snapshotter role leaves secrets out ("enable it if your driver needs secret"): this one only
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "eventpipe-cloud-snapshotter", "namespace": CLOUD_SECRET_NAMESPACE, "labels": labels},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CLOUD_SECRET],
+                       "verbs": ["get"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "eventpipe-cloud-snapshotter", "namespace": CLOUD_SECRET_NAMESPACE, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "eventpipe-cloud-snapshotter"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": IDENTITIES["csi-snapshotter"][0]}],
+        },
+        {
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshotClass",
+            "metadata": {"name": CLOUD_SNAPSHOT_CLASS, "labels": {**labels, "eventpipe.io/snapshot-class": "cloud"}},
+            "driver": DRIVER_NAME,
+            "deletionPolicy": "Retain",
+            "parameters": {
+                "cloud": "s3",
+                "csi.storage.k8s.io/snapshotter-secret-name": CLOUD_SECRET,
+                "csi.storage.k8s.io/snapshotter-secret-namespace": CLOUD_SECRET_NAMESPACE,
+                # ListSnapshots of a pre-provisioned content (a migration's restore) reads the same store
+                "csi.storage.k8s.io/snapshotter-list-secret-name": CLOUD_SECRET,
+                "csi.storage.k8s.io/snapshotter-list-secret-namespace": CLOUD_SECRET_NAMESPACE,
+            },
+        },
+        {
+            **encrypted,
+            "metadata": {**encrypted["metadata"], "name": CLOUD_RESTORE_CLASS},
+            "parameters": {
+                **encrypted["parameters"],
+                "csi.storage.k8s.io/provisioner-secret-name": CLOUD_SECRET,
+                "csi.storage.k8s.io/provisioner-secret-namespace": CLOUD_SECRET_NAMESPACE,
+            },
+        },
+    ]  # fmt: skip
+
+
+def apply_cloud_objects(endpoint: str, access_key: str, secret_key: str) -> None:
+    """:func:`cloud_objects` applied (credentials on stdin, never argv)."""
+    items = cloud_objects(endpoint, access_key, secret_key)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))  # fmt: skip
+
+
 def volume_key_secret(namespace: str) -> bool:
     """The encrypted class's key Secret in ``namespace``, created once with 32 random bytes; True if created.
 
@@ -339,14 +420,17 @@ def _argv(process: str) -> list[str]:
     }[process]  # fmt: skip
 
 
-def _start(process: str, build_key: str) -> None:
-    """Start ``process`` unless it runs the current build already (a rebuilt binary restarts it)."""
-    started = subdir("csi", "run") / f"{process}.build"
-    if pid_of(process) is not None and started.exists() and started.read_text() == build_key:
-        return
-    stop_process(process)
-    start_process(process, _argv(process))
+def _start(process: str, build_key: str) -> bool:
+    """Start ``process`` unless it runs the current build already (a rebuilt binary restarts it); True if it
+    (re)started."""
+    name = CLUSTER.proc(process)
+    started = subdir("csi", "run") / f"{name}.build"
+    if pid_of(name) is not None and started.exists() and started.read_text() == build_key:
+        return False
+    stop_process(name)
+    start_process(name, _argv(process))
     started.write_text(build_key)
+    return True
 
 
 def driver_registered() -> bool:
@@ -360,7 +444,8 @@ def healthy() -> bool:
     return all(pid_of(p) is not None for p in PROCESSES) and driver_registered()
 
 
-def _wait(check: Callable[[], bool], process: str, what: str, timeout: float) -> None:
+def _wait(check: Callable[[], bool], role: str, what: str, timeout: float) -> None:
+    process = CLUSTER.proc(role)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -384,7 +469,9 @@ def install() -> dict[str, float]:
     step("build eventpipe-csi", lambda: build_driver(go))
 
     def identities() -> None:
-        ensure_pki(pki_dir(), NODE_NAME, NODE_IP, SERVICE_IP)  # creates the CSI identities if missing
+        ensure_pki(
+            pki_dir(), NODE_NAME, NODE_IP, SERVICE_IP, ca_name=CLUSTER.name
+        )  # creates the CSI identities if missing
         for process in IDENTITIES:
             write_kubeconfig(_kubeconfig_for(process), pki_dir(), process, f"https://{NODE_IP}:{API_PORT}")
 
@@ -410,7 +497,11 @@ def install() -> dict[str, float]:
     driver_build = driver_key()
 
     def driver() -> None:
-        _start("csi-driver", driver_build)
+        if _start("csi-driver", driver_build):
+            # the sidecars hold a connection to the old socket: csi-snapshotter exits on its next call ("Lost
+            # connection to CSI driver, exiting") and nothing restarts it, so they restart with the driver
+            for sidecar in ("csi-provisioner", "csi-snapshotter"):
+                stop_process(CLUSTER.proc(sidecar))
         _wait(driver_registered, "csi-driver", "the kubelet registering the CSI driver", 60)
 
     step("driver registered", driver)

@@ -229,6 +229,15 @@ def task_env() -> dict[str, str]:
     }
 
 
+def cloud_snapshots() -> None:
+    """The CSI driver's cloud snapshot objects, naming the devstack's S3 server as the host-process driver sees it."""
+    from devstack.cluster import csi as csi_stack
+    from devstack.s3 import S3Server
+
+    csi_stack.apply_cloud_objects(f"http://127.0.0.1:{S3Server.port}", DEVSTACK_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                  DEVSTACK_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+
+
 def prepare(*, build: bool = True, csi: bool = True) -> dict[str, float]:
     """Everything after the cluster is up; returns seconds per step.
 
@@ -248,6 +257,7 @@ def prepare(*, build: bool = True, csi: bool = True) -> dict[str, float]:
 
         for name, seconds in csi_stack.install().items():
             timings[f"csi: {name}"] = seconds
+        step("cloud snapshot class, restore class, S3 secret", cloud_snapshots)
     step("apply -k deploy", lambda: apply_deploy(devstack_overlay=csi))
     step("secrets", secrets)
     if csi:

@@ -9,7 +9,8 @@ kube-controller-manager, kube-scheduler, kubelet, kube-proxy (iptables) and Core
 ``10.244.0.1`` on a bridge this service owns (``k8sbr0``); the API server listens there so pods reach it through
 the ``kubernetes`` Service, and host services (Kafka, Elasticsearch, S3) offer a listener there for pods.
 State (PKI, kubeconfigs, etcd, logs) lives under ``.devstack/kubernetes``; container and kubelet state under
-``/var/lib/eventpipe-k8s`` and ``/run/eventpipe-k8s`` (mount points do not belong in a work tree).
+``/var/lib/eventpipe-k8s`` and ``/run/eventpipe-k8s`` (mount points do not belong in a work tree). A second
+cluster (``EVENTPIPE_K8S_CLUSTER=target``, ``devstack.cluster.node``) has its own copies of all of these.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from string import Template
 from devstack.cluster import binaries, csi, system_images
 from devstack.cluster.node import (  # noqa: F401  (re-exported: the cluster's names)
     API_PORT,
+    CLUSTER,
     CONTAINERD_SOCKET,
     DNS_IP,
     ETCD_CLIENT_PORT,
@@ -88,7 +90,8 @@ COMPONENTS = ("etcd", "containerd", "apiserver", "controller-manager", "schedule
 
 
 def _proc(component: str) -> str:
-    return f"k8s-{component}"
+    """The pidfile/log name of a component of this process's cluster (``k8s-etcd``, ``target-k8s-etcd``)."""
+    return CLUSTER.proc(f"k8s-{component}")
 
 
 def _say(message: str) -> None:
@@ -279,7 +282,7 @@ class KubernetesCluster(Service):
 
     @staticmethod
     def _pki() -> None:
-        ensure_pki(pki_dir(), NODE_NAME, NODE_IP, SERVICE_IP)
+        ensure_pki(pki_dir(), NODE_NAME, NODE_IP, SERVICE_IP, ca_name=CLUSTER.name)
         server = f"https://{NODE_IP}:{API_PORT}"
         for user in ("admin", "controller-manager", "scheduler", "kubelet", "kube-proxy"):
             write_kubeconfig(state_dir() / f"{user}.kubeconfig", pki_dir(), user, server)

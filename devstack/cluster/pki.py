@@ -62,8 +62,11 @@ def identities(node_name: str, node_ip: str, service_ip: str) -> list[Identity]:
     ]
 
 
-def ensure_pki(pki: Path, node_name: str, node_ip: str, service_ip: str) -> None:
-    """Create whatever part of the PKI is missing (the CA first: everything else is signed by it)."""
+def ensure_pki(pki: Path, node_name: str, node_ip: str, service_ip: str, *, ca_name: str = "source") -> None:
+    """Create whatever part of the PKI is missing (the CA first: everything else is signed by it).
+
+    Each cluster identity (``ca_name``) gets its own CA, so one cluster's certificates mean nothing to another.
+    """
     if shutil.which("openssl") is None:
         raise DevstackError("openssl is required to create the cluster certificates; apt-get install openssl")
     pki.mkdir(parents=True, exist_ok=True)
@@ -72,7 +75,8 @@ def ensure_pki(pki: Path, node_name: str, node_ip: str, service_ip: str) -> None
         for stale in pki.iterdir():
             stale.unlink()
         _openssl("genrsa", "-out", "ca.key", "2048", cwd=pki)
-        _openssl("req", "-x509", "-new", "-nodes", "-key", "ca.key", "-subj", "/CN=eventpipe-devstack-ca",
+        subject = "/CN=eventpipe-devstack-ca" if ca_name == "source" else f"/CN=eventpipe-devstack-{ca_name}-ca"
+        _openssl("req", "-x509", "-new", "-nodes", "-key", "ca.key", "-subj", subject,
                  "-days", DAYS, "-out", "ca.crt", cwd=pki)  # fmt: skip
     for ident in identities(node_name, node_ip, service_ip):
         if (pki / f"{ident.name}.crt").exists():

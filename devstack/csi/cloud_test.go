@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -439,5 +440,38 @@ func TestCloudSnapshotDeletedWhileBeingRestored(t *testing.T) {
 	}
 	if _, err := os.Stat(other.volumeMeta("pvc-b")); !os.IsNotExist(err) {
 		t.Fatal("a failed restore left a volume behind")
+	}
+}
+
+// A migration pre-provisions a VolumeSnapshotContent with the cloud handle in a cluster whose node never held
+// the snapshot: the snapshotter's ListSnapshots must find it from the committed manifest, and nothing else.
+func TestCloudSnapshotIsListedOnANodeThatNeverHeldIt(t *testing.T) {
+	secrets := cloudSecrets(t)
+	source, other := newTestDriver(t), newTestDriver(t)
+	volumeWithPayload(t, source, "pvc-listed", 32*mib, 5*mib)
+	if _, err := cloudSnapshot(source, "snap-listed", "pvc-listed", secrets); err != nil {
+		t.Fatalf("cloud snapshot: %v", err)
+	}
+	ctx := context.Background()
+	got, err := other.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: "snap-listed", Secrets: secrets})
+	if err != nil || len(got.Entries) != 1 {
+		t.Fatalf("ListSnapshots of the cloud snapshot on the other node: %v, %v", got, err)
+	}
+	snap := got.Entries[0].Snapshot
+	if !snap.ReadyToUse || snap.SizeBytes != 32*mib || snap.SourceVolumeId != "pvc-listed" {
+		t.Fatalf("listed %+v, want ready, 32 MiB, from pvc-listed", snap)
+	}
+	none, err := other.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: "snap-nowhere", Secrets: secrets})
+	if err != nil || len(none.Entries) != 0 {
+		t.Fatalf("a snapshot in no store must list empty, got %v, %v", none, err)
+	}
+	bare, err := other.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: "snap-listed"})
+	if err != nil || len(bare.Entries) != 0 {
+		t.Fatalf("without the store's secret the node knows no such snapshot, got %v, %v", bare, err)
+	}
+	wrong := maps.Clone(secrets)
+	wrong[secretSecretKey] = "not-the-key"
+	if _, err := other.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: "snap-listed", Secrets: wrong}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("wrong credentials: want PermissionDenied, got %v", err)
 	}
 }

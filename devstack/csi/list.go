@@ -14,6 +14,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // ids lists the metadata files in dir (volumes or snapshots), sorted, without their .json suffix.
@@ -77,13 +78,16 @@ func (d *driver) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*c
 	return resp, nil
 }
 
-func (d *driver) ListSnapshots(_ context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+func (d *driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
 	ids, err := d.ids("snapshots")
 	if err != nil {
 		return nil, err
 	}
 	if want := req.GetSnapshotId(); want != "" {
 		ids = filter(ids, func(id string) bool { return id == want })
+		if len(ids) == 0 && len(req.GetSecrets()) > 0 {
+			return d.listCloudSnapshot(ctx, want, req.GetSecrets())
+		}
 	}
 	if source := req.GetSourceVolumeId(); source != "" {
 		ids = filter(ids, func(id string) bool {
@@ -126,4 +130,32 @@ func filter(ids []string, keep func(string) bool) []string {
 		}
 	}
 	return out
+}
+
+// listCloudSnapshot answers ListSnapshots for a snapshot this node never held but the S3 store given by the
+// class's snapshotter-list secret has committed: a pre-provisioned VolumeSnapshotContent in another cluster (a
+// migration's restore) becomes ready from the committed manifest alone. An upload that never committed its
+// manifest is not listed, so such a content never turns ready.
+func (d *driver) listCloudSnapshot(ctx context.Context, id string, secrets map[string]string) (*csi.ListSnapshotsResponse, error) {
+	if !safeID.MatchString(id) {
+		return &csi.ListSnapshotsResponse{}, nil
+	}
+	target, err := targetFrom(secrets, "listing cloud snapshot "+id)
+	if err != nil {
+		return nil, err
+	}
+	m, err := target.manifest(ctx, id)
+	if err != nil {
+		if notFound(err) {
+			return &csi.ListSnapshotsResponse{}, nil
+		}
+		return nil, s3Status(err, "manifest of cloud snapshot %s in %s", id, target)
+	}
+	return &csi.ListSnapshotsResponse{Entries: []*csi.ListSnapshotsResponse_Entry{{Snapshot: &csi.Snapshot{
+		SnapshotId:     id,
+		SourceVolumeId: m.SourceVolume,
+		SizeBytes:      m.Size,
+		CreationTime:   timestamppb.New(m.Created),
+		ReadyToUse:     true,
+	}}}}, nil
 }

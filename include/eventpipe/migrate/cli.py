@@ -2,7 +2,9 @@
 
 The target's connection settings come from an env file (the same EVENTPIPE_* and AWS_* names as the
 environment; never argv). ``verify`` exits 3 listing every difference, so a migration task fails without
-retries and the pipeline stays on the source.
+retries and the pipeline stays on the source. When the source is down (a move between clusters that cannot
+run together), ``inventory --out`` saves the source's inventory before it stops and ``verify --against`` checks
+the target against that file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import typer
 from dotenv import dotenv_values
 
 from eventpipe.errors import InvalidArgument
+from eventpipe.migrate.inventory import Inventory
 from eventpipe.params import parse_topics
 from eventpipe.results import emit
 from eventpipe.settings import Settings
@@ -34,12 +37,29 @@ def target_settings(path: Path) -> Settings:
     return Settings.from_env(values)
 
 
+Out = Annotated[Path | None, typer.Option("--out", help="Also write the inventory to this JSON file")]
+Against = Annotated[
+    Path | None, typer.Option("--against", help="A saved source inventory (`inventory --out`), not the live source")
+]
+
+
+def load_inventory(path: Path) -> Inventory:
+    if not path.is_file():
+        raise InvalidArgument(f"--against {path}: no such file")
+    try:
+        return Inventory.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise InvalidArgument(f"--against {path}: not an inventory ({str(exc).splitlines()[0]})") from exc
+
+
 @migrate_app.command()
-def inventory(topics: Topics = "", no_archive: NoArchive = False) -> None:
+def inventory(topics: Topics = "", no_archive: NoArchive = False, out: Out = None) -> None:
     """Partitions and offsets, the ingest group's commits, documents, drain manifests, archive days."""
     from eventpipe.migrate.inventory import take_inventory
 
     taken = take_inventory(Settings.from_env(), parse_topics(topics), archive=not no_archive)
+    if out is not None:
+        out.write_text(taken.model_dump_json(indent=1))
     emit("migrate inventory", taken.model_dump(mode="json"))
 
 
@@ -48,14 +68,20 @@ def verify(
     target_env: Annotated[Path, typer.Option("--target-env", help="Env file with the target's settings")],
     topics: Topics = "",
     no_archive: NoArchive = False,
+    against: Against = None,
 ) -> None:
-    """Compare the target deployment with this one (ingest paused on both); exit 3 on any difference."""
+    """Compare the target deployment with this one, or with a saved inventory of it (ingest paused on both);
+    exit 3 on any difference."""
     from eventpipe.migrate.inventory import take_inventory
     from eventpipe.migrate.verify import compare, require_identical
 
     names = parse_topics(topics)
     target = target_settings(target_env)
-    source_inventory = take_inventory(Settings.from_env(), names, archive=not no_archive)
+    source_inventory = (
+        load_inventory(against)
+        if against is not None
+        else take_inventory(Settings.from_env(), names, archive=not no_archive)
+    )
     target_inventory = take_inventory(target, names, archive=not no_archive)
     differences = compare(source_inventory, target_inventory)
     emit(

@@ -1,0 +1,223 @@
+"""The full migration drill: live ingest, the chain (``devstack.migration``), ingest resumed on the target for
+several intervals, then the exact offset accounting, and the source brought back (the devstack's home cluster).
+
+Ingest is the pipeline's own commands run interval by interval: ``eventpipe produce`` of one interval's events
+(event time ahead of everything already in the topics, so intervals own contiguous offset ranges), then
+``eventpipe drain`` of it, the ingest DAG's task. Pausing lets the running interval finish; resuming continues
+with the next interval against the endpoints given (the target's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from devstack.migration import Chain, MigrationReport, cluster_down, cluster_up, target_env_file, workdir
+from devstack.runtime import DevstackError, log_path, subdir
+
+
+class Interval(BaseModel):
+    start: datetime
+    end: datetime
+    cluster: str
+    produce_s: float
+    drain_s: float
+    drained: dict[str, Any] = {}
+
+
+class DrillIngest:
+    """Back-to-back intervals of ``length`` event time, each produced then drained, in a thread."""
+
+    def __init__(self, env_file: Path, first: datetime, *, length: timedelta, rate: float, cluster: str = "source"):
+        self.env_file, self.next_start, self.length, self.rate = env_file, first, length, rate
+        self.cluster = cluster
+        self.intervals: list[Interval] = []
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _env(self) -> dict[str, str]:
+        values = dict(line.split("=", 1) for line in self.env_file.read_text().splitlines() if "=" in line)
+        return {**os.environ, **values, "PYTHONUNBUFFERED": "1"}
+
+    def _cli(self, *args: str) -> dict[str, Any]:
+        result = subprocess.run([sys.executable, "-m", "eventpipe.cli", *args], capture_output=True, text=True,
+                                env=self._env(), timeout=900, check=False)  # fmt: skip
+        if result.returncode != 0:
+            raise DevstackError(f"eventpipe {' '.join(args)} failed ({result.returncode}): {result.stderr[-2000:]}")
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            return {"stdout": result.stdout[-500:]}
+
+    def one_interval(self) -> Interval:
+        """Paced to the wall clock: an interval is produced once it has begun (Kafka refuses timestamps too
+        far ahead, and a live pipeline's event time is its clock), then drained."""
+        start, end = self.next_start, self.next_start + self.length
+        while (wait := (start - datetime.now(timezone.utc)).total_seconds()) > 0 and not self._stop.is_set():
+            time.sleep(min(wait, 1.0))
+        window = ["--start", start.isoformat(), "--end", end.isoformat()]
+        began = time.monotonic()
+        self._cli("produce", *window, "--rate", str(self.rate), "--no-truth", "--seed", str(int(start.timestamp())))
+        produced = time.monotonic()
+        drained = self._cli("drain", *window)
+        done = Interval(start=start, end=end, cluster=self.cluster, produce_s=round(produced - began, 3),
+                        drain_s=round(time.monotonic() - produced, 3), drained=drained)  # fmt: skip
+        self.intervals.append(done)
+        self.next_start = end
+        return done
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.one_interval()
+        except Exception as exc:  # noqa: BLE001 - reported by pause()
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="drill-ingest", daemon=True)
+        self._thread.start()
+
+    def pause(self) -> dict[str, Any]:
+        """Let the running interval finish (an interval boundary), start no new one."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.error:
+            raise DevstackError(f"ingest failed before the pause: {self.error}")
+        return {"last_interval_end": self.next_start.isoformat(), "intervals": len(self.intervals)}
+
+    def resume(self, endpoints: dict[str, str], cluster: str) -> dict[str, Any]:
+        """Continue with the next interval against ``endpoints`` (the env file names them) on ``cluster``."""
+        self.cluster = cluster
+        lines = [ln for ln in self.env_file.read_text().splitlines() if ln.split("=", 1)[0] not in endpoints]
+        self.env_file.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in endpoints.items())]) + "\n")
+        if self._thread is None or not self._thread.is_alive():
+            self.start()
+        return {"next_interval_start": self.next_start.isoformat(), "endpoints": endpoints}
+
+
+def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 30, before: int = 2, after: int = 3,
+          restore_source: bool = True) -> dict[str, Any]:  # fmt: skip
+    """One full drill; returns (and writes under the devstack's migration dir) its report."""
+    work = workdir()
+    chain_dir = work / "chain"
+    work.mkdir(parents=True, exist_ok=True)
+    env_file = target_env_file(work / "ingest.env")
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    ingest = DrillIngest(env_file, now + timedelta(seconds=5), length=timedelta(seconds=interval_s), rate=rate)
+    began = time.monotonic()
+    for _ in range(before):  # live ingest before the move
+        ingest.one_interval()
+    ingest.start()
+    report: MigrationReport = Chain(ingest, chain_dir, precopy=precopy).run()  # type: ignore[arg-type]
+    result: dict[str, Any] = {"migration": report.model_dump(mode="json"), "precopy": precopy, "rate": rate,
+                              "interval_s": interval_s}  # fmt: skip
+    try:
+        if report.outcome == "migrated":
+            while len([i for i in ingest.intervals if i.cluster == "target"]) < after and ingest.error is None:
+                time.sleep(2)
+        ingest.pause()
+        if report.outcome == "migrated":
+            result["accounting"] = accounting(env_file, ingest).model_dump(mode="json")
+        result["paused"] = paused_windows(report)
+        final = chain_dir / f"snapshots-{report.passes[-1].label}.json" if report.passes else None
+        if final is not None and final.exists():
+            handles = {s["handle"] for s in json.loads(final.read_text())}
+            result["restores"] = restore_times(log_path("target-csi-driver"), handles)
+    finally:
+        result["intervals"] = [i.model_dump(mode="json") for i in ingest.intervals]
+        result["total_s"] = round(time.monotonic() - began, 3)
+        (work / "drill.json").write_text(json.dumps(result, indent=1, default=str))
+        if restore_source and report.outcome == "migrated":
+            cluster_down("target")
+            cluster_up("source")
+    result["workdir"] = str(work)
+    return result
+
+
+def accounting(env_file: Path, ingest: DrillIngest) -> Any:
+    """Every offset the drill's intervals covered, before and after the move, against the target's indices."""
+    from eventpipe.events.topics import SOURCE_TOPICS
+    from eventpipe.migrate.accounting import account, elastic_offsets
+    from eventpipe.migrate.cli import target_settings
+    from eventpipe.storage.elastic import client
+
+    topics = list(SOURCE_TOPICS.values())
+    es = client(target_settings(env_file))
+    try:
+        ranges = drained_ranges(es, topics, ingest.intervals[0].start, ingest.next_start)
+        indexed, dead = elastic_offsets(es, topics)
+    finally:
+        es.close()
+    return account(ranges, indexed, dead)
+
+
+def paused_windows(report: MigrationReport) -> dict[str, float | None]:
+    """The paused window measured, and without pre-copy: the final pass would have shipped everything, which
+    is what the pre-copy pass took (an estimate from the same run; ``--no-precopy`` measures it)."""
+    passes = {p.label: p.seconds for p in report.passes}
+    without = None
+    if report.paused_window_s is not None and "precopy" in passes and "final" in passes:
+        without = round(report.paused_window_s - passes["final"] + passes["precopy"], 3)
+    return {"with_precopy_s" if "precopy" in passes else "without_precopy_s": report.paused_window_s,
+            "without_precopy_estimate_s": without}  # fmt: skip
+
+
+RESTORED = re.compile(
+    r"^(?P<at>\S+ \S+) restored cloud snapshot (?P<id>\S+) from \S+ \((?P<chunks>\d+) chunks, .*?\((?P<bytes>\d+) "
+    r"bytes\) stored\) in (?P<took>\S+)$"
+)
+
+
+def restore_times(log: Path, handles: set[str]) -> list[dict[str, Any]]:
+    """Per restored claim, what the target's driver logged: chunks, bytes stored and the time the restore from
+    S3 took (a Go duration, e.g. ``1.46s`` or ``1m2.5s``)."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if (m := RESTORED.match(line)) and m["id"] in handles:
+            found.append({"snapshot": m["id"], "chunks": int(m["chunks"]), "bytes": int(m["bytes"]),
+                          "seconds": round(go_duration(m["took"]), 3)})  # fmt: skip
+    return found
+
+
+def go_duration(text: str) -> float:
+    """Seconds of a Go ``time.Duration`` string (``1h2m3.5s``, ``850ms``, ``12µs``)."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(h|ms|us|µs|ns|m|s)", text))
+
+
+def drained_ranges(
+    es: Any, topics: list[str], first: datetime, end: datetime
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per partition, the offsets the drill's interval drains covered: [first start, last end) of the complete
+    manifests of intervals inside [first, end) (consecutive intervals cover consecutive offsets)."""
+    from elasticsearch import helpers
+
+    from eventpipe.storage.elastic import MANIFEST_INDEX
+
+    es.indices.refresh(index=MANIFEST_INDEX)
+    within = {"range": {"interval_start": {"gte": first.isoformat(), "lt": end.isoformat()}}}
+    query = {"bool": {"filter": [{"terms": {"topic": topics}}, {"term": {"kind": "interval"}}, within]}}
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for hit in helpers.scan(es, index=MANIFEST_INDEX, query={"query": query}):
+        for p in hit["_source"]["partitions"]:
+            key = (str(p["topic"]), int(p["partition"]))
+            lo, hi = ranges.get(key, (int(p["start"]), int(p["end"])))
+            ranges[key] = (min(lo, int(p["start"])), max(hi, int(p["end"])))
+    return ranges
+
+
+def drill_dir() -> Path:
+    return subdir("migration")
