@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from devstack.cluster.node import kubectl
 
 from .polling import wait_for
 
-__all__ = ["apply_objects", "get_object", "wait_for"]
+__all__ = ["apply_objects", "get_object", "task_pod", "wait_for"]
 
 
 def apply_objects(*objects: dict[str, Any]) -> None:
@@ -20,3 +23,28 @@ def apply_objects(*objects: dict[str, Any]) -> None:
 def get_object(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
     scope = ["-n", namespace] if namespace else []
     return json.loads(kubectl(*scope, "get", kind, name, "-o", "json"))
+
+
+def task_pod(
+    task_id: str, args: list[str], worker: Mapping[str, str], environ: Mapping[str, str], *, profile: str = "small"
+) -> Any:
+    """The pod exactly as the DAG factory (``eventpipe.orchestration.tasks``) builds it in kubernetes mode, on a
+    worker whose environment is ``worker`` (the plain settings the pod gets) with ``environ`` set while building;
+    the name gets a unique suffix so tests never collide."""
+    from eventpipe.orchestration.command import TaskCommand
+    from eventpipe.orchestration.tasks import cli_task
+    from eventpipe.settings import PLAIN_ENV
+
+    saved = {key: os.environ.get(key) for key in environ}
+    os.environ.update(environ)
+    try:
+        command = TaskCommand(args, env={key: worker[key] for key in PLAIN_ENV if worker.get(key)})
+        pod = cli_task(task_id, command, profile=profile, mode="kubernetes").build_pod_request_obj(dry_run=True)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    pod.metadata.name = f"{pod.metadata.name[:40]}-{uuid.uuid4().hex[:6]}"
+    return pod

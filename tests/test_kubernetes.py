@@ -29,8 +29,10 @@ from devstack.runtime import DevstackError
 from devstack.stack import DATA_SERVICES, DEVSTACK_CREDENTIALS, up
 from eventpipe.events.generator import GeneratorConfig, utc
 from eventpipe.events.produce import produce
-from eventpipe.settings import PLAIN_ENV, Settings
+from eventpipe.settings import Settings
 from eventpipe.storage.elastic import DLQ_INDEX, EVENTS_ALIAS
+
+from .k8s_support import task_pod
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services]
 
@@ -74,24 +76,9 @@ def cluster(stack_env: dict[str, str]) -> Iterator[Any]:
 
 def _pod(task_id: str, args: list[str], *, namespace: str = NAMESPACE, profile: str = "small") -> Any:
     """The pod exactly as the DAG factory (eventpipe.orchestration.tasks) would launch it in kubernetes mode."""
-    from eventpipe.orchestration.command import TaskCommand
-    from eventpipe.orchestration.tasks import cli_task
-
     env = task_env()
-    saved = {k: os.environ.get(k) for k in ("EVENTPIPE_NAMESPACE", "EVENTPIPE_IMAGE")}
-    os.environ.update(EVENTPIPE_NAMESPACE=namespace, EVENTPIPE_IMAGE=env["EVENTPIPE_IMAGE"])
-    try:
-        command = TaskCommand(args, env={k: env.get(k, "") for k in PLAIN_ENV if env.get(k)})
-        operator = cli_task(task_id, command, profile=profile, mode="kubernetes")
-        pod = operator.build_pod_request_obj(dry_run=True)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    pod.metadata.name = f"{pod.metadata.name[:40]}-{uuid.uuid4().hex[:6]}"
-    return pod
+    environ = {"EVENTPIPE_NAMESPACE": namespace, "EVENTPIPE_IMAGE": env["EVENTPIPE_IMAGE"]}
+    return task_pod(task_id, args, env, environ, profile=profile)
 
 
 def _run(api: Any, pod: Any, *, timeout: float = 300, expect_start: bool = True) -> PodRun:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -25,8 +24,8 @@ from devstack.cluster.node import kubectl
 from devstack.cluster.stateful import HOST_ES_URL, data_env, deploy_stateful
 from eventpipe.archive.indices import day_index, existing, snapshot_name
 from eventpipe.archive.snapshot import LIVE_INDICES
-from eventpipe.settings import PLAIN_ENV
 
+from .k8s_support import task_pod
 from .test_kubernetes import _run, cluster  # noqa: F401  (the session's cluster fixture)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services, pytest.mark.slow]
@@ -52,23 +51,8 @@ def cluster_es(stateful: Any) -> Iterator[Elasticsearch]:
 
 def _task_pod(task_id: str, args: list[str]) -> Any:
     """The pod the cluster-data Airflow would launch: its worker environment is task_env() plus data_env()."""
-    from eventpipe.orchestration.command import TaskCommand
-    from eventpipe.orchestration.tasks import cli_task
-
     worker = {**task_env(), **data_env()}
-    saved = {k: os.environ.get(k) for k in worker}
-    os.environ.update(worker)
-    try:
-        command = TaskCommand(args, env={k: worker[k] for k in PLAIN_ENV if worker.get(k)})
-        pod = cli_task(task_id, command, mode="kubernetes").build_pod_request_obj(dry_run=True)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    pod.metadata.name = f"{pod.metadata.name[:40]}-{uuid.uuid4().hex[:6]}"
-    return pod
+    return task_pod(task_id, args, worker, worker)
 
 
 def _write_blocked(es: Elasticsearch, index: str) -> bool:

@@ -185,35 +185,46 @@ DEVSTACK_SPARK_ENV = {"EVENTPIPE_SPARK_EXECUTOR_REQUEST_CORES": "250m", "EVENTPI
 SNAPSHOT_CLAIM = "eventpipe-devstack-snapshot-repository"
 
 
-def snapshot_repository_claim(namespace: str = NAMESPACE) -> None:
-    """The devstack node's fs snapshot repository as a read-only claim (a static hostPath volume), so the
-    snapshot task pod can mirror it to S3. Pods mount the claim, not a hostPath: Pod Security "baseline"
-    in the namespace forbids hostPath volumes in pod specs."""
-    location = local_env()["EVENTPIPE_SNAPSHOT_FS_LOCATION"]
-    Path(location).mkdir(parents=True, exist_ok=True)
+def host_path_claim(volume: str, namespace: str, claim: str, location: str, mode: str) -> list[dict[str, Any]]:
+    """A static hostPath PersistentVolume bound to one claim (``mode``: ReadOnlyMany or ReadWriteMany).
+
+    Pods mount the claim, not a hostPath: Pod Security "baseline" forbids hostPath volumes in pod specs. A
+    volume binds one claim, so each namespace that needs the directory gets a volume of its own.
+    """
     labels = {"app.kubernetes.io/managed-by": "eventpipe-devstack"}
-    common = {"accessModes": ["ReadOnlyMany"], "storageClassName": ""}
-    items = [
+    common = {"accessModes": [mode], "storageClassName": ""}
+    return [
         {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": SNAPSHOT_CLAIM, "labels": labels},
+            "metadata": {"name": volume, "labels": labels},
             "spec": {
                 **common,
                 "capacity": {"storage": "50Gi"},
                 "persistentVolumeReclaimPolicy": "Retain",
                 "hostPath": {"path": location, "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": SNAPSHOT_CLAIM},
+                "claimRef": {"namespace": namespace, "name": claim},
             },
         },
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {"name": SNAPSHOT_CLAIM, "namespace": namespace, "labels": labels},
-            "spec": {**common, "volumeName": SNAPSHOT_CLAIM, "resources": {"requests": {"storage": "50Gi"}}},
+            "metadata": {"name": claim, "namespace": namespace, "labels": labels},
+            "spec": {**common, "volumeName": volume, "resources": {"requests": {"storage": "50Gi"}}},
         },
     ]
+
+
+def apply_items(items: list[dict[str, Any]]) -> None:
     kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+
+def snapshot_repository_claim(namespace: str = NAMESPACE) -> None:
+    """The devstack node's fs snapshot repository as a read-only claim, so the snapshot task pod can mirror it
+    to S3."""
+    location = local_env()["EVENTPIPE_SNAPSHOT_FS_LOCATION"]
+    Path(location).mkdir(parents=True, exist_ok=True)
+    apply_items(host_path_claim(SNAPSHOT_CLAIM, namespace, SNAPSHOT_CLAIM, location, "ReadOnlyMany"))
 
 
 def task_env() -> dict[str, str]:

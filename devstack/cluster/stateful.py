@@ -21,6 +21,7 @@ import yaml
 from kubernetes.utils import parse_quantity
 
 from devstack.cluster import csi, image
+from devstack.cluster.deploy import apply_items, host_path_claim
 from devstack.cluster.kubernetes import CONTAINERD_SOCKET, kubectl
 from devstack.cluster.podnet import NODE_IP
 from devstack.images.services import build_service_image, tag
@@ -73,39 +74,18 @@ def data_env() -> dict[str, str]:
 def snapshot_repository_claims() -> None:
     """The node directory of the StatefulSet cluster's fs repository, owned by Elasticsearch's uid, as two claims:
     read-write for the Elasticsearch pods (``elastic``), read-only for the snapshot task's mirror (``eventpipe``).
-    A PersistentVolume binds one claim, so each claim has its own volume on the same directory."""
+    Each claim has its own volume on the same directory (``deploy.host_path_claim``)."""
     import os
 
     location = subdir("kubernetes", "elasticsearch-snapshots")
     os.chown(location, ES_UID, ES_UID)
-    labels = {"app.kubernetes.io/managed-by": "eventpipe-devstack"}
-    items: list[dict[str, Any]] = []
-    for volume, namespace, claim, mode in (
-        ("eventpipe-devstack-es-snapshots", "elastic", ES_REPOSITORY_CLAIM, "ReadWriteMany"),
-        ("eventpipe-devstack-es-snapshots-ro", "eventpipe", TASK_REPOSITORY_CLAIM, "ReadOnlyMany"),
-    ):
-        common = {"accessModes": [mode], "storageClassName": ""}
-        items += [
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": volume, "labels": labels},
-                "spec": {
-                    **common,
-                    "capacity": {"storage": "50Gi"},
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "hostPath": {"path": str(location), "type": "Directory"},
-                    "claimRef": {"namespace": namespace, "name": claim},
-                },
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim, "namespace": namespace, "labels": labels},
-                "spec": {**common, "volumeName": volume, "resources": {"requests": {"storage": "50Gi"}}},
-            },
-        ]
-    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    writer = host_path_claim(
+        "eventpipe-devstack-es-snapshots", "elastic", ES_REPOSITORY_CLAIM, str(location), "ReadWriteMany"
+    )
+    reader = host_path_claim(
+        "eventpipe-devstack-es-snapshots-ro", "eventpipe", TASK_REPOSITORY_CLAIM, str(location), "ReadOnlyMany"
+    )
+    apply_items(writer + reader)
 
 
 def _es_health(timeout_s: float) -> str:
