@@ -20,6 +20,7 @@ import httpx
 
 from eventpipe.archive.indices import day_index, late_index
 from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
+from eventpipe.k8s import load_config
 from eventpipe.settings import ArchiveSettings, KubernetesSettings
 
 SCRATCH = "elasticsearch-restore"
@@ -78,12 +79,9 @@ def scratch_statefulset(live: dict[str, Any], claim_template: str) -> dict[str, 
 
 
 def _clients(kube: KubernetesSettings) -> tuple[Any, Any, Any]:
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config(config_file=kube.kubeconfig)
+    load_config(kube.kubeconfig)
     return client.CoreV1Api(), client.AppsV1Api(), client.CustomObjectsApi()
 
 

@@ -11,6 +11,7 @@ import time
 from datetime import date
 from typing import Any
 
+from eventpipe.k8s import load_config
 from eventpipe.k8s.schemas import volume_snapshot
 from eventpipe.settings import ArchiveSettings, KubernetesSettings
 
@@ -44,14 +45,10 @@ def qualified(namespace: str, name: str, home: str) -> str:
 
 def snapshot_volumes(cfg: ArchiveSettings, day: date, kube: KubernetesSettings) -> list[str]:
     """Create (or reuse) one VolumeSnapshot per labelled PVC and wait until all are readyToUse."""
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        # the file named here, not the client's default (read from KUBECONFIG once, at its import)
-        config.load_kube_config(config_file=kube.kubeconfig)
+    load_config(kube.kubeconfig)
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
     wanted: list[tuple[str, str]] = []  # (namespace, VolumeSnapshot name)
     for namespace in snapshot_namespaces(cfg, kube):

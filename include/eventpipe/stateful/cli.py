@@ -55,8 +55,9 @@ def expand(
     Each step waits for the service's rule (Kafka: no partition under min.insync.replicas; Elasticsearch:
     green), then verifies the new capacity. A smaller size is refused; the same size changes nothing.
     """
+    from eventpipe.k8s import load_config
     from eventpipe.stateful.expand import Gate, Waiter, expand_statefulset
-    from eventpipe.stateful.kube import KubeCluster, load_config
+    from eventpipe.stateful.kube import KubeCluster
 
     requested = parse_size(size)
     settings = Settings.from_env()

@@ -11,16 +11,6 @@ from eventpipe.stateful.expand import ClaimState
 ANNOTATION = "eventpipe.io/expanded-by"
 
 
-def load_config(kubeconfig: str | None) -> None:
-    """In a pod its service account; outside, the kubeconfig named by the settings (not the import-time default)."""
-    from kubernetes import config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig)
-
-
 def _bytes(quantity: str | None) -> int:
     from kubernetes.utils import parse_quantity
 
