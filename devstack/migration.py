@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field
 
 from devstack.cluster import csi
-from devstack.cluster.node import CLUSTER_ENV, identity, kubeconfig
+from devstack.cluster.node import CLUSTER_ENV, identity, kubeconfig, mounts_under
 from devstack.cluster.stateful import HOST_ENDPOINTS, WORKLOADS
 from devstack.runtime import REPO_ROOT, DevstackError, subdir
 
@@ -105,11 +105,6 @@ def cluster_down(cluster: str) -> None:
     devstack(cluster, "down", "--services", "kubernetes")
 
 
-def _mounts_under(root: Path) -> list[str]:
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    return sorted((m for m in mounts if m == str(root) or m.startswith(f"{root}/")), key=len, reverse=True)
-
-
 def wipe_target() -> list[str]:
     """Fresh state for the target cluster: its etcd, PKI, runtime root and state go (never the source's).
 
@@ -122,7 +117,7 @@ def wipe_target() -> list[str]:
     if any(pid_of(p.removesuffix(".pid")) for p in running):
         raise DevstackError(f"the target cluster runs ({running}); stop it before wiping its state")
     removed = []
-    for mount in _mounts_under(target.runtime_root) + _mounts_under(target.runtime_state):
+    for mount in mounts_under(target.runtime_root) + mounts_under(target.runtime_state):
         subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
     for path in (subdir(target.state_subdir), target.runtime_root, target.runtime_state):
         if path.exists():

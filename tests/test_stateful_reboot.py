@@ -12,7 +12,6 @@ import hashlib
 import json
 import subprocess
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from devstack.cluster.csi import DATA_ROOT, KUBELET_ROOT
 from devstack.cluster.deploy import prepare
 from devstack.cluster.kubernetes import KubernetesCluster
-from devstack.cluster.node import kubectl
+from devstack.cluster.node import kubectl, mounts_under
 from devstack.cluster.stateful import HOST_ES_URL, HOST_KAFKA_BOOTSTRAP, WORKLOADS, deploy_stateful, wait_ready
 
 from .test_kubernetes import cluster  # noqa: F401  (the session's cluster fixture)
@@ -45,14 +44,10 @@ def _volume_handles() -> dict[str, str]:
     return handles
 
 
-def _mounts() -> list[str]:
-    return [line.split()[1] for line in Path("/proc/self/mounts").read_text(encoding="utf-8").splitlines()]
-
-
 def _power_cut() -> dict[str, int]:
     """What a reboot does beyond stopping the processes: unmount everything the kubelet and the driver mounted
     (deepest first) and detach the volumes' loop devices."""
-    ours = sorted((m for m in _mounts() if m.startswith((str(KUBELET_ROOT), str(DATA_ROOT)))), key=len, reverse=True)
+    ours = mounts_under(KUBELET_ROOT) + mounts_under(DATA_ROOT)
     for mount in ours:
         subprocess.run(["umount", "-l", mount], check=False)
     loops = json.loads(subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True).stdout or "{}")
@@ -106,7 +101,7 @@ def test_a_node_reboot_keeps_every_record_and_document(cluster: Any) -> None:  #
     assert node.stop()
     cut = _power_cut()
     print(f"\npower cut: {cut}")
-    assert not [m for m in _mounts() if m.startswith(str(KUBELET_ROOT))]
+    assert not mounts_under(KUBELET_ROOT)
     node.start()
     prepare(build=False)
     wait_ready()

@@ -104,3 +104,9 @@ def kubectl(
     if check and result.returncode != 0:
         raise DevstackError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
     return result.stdout
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below ``root``, deepest first (the order they can be unmounted in)."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    return sorted((m for m in mounts if m == str(root) or m.startswith(f"{root}/")), key=len, reverse=True)
