@@ -63,8 +63,14 @@ def scratch_config(live: dict[str, Any], live_namespace: str, scratch_namespace:
     """The live ConfigMap with every ``.<live namespace>.svc`` name moved to the scratch namespace."""
     old, new = f".{live_namespace}.svc", f".{scratch_namespace}.svc"
     data = {key: value.replace(old, new) for key, value in live.get("data", {}).items()}
-    voters = [line for text in data.values() for line in text.splitlines() if "quorum.voters=" in line]
-    if not voters or any(old in line for line in voters):
+    voters = [
+        voter.rsplit(":", 1)[0].split("@", 1)[-1]
+        for text in data.values()
+        for line in text.splitlines()
+        if line.strip().startswith("controller.quorum.voters=")
+        for voter in line.split("=", 1)[1].split(",")
+    ]
+    if not voters or not all(host.endswith(new) for host in voters):  # every voter a scratch node, none live
         raise KafkaRestoreFailed(f"controller.quorum.voters of {live['metadata']['name']} not moved to {new}")
     return {
         "apiVersion": "v1",
