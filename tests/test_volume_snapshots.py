@@ -282,3 +282,57 @@ def _finished(namespace: str, pod: str) -> list[str]:
     logs = kubectl("-n", namespace, "logs", pod)
     assert get_object("pod", pod, namespace)["status"]["phase"] == "Succeeded", logs
     return logs.split()
+
+
+def test_volume_snapshot_retention_keeps_the_newest_nights_and_what_a_restore_uses(namespace: str) -> None:
+    """The archive's VolumeSnapshots of four nights (real copies of a claim) and an operator's own one: retention
+    with 2 nights kept deletes the oldest nights' (their data too), never the operator's, and not one a claim
+    is still being restored from until that claim is gone."""
+    from eventpipe.archive.volume_retention import prune_volume_snapshots
+    from eventpipe.archive.volumes import snapshot_objects
+    from eventpipe.settings import ArchiveSettings, KubernetesSettings
+
+    apply_objects(
+        _claim("state", namespace, SNAPSHOT_LABEL),
+        _pod("workload", namespace, "state", "echo night > /data/marker && sync && sleep 3600"),
+    )
+    _wait_for(lambda: get_object("pod", "workload", namespace)["status"].get("phase") == "Running", "workload Running")
+    apply_deploy(devstack_overlay=True)  # the archive class on this driver (see the test above)
+    cfg = ArchiveSettings(volume_snapshot_namespaces=namespace, snapshot_retention_days=2)
+    kube = KubernetesSettings(namespace="eventpipe", kubeconfig=str(kubeconfig()))
+    nights = [date(2031, 3, 1) + timedelta(days=n) for n in range(4)]
+    names = [f"state-{night:%Y%m%d}" for night in nights]
+    manual = volume_snapshot("state-before-upgrade", namespace, "state", snapshot_class=cfg.volume_snapshot_class)
+    apply_objects(*[obj for night in nights for obj in snapshot_objects(cfg, night, ["state"], namespace)], manual)
+    every = [*names, "state-before-upgrade"]
+    _wait_for(
+        lambda: all(get_object("volumesnapshot", n, namespace).get("status", {}).get("readyToUse") for n in every),
+        "5 VolumeSnapshots readyToUse",
+    )
+    bound = {n: get_object("volumesnapshot", n, namespace)["status"]["boundVolumeSnapshotContentName"] for n in names}
+    handles = {n: get_object("volumesnapshotcontent", c)["status"]["snapshotHandle"] for n, c in bound.items()}
+    # a restore in progress from the oldest night: its claim waits for a consumer, so it is not Bound
+    apply_objects(_claim("restoring", namespace, {}, source=names[0]))
+
+    def present() -> set[str]:
+        listed = json.loads(kubectl("-n", namespace, "get", "volumesnapshots", "-o", "json"))["items"]
+        return {item["metadata"]["name"] for item in listed if not item["metadata"].get("deletionTimestamp")}
+
+    dry = prune_volume_snapshots(cfg, kube, dry_run=True)
+    assert dry.deleted == [f"{namespace}/{names[1]}"] and present() == set(every)
+    first = prune_volume_snapshots(cfg, kube)
+    print(f"\nretention, restore in progress: {first}")
+    assert first.nights == [n.isoformat() for n in nights]
+    assert first.deleted == [f"{namespace}/{names[1]}"]
+    assert first.kept == {f"{namespace}/{names[0]}": "a restore is using it"}
+    _wait_for(lambda: present() == set(every) - {names[1]}, "the second night's VolumeSnapshot gone")
+    archive = csi.DATA_ROOT / "snapshots" / f"{handles[names[1]]}.img"
+    _wait_for(lambda: not archive.exists(), "the pruned night's snapshot data deleted by the driver", timeout=60)
+    assert (csi.DATA_ROOT / "snapshots" / f"{handles[names[0]]}.img").exists()
+
+    kubectl("-n", namespace, "delete", "pvc", "restoring", "--wait=true", timeout=120)
+    second = prune_volume_snapshots(cfg, kube)
+    print(f"retention, restore finished: {second}")
+    assert second.deleted == [f"{namespace}/{names[0]}"] and second.kept == {}
+    _wait_for(lambda: present() == {names[2], names[3], "state-before-upgrade"}, "the newest 2 nights and the manual")
+    assert prune_volume_snapshots(cfg, kube).deleted == []  # idempotent
