@@ -55,7 +55,10 @@ def read_positions(bootstrap: str) -> tuple[dict[str, dict[int, int]], dict[str,
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="eventpipe-snapshot-positions")
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="eventpipe-snapshot-positions")
+    # 30 s per request, not the consumer's 305 s: a restored cluster still electing leaders is asked again
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, client_id="eventpipe-snapshot-positions", request_timeout_ms=30_000
+    )
     try:
         topics = sorted(t for t in admin.list_topics() if not t.startswith("__"))
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
