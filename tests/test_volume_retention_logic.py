@@ -74,3 +74,5 @@ def test_only_the_archives_own_snapshots_are_candidates() -> None:
     assert archive_snapshot(obj("copy", {"eventpipe.io/day": "2026-01-10", "eventpipe.io/pvc": "data-kafka-0"})) is None
     bad = {"eventpipe.io/day": "yesterday", "eventpipe.io/pvc": "data-kafka-0"}
     assert archive_snapshot(obj("data-kafka-0-20260110", bad)) is None
+    ours["metadata"]["deletionTimestamp"] = "2026-01-20T00:00:00Z"  # being deleted: no longer a restore point
+    assert archive_snapshot(ours) is None

@@ -45,6 +45,8 @@ class VolumeRetentionResult:
 def archive_snapshot(obj: dict[str, Any]) -> NightlySnapshot | None:
     """``obj`` as a nightly archive snapshot, or None when the archive did not create it (never pruned)."""
     meta = obj.get("metadata", {})
+    if meta.get("deletionTimestamp"):
+        return None  # already being deleted (its content may be gone): not a night's restore point any more
     labels = meta.get("labels") or {}
     day_text, pvc = labels.get(DAY_LABEL), labels.get(PVC_LABEL)
     if not day_text or not pvc:
@@ -103,7 +105,6 @@ def prune_volume_snapshots(
 ) -> VolumeRetentionResult:
     """Delete the archive's VolumeSnapshots older than the newest ``cfg.snapshot_retention_days`` nights."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
     load_config(kube.kubeconfig)
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
@@ -130,11 +131,18 @@ def prune_volume_snapshots(
         if not dry_run:
             if snap.content:
                 body = {"spec": {"deletionPolicy": "Delete"}}
-                custom.patch_cluster_custom_object(GROUP, VERSION, CONTENTS, snap.content, body)
-            try:
-                custom.delete_namespaced_custom_object(GROUP, VERSION, snap.namespace, PLURAL, snap.name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+                _unless_gone(custom.patch_cluster_custom_object, GROUP, VERSION, CONTENTS, snap.content, body)
+            _unless_gone(custom.delete_namespaced_custom_object, GROUP, VERSION, snap.namespace, PLURAL, snap.name)
         result.deleted.append(qualified(snap.namespace, snap.name, kube.namespace))
     return result
+
+
+def _unless_gone(call: Any, *args: Any) -> None:
+    """``call(*args)``; a 404 means a retention before this one, or a deletion in progress, got there first."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        call(*args)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
