@@ -13,6 +13,7 @@ import yaml
 
 from eventpipe.archive.kafka_positions import KafkaPositions, compare, positions_key
 from eventpipe.archive.kafka_restore import (
+    BLACKHOLE,
     DRILL_LABEL,
     KafkaRestoreFailed,
     KafkaRestoreResult,
@@ -72,6 +73,10 @@ def test_scratch_statefulset_keeps_names_and_node_ids_and_drops_the_external_lis
     assert "EXTERNAL_HOST" not in env and "EXTERNAL_PORT_BASE" not in env
     assert "POD_INDEX" in env  # node.id = pod ordinal, as in the live set
     assert spec["template"]["metadata"]["labels"][DRILL_LABEL] == "kafka"
+    (aliases,) = spec["template"]["spec"]["hostAliases"]  # the live brokers' names lead nowhere from the scratch
+    assert aliases["ip"] == BLACKHOLE and "kafka-1.kafka-headless.kafka.svc" in aliases["hostnames"]
+    assert "kafka-2.kafka-headless.kafka.svc.cluster.local" in aliases["hostnames"]
+    assert not any("kafka-restore" in host for host in aliases["hostnames"])
     (claims,) = spec["volumeClaimTemplates"]
     assert "eventpipe.io/snapshot" not in claims["metadata"]["labels"]  # the nightly never snapshots the scratch
     assert live["spec"]["updateStrategy"] == {"type": "RollingUpdate"}  # the live object is not modified

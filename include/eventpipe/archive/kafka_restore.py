@@ -5,7 +5,10 @@ voters 0-2. So the scratch cluster is the live StatefulSet's spec with the same 
 node id = pod ordinal), the same cluster id, in its own namespace (``kafka-restore``, created by
 ``deploy/stateful``): its headless Service and the ``controller.quorum.voters`` of its ConfigMap name
 ``*.kafka-headless.kafka-restore.svc``, never a live node, so it forms its own quorum; its NetworkPolicy lets it
-reach nothing outside its namespace. No EXTERNAL listener, no snapshot label on its claims.
+reach nothing outside its namespace, and in its pods the live brokers' names resolve to an address routed nowhere
+(where NetworkPolicies are not enforced, as on the devstack, the restored metadata's registrations of the live
+brokers would otherwise let a scratch follower fetch from a live leader). No EXTERNAL listener, no snapshot label
+on its claims. The check reads only a cluster whose every broker is registered at a scratch address.
 
 A PVC's ``dataSource`` must be in the claim's namespace, so each VolumeSnapshot of ``kafka`` gets a copy in the
 scratch namespace: a pre-provisioned VolumeSnapshotContent with the same ``snapshotHandle`` and
@@ -31,6 +34,8 @@ SCRATCH_NAMESPACE = "kafka-restore"
 DRILL_LABEL = "eventpipe.io/restore-drill"
 CONTENTS = "volumesnapshotcontents"
 SCRATCH_HEAP = "-Xms384m -Xmx384m"
+# Where the scratch pods resolve the live brokers' names: TEST-NET-1 (RFC 5737), routed nowhere
+BLACKHOLE = "192.0.2.1"
 
 
 class KafkaRestoreFailed(RuntimeError):
@@ -90,6 +95,13 @@ def scratch_statefulset(live: dict[str, Any], scratch_namespace: str) -> dict[st
     template["metadata"].setdefault("labels", {}).update(_labels(live_namespace))
     pod = template["spec"]
     pod["terminationGracePeriodSeconds"] = 30
+    # The restored metadata still registers brokers 1..N at the live names until each scratch broker registers
+    # again, and a follower that fetched from a live leader would copy records the night never had into the
+    # scratch (and report its fetch position to the live leader). A NetworkPolicy forbids that only where the
+    # network enforces it, so the live names resolve to nowhere in these pods.
+    service, replicas = spec["serviceName"], spec["replicas"]
+    live_names = [f"{live['metadata']['name']}-{n}.{service}.{live_namespace}.svc" for n in range(replicas)]
+    pod["hostAliases"] = [{"ip": BLACKHOLE, "hostnames": [*live_names, *(f"{h}.cluster.local" for h in live_names)]}]
     container = pod["containers"][0]
     drop = {"EXTERNAL_HOST", "EXTERNAL_PORT_BASE", "KAFKA_HEAP_OPTS"}
     container["env"] = [e for e in container.get("env", []) if e["name"] not in drop]
@@ -209,7 +221,21 @@ def summary(
     return topics, committed
 
 
-def check_positions(bootstrap: str, recorded: KafkaPositions, deadline: float) -> tuple[list[str], Any, Any]:
+def foreign_brokers(bootstrap: str, suffix: str) -> list[tuple[int, str]]:
+    """Brokers the scratch cluster's metadata lists at an address outside the scratch namespace."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="eventpipe-restore-drill")
+    try:
+        brokers = admin.describe_cluster()["brokers"]
+    finally:
+        admin.close()
+    return [(b["broker_id"], b["host"]) for b in brokers if not b["host"].endswith(suffix)]
+
+
+def check_positions(
+    bootstrap: str, recorded: KafkaPositions, deadline: float, suffix: str
+) -> tuple[list[str], Any, Any]:
     """Compare until no difference is left or the deadline passes (leaders are elected and high watermarks
     advance as the restored followers fetch): the last differences, restored end offsets and group offsets."""
     problems: list[str] = ["no answer"]
@@ -217,8 +243,12 @@ def check_positions(bootstrap: str, recorded: KafkaPositions, deadline: float) -
     groups: dict[str, dict[str, dict[int, int]]] = {}
     while True:
         try:
-            ends, groups = read_positions(bootstrap)
-            problems = compare(recorded, ends, groups)
+            strangers = foreign_brokers(bootstrap, suffix)
+            if strangers:  # a registration restored from the live cluster: not answered from the scratch yet
+                problems = [f"broker {node} still registered at {host}" for node, host in strangers]
+            else:
+                ends, groups = read_positions(bootstrap)
+                problems = compare(recorded, ends, groups)
         except Exception as exc:  # noqa: BLE001  (a cluster still electing leaders: retried until the deadline)
             problems = [f"scratch Kafka not answering: {type(exc).__name__}: {exc}"]
         if not problems or time.monotonic() > deadline:
@@ -281,7 +311,8 @@ def restore_kafka(
         seconds["ready"] = round(time.monotonic() - began, 1)
         service = live["spec"]["serviceName"]
         bootstrap = ",".join(f"{statefulset}-{n}.{service}.{scratch_namespace}.svc:9092" for n in range(replicas))
-        problems, ends, groups = check_positions(bootstrap, recorded, min(deadline, time.monotonic() + 300))
+        until = min(deadline, time.monotonic() + 300)
+        problems, ends, groups = check_positions(bootstrap, recorded, until, f".{scratch_namespace}.svc")
         seconds["checked"] = round(time.monotonic() - began, 1)
     finally:
         cleanup_kafka(kube, namespace, scratch_namespace)
