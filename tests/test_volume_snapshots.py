@@ -251,8 +251,8 @@ def test_volume_snapshot_retention_keeps_the_newest_nights_and_what_a_restore_us
     from eventpipe.settings import ArchiveSettings, KubernetesSettings
 
     apply_objects(
-        _claim("state", namespace, SNAPSHOT_LABEL),
-        _pod("workload", namespace, "state", "echo night > /data/marker && sync && sleep 3600"),
+        claim("state", namespace, "16Mi", csi.STORAGE_CLASS, labels=SNAPSHOT_LABEL),
+        claim_pod("workload", namespace, "state", "echo night > /data/marker && sync && sleep 3600"),
     )
     _wait_for(lambda: get_object("pod", "workload", namespace)["status"].get("phase") == "Running", "workload Running")
     apply_deploy(devstack_overlay=True)  # the archive class on this driver (see the test above)
@@ -270,7 +270,7 @@ def test_volume_snapshot_retention_keeps_the_newest_nights_and_what_a_restore_us
     bound = {n: get_object("volumesnapshot", n, namespace)["status"]["boundVolumeSnapshotContentName"] for n in names}
     handles = {n: get_object("volumesnapshotcontent", c)["status"]["snapshotHandle"] for n, c in bound.items()}
     # a restore in progress from the oldest night: its claim waits for a consumer, so it is not Bound
-    apply_objects(_claim("restoring", namespace, {}, source=names[0]))
+    apply_objects(claim("restoring", namespace, "16Mi", csi.STORAGE_CLASS, source=names[0]))
 
     def present() -> set[str]:
         listed = json.loads(kubectl("-n", namespace, "get", "volumesnapshots", "-o", "json"))["items"]
