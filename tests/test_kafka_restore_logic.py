@@ -5,7 +5,8 @@ The cluster run of the same code is in tests/test_stateful_snapshots_k8s.py (``m
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+import uuid
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from eventpipe.archive.kafka_restore import (
     summary,
 )
 from eventpipe.ingest.kafka_io import CONSUMER_GROUP
+from eventpipe.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,3 +146,20 @@ def test_positions_round_trip_and_report() -> None:
     )
     text = report(result)
     assert "FAIL: 1 differences" in text and "events.iot" in text and f"group {CONSUMER_GROUP}" in text
+
+
+@pytest.mark.services
+def test_the_record_is_stored_read_and_forgotten_in_the_real_s3(services: Settings) -> None:
+    """The pre-hook's record through the devstack's S3 server: saved, read back equal, gone once retention
+    deleted its night's snapshots (and a night never recorded reads as None, which the drill reports)."""
+    from eventpipe.archive.kafka_positions import forget_positions, load_positions, save_positions
+    from eventpipe.storage.s3 import ensure_bucket, s3_client
+
+    s3, bucket = s3_client(services), services.archive.snapshot_bucket
+    ensure_bucket(services, bucket)
+    recorded = _recorded().model_copy(update={"day": date(2030, 1, 1) + timedelta(days=uuid.uuid4().int % 3000)})
+    assert load_positions(s3, bucket, recorded.day) is None
+    assert save_positions(s3, bucket, recorded) == positions_key(recorded.day)
+    assert load_positions(s3, bucket, recorded.day) == recorded
+    assert forget_positions(s3, bucket, [recorded.day]) == [positions_key(recorded.day)]
+    assert load_positions(s3, bucket, recorded.day) is None

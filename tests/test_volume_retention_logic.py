@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from eventpipe.archive.volume_retention import NightlySnapshot, archive_snapshot, choose_prunable, restores_in_use
+from eventpipe.archive.volume_retention import (
+    NightlySnapshot,
+    archive_snapshot,
+    choose_prunable,
+    emptied_nights,
+    restores_in_use,
+)
 
 NIGHTS = [date(2026, 1, 10) + timedelta(days=n) for n in range(5)]
 
@@ -29,6 +35,9 @@ def test_keeps_the_newest_nights_and_prunes_oldest_first() -> None:
     gappy = _night(NIGHTS[0]) + _night(NIGHTS[4] + timedelta(days=30))
     assert [s.day for s in choose_prunable(gappy, 2, set())[0]] == []
     assert {s.day for s in choose_prunable(snapshots, 0, set())[0]} == set(NIGHTS[:4])  # the newest never goes
+    prune, _ = choose_prunable(snapshots, 2, set())
+    assert emptied_nights(snapshots, prune) == NIGHTS[:3]  # their pre-hook records go with them
+    assert emptied_nights(snapshots, prune[1:]) == NIGHTS[1:3]  # one of the oldest night's snapshots stays
 
 
 def test_a_snapshot_a_restore_is_using_stays() -> None:

@@ -145,9 +145,14 @@ def retention(
     settings, es, cfg, when = _context(today)
     result = asdict(apply_retention(settings, es, cfg, when, dry_run=dry_run))
     if cfg.volume_snapshots:
+        from eventpipe.archive.kafka_positions import forget_positions
         from eventpipe.archive.volume_retention import prune_volume_snapshots
+        from eventpipe.storage.s3 import s3_client
 
-        result["volume_snapshots"] = asdict(prune_volume_snapshots(cfg, settings.kubernetes, dry_run=dry_run))
+        volumes = prune_volume_snapshots(cfg, settings.kubernetes, dry_run=dry_run)
+        if not dry_run:  # a night without snapshots needs no record of what they held
+            forget_positions(s3_client(settings), cfg.snapshot_bucket, map(date.fromisoformat, volumes.emptied_nights))
+        result["volume_snapshots"] = asdict(volumes)
     emit("archive retention", result)
 
 

@@ -19,11 +19,13 @@ snapshot bucket (``volume-snapshots/date=YYYY-MM-DD/kafka.json``), typed as :cla
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime, timezone
 
 from pydantic import BaseModel, ConfigDict
 
 from eventpipe.ingest.kafka_io import CONSUMER_GROUP
+from eventpipe.storage.s3 import delete_keys
 
 HELD_GROUPS = (CONSUMER_GROUP,)
 PREFIX = "volume-snapshots"
@@ -96,6 +98,13 @@ def save_positions(s3, bucket: str, positions: KafkaPositions, **extra: str) -> 
     key = positions_key(positions.day)
     s3.put_object(Bucket=bucket, Key=key, Body=positions.model_dump_json(indent=2).encode(), **extra)
     return key
+
+
+def forget_positions(s3, bucket: str, days: Iterable[date]) -> list[str]:
+    """Delete the records of ``days`` (nights whose VolumeSnapshots retention deleted); the keys asked for."""
+    keys = [positions_key(day) for day in days]
+    delete_keys(s3, bucket, keys)
+    return keys
 
 
 def load_positions(s3, bucket: str, day: date) -> KafkaPositions | None:

@@ -40,6 +40,7 @@ class VolumeRetentionResult:
     nights: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # name -> why a snapshot past the kept nights stays
+    emptied_nights: list[str] = field(default_factory=list)  # nights with no snapshot left: their records go too
 
 
 def archive_snapshot(obj: dict[str, Any]) -> NightlySnapshot | None:
@@ -80,6 +81,12 @@ def choose_prunable(
             continue
         prune.append(snap)
     return prune, stay
+
+
+def emptied_nights(snapshots: list[NightlySnapshot], prune: list[NightlySnapshot]) -> list[date]:
+    """Nights of which no snapshot is left once ``prune`` is deleted (their pre-hook records can go too)."""
+    left = {s.day for s in snapshots if s not in prune}
+    return sorted({s.day for s in prune} - left)
 
 
 def restores_in_use(
@@ -127,6 +134,7 @@ def prune_volume_snapshots(
     prune, stay = choose_prunable(snapshots, cfg.snapshot_retention_days, restores_in_use(snapshots, claims, contents))
     result = VolumeRetentionResult(cfg.snapshot_retention_days, sorted({s.day.isoformat() for s in snapshots}))
     result.kept = {qualified(ns, name, kube.namespace): why for (ns, name), why in stay.items()}
+    result.emptied_nights = [day.isoformat() for day in emptied_nights(snapshots, prune)]
     for snap in prune:
         if not dry_run:
             if snap.content:
