@@ -21,9 +21,9 @@ from eventpipe.errors import PERMANENT_EXIT_CODE
 from eventpipe.events.generator import TAXONOMY, GeneratorConfig, utc
 from eventpipe.events.schema import daily_index
 from eventpipe.ml.explain import explain
-from eventpipe.ml.features import HISTORY_MS, add_features, explode_metrics, read_archive
+from eventpipe.ml.features import FEATURES, HISTORY_MS, add_features, explode_metrics, read_archive
 from eventpipe.ml.registry import PREFIX, Registry
-from eventpipe.ml.score import ScorerMissing, anomaly_id, read_archive_interval, score
+from eventpipe.ml.score import ScorerMissing, anomaly_id, read_archive_interval, read_elasticsearch, score
 from eventpipe.ml.scorer import score_readings
 from eventpipe.ml.train import predict, train
 from eventpipe.settings import Settings
@@ -221,20 +221,33 @@ def test_scoring_writes_anomalies_idempotently(
     assert first.anomalies > 0.6 * len(truth) and first.rejected == 0
     assert _anomaly_count(es, champion, lo, hi) == first.anomalies
 
-    found = next(iter(truth & _flagged_ids(es, champion, lo, hi)))
+    found = min(truth & _flagged_ids(es, champion, lo, hi))  # not set order: a failure must replay
     doc = es.get(index=ANOMALY_INDEX, id=anomaly_id(found, champion))
     assert doc["_source"]["model_version"] == str(champion) and doc["_source"]["metric"] in doc["_source"]["metrics"]
     # lineage: the version the document names leads to its archive days, manifest digests and code
     lineage = Registry(ml_settings).read_json(int(doc["_source"]["model_version"]), "lineage.json")
     assert [e["day"] for e in lineage["archive"]] == [d.isoformat() for d in archive.days]
     assert all(len(e["manifest_sha256"]) == 64 for e in lineage["archive"]) and lineage["code"]["package"]
-    # explain: the features and contributions add up to the score that was written
+    # explain: the features and contributions add up to the score that was written, bit for bit: explain reads
+    # one hour before the event, the scoring run one hour before the interval, and a reading's features are a
+    # pure function of its own frames
     why = explain(ml_settings, found, es=es)
     assert why["model_version"] == champion and why["event_id"] == found
     top = max(why["readings"], key=lambda r: r["p_anomaly"])
     assert top["metric"] == doc["_source"]["metric"] and round(top["p_anomaly"], 6) == doc["_source"]["score"]
-    assert sum(top["contributions"].values()) + top["metric_weight"] + top["intercept"] == pytest.approx(top["logit"])
-    assert top["check_p_from_logit"] == pytest.approx(top["p_anomaly"], abs=1e-12)
+    terms = sum(top["contributions"][name] for name in top["features"])
+    assert terms + top["metric_weight"] + top["intercept"] == top["logit"]
+    assert top["check_p_from_logit"] == pytest.approx(top["p_anomaly"], abs=1e-12)  # math.exp, not numpy's
+    artifact = Registry(ml_settings).scorer(champion)
+    read = read_elasticsearch(es, lo - timedelta(milliseconds=artifact.history_ms), hi)
+    ids = read.column("event_id").to_pylist()
+    in_run = next(
+        r
+        for r in score_readings(artifact, read, since=lo).to_pylist()
+        if ids[r["row"]] == found and r["metric"] == top["metric"]
+    )
+    assert (in_run["logit"], in_run["p_anomaly"], in_run["z"]) == (top["logit"], top["p_anomaly"], top["z"])
+    assert {name: in_run[name] for name in top["features"]} == top["features"]
     run = subprocess.run(
         [sys.executable, "-m", "eventpipe.cli", "ml", "explain", "--event-id", found],
         env={**os.environ, **stack_env, "EVENTPIPE_ARCHIVE_BUCKET": ml_settings.s3.bucket},
@@ -246,12 +259,15 @@ def test_scoring_writes_anomalies_idempotently(
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout.strip().splitlines()[-1])["readings"][0]["contributions"]
 
+    written = _anomaly_sources(es, champion, lo, hi)
     again = score(ml_settings, lo, hi, spark=spark, es=es)
     assert (again.anomalies, again.created) == (first.anomalies, 0)
     assert _anomaly_count(es, champion, lo, hi) == first.anomalies
+    assert _anomaly_sources(es, champion, lo, hi) == written  # every score, z and value, exactly
 
     from_archive = score(ml_settings, lo, hi, source="archive", spark=spark, es=es)
     assert (from_archive.events, from_archive.anomalies, from_archive.created) == (indexed, first.anomalies, 0)
+    assert _anomaly_sources(es, champion, lo, hi) == written  # the archive's row order changes nothing
 
     # Spark (bulk rescoring) flags the same events: same count, and every id it writes already exists
     by_spark = score(ml_settings, lo, hi, engine="spark", spark=spark, es=es)
@@ -263,6 +279,72 @@ def test_scoring_writes_anomalies_idempotently(
         first.anomalies,
         0,
     )
+
+
+def _anomaly_sources(es: Elasticsearch, version: int, lo: datetime, hi: datetime) -> dict[str, dict]:
+    es.indices.refresh(index=ANOMALY_INDEX)
+    hits = es.search(
+        index=ANOMALY_INDEX,
+        size=10000,
+        query={
+            "bool": {
+                "filter": [
+                    {"term": {"model_version": str(version)}},
+                    {"range": {"event_time": {"gte": lo.isoformat(), "lt": hi.isoformat()}}},
+                ]
+            }
+        },
+    )["hits"]["hits"]
+    return {h["_id"]: h["_source"] for h in hits}
+
+
+def test_spark_scores_are_bit_identical_across_partitionings(
+    ml_settings: Settings, archive: GeneratedArchive, first_training, spark
+) -> None:
+    """Bulk rescoring is a pure function of the interval: the input read as 1 or 7 partitions and shuffled into
+    3 or 8 partitions gives exactly the same features and probability for every reading, also for six readings
+    of one device in the same millisecond (``avg`` over the window added those in shuffle order)."""
+    from pyspark.sql import functions as F
+
+    registry = Registry(ml_settings)
+    model, baseline = registry.load(spark, first_training.version)
+    threshold = registry.threshold(first_training.version)
+    lo = START + timedelta(days=2, hours=3)
+    hi = lo + timedelta(hours=3)
+    events = read_archive(spark, s3_client(ml_settings), ml_settings.s3.bucket, archive.days[-1:])
+    events = events.where(
+        (F.col("event_time") >= F.lit(lo - timedelta(milliseconds=HISTORY_MS))) & (F.col("event_time") < F.lit(hi))
+    )
+    iot = F.col("attributes").getItem("device_type").isNotNull() & (F.col("event_time") >= F.lit(lo))
+    sample, device = events.where(iot).orderBy("event_id").first(), f"tie-{uuid.uuid4().hex[:8]}"
+    ties = [
+        {
+            **sample.asDict(),
+            "event_id": f"tie-{i}",
+            "device_id": device,
+            "event_time": sample["event_time"] + timedelta(minutes=1 if i == 6 else 0),
+            "metrics": {name: value * (1 + 0.173 * i) + 1e-9 * i for name, value in sample["metrics"].items()},
+        }
+        for i in range(7)
+    ]
+    events = events.unionByName(
+        spark.createDataFrame([tuple(t[c] for c in events.columns) for t in ties], events.schema)
+    )
+    columns = ["event_id", "metric", "z", *FEATURES, "p_anomaly"]
+
+    def scored(partitions: int, shuffle: int) -> dict[tuple[str, str], tuple]:
+        before = spark.conf.get("spark.sql.shuffle.partitions")
+        spark.conf.set("spark.sql.shuffle.partitions", str(shuffle))
+        try:
+            featured = add_features(explode_metrics(events.repartition(partitions)), baseline)
+            rows = predict(model, featured.where(F.col("event_time") >= F.lit(lo)), threshold).select(columns).collect()
+        finally:
+            spark.conf.set("spark.sql.shuffle.partitions", before)
+        return {(r["event_id"], r["metric"]): tuple(r[c] for c in columns[2:]) for r in rows}
+
+    one, seven = scored(1, 3), scored(7, 8)
+    assert len(one) > 1000 and {event_id for event_id, _ in one} >= {t["event_id"] for t in ties}
+    assert one == seven
 
 
 def _flagged_ids(es: Elasticsearch, version: int, lo: datetime, hi: datetime) -> set[str]:

@@ -6,13 +6,14 @@ Agreement with Spark itself is tested in test_ml.py on a real hold-out day.
 from __future__ import annotations
 
 import math
+import random
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
 
 from eventpipe.archive.layout import ARCHIVE_SCHEMA
-from eventpipe.ml.features import HISTORY_MS, LEVEL_HOUR, MAD_TO_SIGMA, POINT_FEATURES
+from eventpipe.ml.features import FEATURES, HISTORY_MS, LEVEL_HOUR, MAD_TO_SIGMA, POINT_FEATURES
 from eventpipe.ml.scorer import Baseline, ScoringArtifact, flagged_events, score_readings
 
 
@@ -153,3 +154,35 @@ def test_scoring_since_keeps_the_history_out_of_the_result() -> None:
     later = score_readings(_artifact(), _table(rows), since=cut).to_pylist()
     assert [r["row"] for r in later] == [2, 3]
     assert later == whole[2:]  # the history changes nothing but what is returned
+
+
+def test_a_readings_score_is_a_pure_function_of_its_frames() -> None:
+    """Bit-identical features, logit and score for a reading, whatever else was read: a longer history, other
+    devices, another row order, two readings of one device in the same millisecond (``explain`` reads one hour
+    before the event, hourly scoring one hour before the interval, a rescoring the archive's file order)."""
+    rng = random.Random(7)
+    minutes = sorted(rng.uniform(0, 300) for _ in range(400))
+    rows = [
+        *_series([rng.gauss(25.0, 3.0) for _ in minutes], minutes),
+        *_series([rng.gauss(23.0, 1.0) for _ in range(300)], [rng.uniform(0, 300) for _ in range(300)], device="d2"),
+        *_series([31.125, 19.75], [299.5, 299.5]),  # same millisecond, different values
+    ]
+    rows = [(f"e{i}", *row[1:]) for i, row in enumerate(rows)]
+    artifact = _artifact().model_copy(update={"features": list(FEATURES), "feature_coefficients": [0.7] * 8})
+    columns = ["row", "metric", "z", *FEATURES, "logit", "p_anomaly"]
+
+    def by_event(table: pa.Table, since: datetime | None = None) -> dict[str, tuple]:
+        scored = score_readings(artifact, table, since).select(columns).to_pylist()
+        ids = table.column("event_id").to_pylist()
+        return {ids[r["row"]]: tuple(v for k, v in r.items() if k != "row") for r in scored}
+
+    whole = by_event(_table(rows))
+    assert len(whole) == len(rows)
+    shuffled = rows[:]
+    rng.shuffle(shuffled)
+    assert by_event(_table(shuffled)) == whole
+    # the last two hours, read from one hour before them, as hourly scoring of that interval does
+    start = datetime(2025, 1, 1, 13, 0, tzinfo=timezone.utc)
+    window = [row for row in rows if row[4] >= start - timedelta(milliseconds=HISTORY_MS)]
+    interval = by_event(_table(window[::-1]), since=start)
+    assert interval and interval == {k: v for k, v in whole.items() if k in interval}

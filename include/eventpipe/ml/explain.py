@@ -2,8 +2,10 @@
 
 The model is a logistic regression, so a reading's score is exactly ``sigmoid(intercept + metric weight +
 sum(coefficient x feature))``: each feature's contribution is its coefficient times its value, and the
-contributions add up to the logit. The event and its device's history (``history_ms`` before it) are read
-from Elasticsearch and featurised by the version's ``scorer.json``, as hourly scoring does.
+contributions (added in ``features`` order), the metric weight and the intercept give the scorer's logit
+bit for bit. The event and its device's history (``history_ms`` before it) are read from Elasticsearch
+and featurised by the version's ``scorer.json``, as hourly scoring does; the features are a pure function
+of the reading's frames, so they equal what the scoring run computed from its longer read.
 """
 
 from __future__ import annotations
@@ -50,18 +52,12 @@ def explain(
     for reading in (r for r in scored if ids[r["row"]] == event_id):
         metric = reading["metric"]
         slot = artifact.metric_labels.index(metric) if metric in artifact.metric_labels else len(artifact.metric_labels)
+        # exact, unrounded: with the metric weight and the intercept, added in ``artifact.features`` order, they
+        # give the scorer's own logit bit for bit (rounded terms missed it by up to 4e-6)
         contributions = {
-            name: round(coefficient * reading[name], 6)
+            name: coefficient * reading[name]
             for name, coefficient in zip(artifact.features, artifact.feature_coefficients, strict=True)
         }
-        logit = (
-            artifact.intercept
-            + artifact.metric_coefficients[slot]
-            + sum(
-                coefficient * reading[name]
-                for name, coefficient in zip(artifact.features, artifact.feature_coefficients, strict=True)
-            )
-        )
         readings.append(
             {
                 "metric": metric,
@@ -72,9 +68,9 @@ def explain(
                 "contributions": dict(sorted(contributions.items(), key=lambda kv: -abs(kv[1]))),
                 "metric_weight": artifact.metric_coefficients[slot],
                 "intercept": artifact.intercept,
-                "logit": logit,
+                "logit": reading["logit"],
                 "p_anomaly": reading["p_anomaly"],
-                "check_p_from_logit": 1.0 - 1.0 / (1.0 + math.exp(logit)),
+                "check_p_from_logit": 1.0 - 1.0 / (1.0 + math.exp(reading["logit"])),
                 "flagged": reading["flagged"],
             }
         )

@@ -27,7 +27,7 @@ from eventpipe.archive.manifest import committed_files
 from eventpipe.sparkjobs.session import s3a_uri
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession, WindowSpec
 
 MIN_POINTS = 20
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
@@ -199,8 +199,8 @@ def add_features(rows: DataFrame, baseline: DataFrame) -> DataFrame:
     windowed = with_u.withColumns(
         {
             "n_prev": F.count("*").over(previous),
-            "mean_prev": F.avg("u").over(previous),
-            "mean_recent": F.avg("u").over(series.rangeBetween(-RECENT_MS, 0)),
+            "mean_prev": _frame_mean(previous),
+            "mean_recent": _frame_mean(series.rangeBetween(-RECENT_MS, 0)),
             "n_burst": F.count("*").over(series.rangeBetween(-BURST_MS, 0)),
             "n_same": F.count("*").over(same),
         }
@@ -215,6 +215,21 @@ def add_features(rows: DataFrame, baseline: DataFrame) -> DataFrame:
             "log_rate": F.log1p((F.col("n_burst") - 1).cast("double")) - F.log1p(expected),
         }
     ).drop("level", "mean_prev", "mean_recent", "n_burst", "n_same", "n_prev")
+
+
+def _frame_mean(frame: WindowSpec) -> Column:
+    """Mean of ``u`` over a window frame, summed from 0.0 in (ts, u) order: a total order on the frame's values.
+
+    ``avg`` sums the frame in the order its rows arrive, and readings of one series in the same millisecond
+    arrive in shuffle order, which changes with the input's partitioning: the same interval could score
+    differently in the last bits. Sorted, the sum is a pure function of the frame, and the python scorer
+    (``scorer.frame_sums``) adds in the same order.
+    """
+    from pyspark.sql import functions as F
+
+    values = F.sort_array(F.collect_list(F.when(F.col("u").isNotNull(), F.struct("ts", "u"))).over(frame))
+    total = F.aggregate(values, F.lit(0.0), lambda acc, x: acc + x["u"])
+    return F.when(F.size(values) > 0, total / F.size(values))
 
 
 def with_labels(rows: DataFrame, truth: DataFrame) -> DataFrame:

@@ -159,11 +159,14 @@ def _codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.dictionary_encode(array).indices.to_numpy(zero_copy_only=False)
 
 
-def _frames(keys: list[np.ndarray], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order, sorted composite key, its inverse): rows sorted by ``keys`` then time, one int64 per row whose
-    high bits number the series and low 41 bits hold the epoch milliseconds (good until 2039), so a time
-    range inside a series is one ``searchsorted`` away, as Spark's ``rangeBetween`` over the series."""
-    order = np.lexsort((ts, *reversed(keys)))
+def _frames(keys: list[np.ndarray], ts: np.ndarray, tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, sorted composite key, its inverse): rows sorted by ``keys``, time, then ``tiebreak``; one int64 per
+    row whose high bits number the series and low 41 bits hold the epoch milliseconds (good until 2039), so a
+    time range inside a series is one ``searchsorted`` away, as Spark's ``rangeBetween`` over the series.
+
+    ``tiebreak`` (the summed value) orders readings of one series at the same millisecond by value, not by
+    their arrival order, so a frame's sum does not depend on how the events were read."""
+    order = np.lexsort((tiebreak, ts, *reversed(keys)))
     change = np.zeros(len(order), dtype=bool)
     for key in keys:
         sorted_key = key[order]
@@ -173,30 +176,49 @@ def _frames(keys: list[np.ndarray], ts: np.ndarray) -> tuple[np.ndarray, np.ndar
     return order, composite, np.argsort(order)
 
 
+def frame_sums(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``sum(values[lo:hi])`` per row, added left to right from 0.0: the order in which Spark's sliding window
+    frame sums its rows.
+
+    Not a difference of running sums: that one carries the rounding of every value before the frame (other
+    series, and as much history as the caller happened to read), so scoring, ``explain`` and a rescoring of
+    the same reading disagreed in the last bits. Work is the frames' total length, as in Spark.
+    """
+    sums = np.zeros(len(lo))
+    active = np.flatnonzero(hi > lo)
+    step = 0
+    while active.size:
+        sums[active] += values[lo[active] + step]
+        step += 1
+        active = active[hi[active] > lo[active] + step]
+    return sums
+
+
 def _temporal(readings: pa.Table, u: np.ndarray) -> dict[str, np.ndarray]:
-    """``features.add_features``' window functions in numpy: counts and means over time ranges of a series."""
+    """``features.add_features``' window functions in numpy: counts and means over time ranges of a series.
+
+    Every value is a pure function of its series' readings in the frame (see ``frame_sums``)."""
     device, kind, metric = (_codes(readings.column(c)) for c in ("device_id", "kind", "metric"))
     ts = readings.column("ts").to_numpy()
-    order, key, back = _frames([device, kind, metric], ts)
+    order, key, back = _frames([device, kind, metric], ts, u)
 
     def left(offset: int) -> np.ndarray:
         return np.searchsorted(key, key - offset, side="left")
 
     now_left, now_right = left(0), np.searchsorted(key, key, side="right")
-    sums = np.concatenate([[0.0], np.cumsum(u[order])])
-    n_prev = now_left - left(HISTORY_MS)
+    u_sorted = u[order]
+    prev_lo, recent_lo = left(HISTORY_MS), left(RECENT_MS)
+    n_prev = now_left - prev_lo
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_prev = np.where(n_prev > 0, (sums[now_left] - sums[left(HISTORY_MS)]) / n_prev, 0.0)
-        recent_lo = left(RECENT_MS)
-        mean_recent = (sums[now_right] - sums[recent_lo]) / (now_right - recent_lo)
+        mean_prev = np.where(n_prev > 0, frame_sums(u_sorted, prev_lo, now_left) / n_prev, 0.0)
+        mean_recent = frame_sums(u_sorted, recent_lo, now_right) / (now_right - recent_lo)
     n_burst = now_right - left(BURST_MS)
     value = readings.column("value").to_numpy()
-    _same_order, same_key, same_back = _frames([device, kind, metric, value], ts)
+    _same_order, same_key, same_back = _frames([device, kind, metric, value], ts, value)
     n_same = (
         np.searchsorted(same_key, same_key, side="left") - np.searchsorted(same_key, same_key - HISTORY_MS, "left")
     )[same_back]
     expected = n_prev * (BURST_MS / HISTORY_MS)
-    u_sorted = u[order]
     return {
         "log_abs_u": np.log1p(np.abs(u)),
         "log_jump": np.log1p(np.abs(u_sorted - mean_prev))[back],
@@ -264,8 +286,9 @@ def featurize(artifact: ScoringArtifact, readings: pa.Table) -> pa.Table:
     return keep
 
 
-def probabilities(artifact: ScoringArtifact, features: pa.Table) -> np.ndarray:
-    """P(anomaly) as Spark's binary LogisticRegressionModel computes it: p0 = 1/(1+e^m), p1 = 1 - p0."""
+def logits(artifact: ScoringArtifact, features: pa.Table) -> np.ndarray:
+    """The margin Spark's LogisticRegressionModel computes: the features' terms in ``artifact.features`` order,
+    then the metric's weight, then the intercept (``explain`` adds its contributions up in this order)."""
     margin = np.zeros(features.num_rows)
     for name, coefficient in zip(artifact.features, artifact.feature_coefficients, strict=True):
         margin += features.column(name).to_numpy() * coefficient
@@ -273,18 +296,25 @@ def probabilities(artifact: ScoringArtifact, features: pa.Table) -> np.ndarray:
     index = np.where(index < 0, len(artifact.metric_labels), index)
     margin += np.asarray(artifact.metric_coefficients)[index]
     margin += artifact.intercept
+    return margin
+
+
+def probability(margin: np.ndarray) -> np.ndarray:
+    """P(anomaly) as Spark's binary LogisticRegressionModel computes it: p0 = 1/(1+e^m), p1 = 1 - p0."""
     return 1.0 - 1.0 / (1.0 + np.exp(margin))
 
 
 def score_readings(artifact: ScoringArtifact, events: pa.Table, since: datetime | None = None) -> pa.Table:
-    """Every scored reading: the features, ``p_anomaly`` and ``flagged`` (p >= the tuned threshold).
+    """Every scored reading: the features, ``logit``, ``p_anomaly`` and ``flagged`` (p >= the tuned threshold).
 
     ``since``: the events before it are history only (the temporal features' look-back): read, not scored.
     """
     features = featurize(artifact, explode_readings(events))
     if since is not None:
         features = features.filter(pc.greater_equal(features.column("ts"), int(since.timestamp() * 1000)))
-    p = probabilities(artifact, features)
+    margin = logits(artifact, features)
+    p = probability(margin)
+    features = features.append_column("logit", pa.array(margin, pa.float64()))
     features = features.append_column("p_anomaly", pa.array(p, pa.float64()))
     return features.append_column("flagged", pa.array(p >= artifact.threshold))
 
