@@ -12,7 +12,7 @@ from devstack.cluster.node import kubectl
 
 from .polling import wait_for
 
-__all__ = ["apply_objects", "get_object", "task_pod", "wait_for"]
+__all__ = ["apply_objects", "claim_pod", "events_of", "get_object", "task_pod", "wait_for"]
 
 
 def apply_objects(*objects: dict[str, Any]) -> None:
@@ -23,6 +23,27 @@ def apply_objects(*objects: dict[str, Any]) -> None:
 def get_object(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
     scope = ["-n", namespace] if namespace else []
     return json.loads(kubectl(*scope, "get", kind, name, "-o", "json"))
+
+
+def claim_pod(namespace: str, claim: str, command: str, image: str, name: str = "w") -> dict[str, Any]:
+    """A pod running ``command`` (sh) with ``claim`` mounted at /d: what makes a WaitForFirstConsumer claim
+    provision, and how a test writes or reads a volume's data."""
+    container = {"name": "w", "image": image, "imagePullPolicy": "Never", "command": ["sh", "-c", command],
+                 "volumeMounts": [{"name": "d", "mountPath": "/d"}]}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"containers": [container],
+                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]},
+    }  # fmt: skip
+
+
+def events_of(namespace: str, name: str) -> list[str]:
+    """The messages of the events about object ``name`` (a PVC, a pod), oldest first."""
+    out = kubectl("-n", namespace, "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
+    items = sorted(json.loads(out)["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return [e.get("message", "") for e in items]
 
 
 def task_pod(
