@@ -90,7 +90,18 @@ def store(s3: Any) -> Iterator[Store]:
     # (a claim restoring from a snapshot holds it), then the snapshots, then what is left
     store.apply()
     ns = store.namespace
-    kubectl("-n", ns, "delete", "pod,pvc", "--all", "--wait=true", "--timeout=120s", check=False, timeout=150)
+    kubectl(
+        "-n",
+        ns,
+        "delete",
+        "pod,pvc",
+        "--all",
+        "--grace-period=1",
+        "--wait=true",
+        "--timeout=120s",
+        check=False,
+        timeout=150,
+    )
     kubectl("-n", ns, "delete", "volumesnapshot", "--all", "--wait=true", "--timeout=120s", check=False, timeout=150)
     kubectl("delete", "namespace", ns, "--wait=false")
     kubectl("delete", "volumesnapshotclass", store.snapshot_class, "--ignore-not-found")
