@@ -40,7 +40,8 @@ For the closed day of the run's data interval (or the `day` given in the trigger
 
 1. **wait_for_ingest** — every hourly ingest interval of the day has a complete drain manifest.
 2. **quiesce** — flush and write-block `eventpipe-events-YYYY.MM.DD`.
-3. **snapshot** group — `pre_hook` holds writes on the live indices, `take` runs the
+3. **snapshot** group — `pre_hook` holds writes on the live indices (and, with VolumeSnapshots, records
+   Kafka's end offsets and committed group offsets for the restore drill), `take` runs the
    Elasticsearch snapshot `eventpipe-YYYY.MM.DD` (S3 repository; CSI VolumeSnapshots of
    labelled PVCs on Kubernetes), `post_hook` lifts the hold **whatever happened**.
 4. **write** — Parquet under a staging prefix, copied into `events/date=YYYY-MM-DD/`,
@@ -49,7 +50,9 @@ For the closed day of the run's data interval (or the `day` given in the trigger
 5. **verify** — re-reads every file and matches checksums and ids against the manifest and
    Elasticsearch; marks the day verified and updates the `s3://eventpipe-archive/events` asset.
 6. **late_sweep** — re-commits archived days whose late index gained events.
-7. **retention** — deletes indices and snapshots past their age, only for verified days.
+7. **retention** — deletes indices and snapshots past their age, only for verified days; with
+   VolumeSnapshots on, keeps the newest `EVENTPIPE_SNAPSHOT_RETENTION_DAYS` nights of them (never one a
+   restore is using).
 
 Backfill: `airflow backfill create --dag-id eventpipe_archive_nightly --from-date … --to-date …`.
 Restore: the `eventpipe_restore_drill` DAG or `eventpipe archive restore --day …`.

@@ -33,7 +33,8 @@ manifest lists. Scratch indices are replaced on every run.
 
 Where the nightly snapshot takes VolumeSnapshots (`EVENTPIPE_VOLUME_SNAPSHOTS`), `restore_volumes`
 also restores the Elasticsearch data claims from the day's VolumeSnapshots into a scratch StatefulSet and
-fails unless it holds the day's documents as the live cluster and the manifest do.
+fails unless it holds the day's documents as the live cluster and the manifest do; then the Kafka claims into a
+scratch KRaft cluster in `kafka-restore`, failing unless every offset the night's pre-hook recorded is there.
 
 For a real restore into a new cluster: `eventpipe archive restore --day D --source archive
 --into eventpipe-events-YYYY.MM.DD` (see docs/runbook.md).

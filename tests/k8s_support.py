@@ -12,7 +12,7 @@ from devstack.cluster.node import kubectl
 
 from .polling import wait_for
 
-__all__ = ["apply_objects", "claim_pod", "events_of", "get_object", "task_pod", "wait_for"]
+__all__ = ["apply_objects", "claim", "claim_pod", "events_of", "get_object", "task_pod", "wait_for"]
 
 
 def apply_objects(*objects: dict[str, Any]) -> None:
@@ -20,23 +20,67 @@ def apply_objects(*objects: dict[str, Any]) -> None:
     kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
 
 
-def get_object(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-    scope = ["-n", namespace] if namespace else []
-    return json.loads(kubectl(*scope, "get", kind, name, "-o", "json"))
+def claim(
+    name: str,
+    namespace: str,
+    size: str,
+    storage_class: str,
+    *,
+    source: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A ReadWriteOnce claim on ``storage_class``; ``source`` names a VolumeSnapshot to restore from."""
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": storage_class,
+        "resources": {"requests": {"storage": size}},
+    }
+    if source:
+        spec["dataSource"] = {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": source}
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels or {})}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
 
 
-def claim_pod(namespace: str, claim: str, command: str, image: str, name: str = "w") -> dict[str, Any]:
-    """A pod running ``command`` (sh) with ``claim`` mounted at /d: what makes a WaitForFirstConsumer claim
-    provision, and how a test writes or reads a volume's data."""
-    container = {"name": "w", "image": image, "imagePullPolicy": "Never", "command": ["sh", "-c", command],
-                 "volumeMounts": [{"name": "d", "mountPath": "/d"}]}  # fmt: skip
+def claim_pod(
+    name: str,
+    namespace: str,
+    claim_name: str,
+    script: str,
+    *,
+    image: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A pod that runs ``script`` once with the claim at ``/data``, under the restricted Pod Security profile
+    (non-root uid 1000, fsGroup 1000, no capabilities, read-only root): what a task pod of the pipeline gets, so
+    a volume that works here works for the StatefulSets too. ``image`` defaults to the project's image."""
+    from devstack.cluster.image import IMAGE
+
+    restricted = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    container = {
+        "name": "main",
+        "image": image or IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", script],
+        "securityContext": restricted,
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"containers": [container],
-                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]},
-    }  # fmt: skip
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim_name}}],
+        },
+    }
 
 
 def events_of(namespace: str, name: str) -> list[str]:
@@ -44,6 +88,11 @@ def events_of(namespace: str, name: str) -> list[str]:
     out = kubectl("-n", namespace, "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
     items = sorted(json.loads(out)["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
     return [e.get("message", "") for e in items]
+
+
+def get_object(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    scope = ["-n", namespace] if namespace else []
+    return json.loads(kubectl(*scope, "get", kind, name, "-o", "json"))
 
 
 def task_pod(

@@ -28,7 +28,7 @@ import pytest
 from devstack.cluster import csi
 from eventpipe.settings import Settings
 
-from .k8s_support import apply_objects, get_object, wait_for
+from .k8s_support import apply_objects, claim, claim_pod, get_object, wait_for
 
 SANITY_SIZE = 64 << 20  # csi-sanity's volumes (default 10 GiB: sparse, but needless)
 
@@ -116,34 +116,6 @@ def _kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
     return kubectl(*args, stdin=stdin, check=check)
 
 
-def _claim(name: str, namespace: str, size: str, klass: str = csi.STORAGE_CLASS, source: str | None = None) -> dict:
-    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "storageClassName": klass,
-                            "resources": {"requests": {"storage": size}}}  # fmt: skip
-    if source:
-        spec["dataSource"] = {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": source}
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace},
-            "spec": spec}  # fmt: skip
-
-
-def _pod(name: str, namespace: str, claim: str, script: str) -> dict[str, Any]:
-    from devstack.cluster.image import IMAGE
-
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
-            "containers": [{"name": "main", "image": IMAGE, "imagePullPolicy": "Never",
-                            "command": ["sh", "-c", script],
-                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
-        },
-    }  # fmt: skip
-
-
 def _phase(namespace: str, pod: str) -> str:
     return get_object("pod", pod, namespace)["status"].get("phase", "")
 
@@ -191,9 +163,9 @@ def ns(csi_cluster: None) -> Iterator[str]:
 
 
 @pytest.mark.k8s
-def test_a_write_past_the_claim_gets_enospc_in_the_pod(ns: str) -> None:
+def test_a_write_past_the_claim_gets_enospc_in_theclaim_pod(ns: str) -> None:
     script = "dd if=/dev/zero of=/data/fill bs=1M count=64 2>&1; echo rc=$?; df -k /data | tail -1"
-    apply_objects(_claim("small", ns, "16Mi"), _pod("filler", ns, "small", script))
+    apply_objects(claim("small", ns, "16Mi", csi.STORAGE_CLASS), claim_pod("filler", ns, "small", script))
     _finished(ns, "filler")
     logs = _logs(ns, "filler")
     assert "No space left on device" in logs and "rc=1" in logs, logs
@@ -203,7 +175,7 @@ def test_a_write_past_the_claim_gets_enospc_in_the_pod(ns: str) -> None:
 
 @pytest.mark.k8s
 def test_a_claim_larger_than_the_node_fails_with_both_sizes(ns: str) -> None:
-    apply_objects(_claim("huge", ns, "100Ti"), _pod("waiting", ns, "huge", "true"))
+    apply_objects(claim("huge", ns, "100Ti", csi.STORAGE_CLASS), claim_pod("waiting", ns, "huge", "true"))
     event = wait_for(lambda: [e for e in _events(ns, "huge") if "exceeds the free space" in e], "ProvisioningFailed")
     assert "ResourceExhausted" in event[0] and "102400Gi" in event[0] and "available" in event[0], event
     assert get_object("pvc", "huge", ns)["status"]["phase"] == "Pending"
@@ -215,12 +187,12 @@ def _key_secret(ns: str, key_hex: str) -> dict[str, Any]:
 
 
 @pytest.mark.k8s
-def test_encrypted_volume_has_no_plaintext_and_a_missing_or_wrong_key_stops_the_pod(ns: str) -> None:
+def test_encrypted_volume_has_no_plaintext_and_a_missing_or_wrong_key_stops_theclaim_pod(ns: str) -> None:
     record = f"eventpipe-record-{uuid.uuid4().hex}"
     key = os.urandom(32).hex()
     write = f"for i in $(seq 200); do echo {record}; done > /data/records; sync; head -1 /data/records"
-    apply_objects(_key_secret(ns, key), _claim("secret", ns, "32Mi", csi.STORAGE_CLASS_ENCRYPTED),
-           _pod("writer", ns, "secret", write))  # fmt: skip
+    apply_objects(_key_secret(ns, key), claim("secret", ns, "32Mi", csi.STORAGE_CLASS_ENCRYPTED),
+           claim_pod("writer", ns, "secret", write))  # fmt: skip
     assert _finished(ns, "writer") == "Succeeded", _logs(ns, "writer")
     assert _logs(ns, "writer").strip() == record
     image = _image_of(ns, "secret")
@@ -232,25 +204,26 @@ def test_encrypted_volume_has_no_plaintext_and_a_missing_or_wrong_key_stops_the_
     before = raw
 
     _kubectl("-n", ns, "delete", "secret", csi.VOLUME_KEY_SECRET)
-    apply_objects(_pod("nokey", ns, "secret", "cat /data/records"))
+    apply_objects(claim_pod("nokey", ns, "secret", "cat /data/records"))
     missing = wait_for(lambda: [e for e in _events(ns, "nokey") if "FailedMount" in e], "FailedMount (no Secret)")
     assert csi.VOLUME_KEY_SECRET in missing[0] and "not found" in missing[0], missing
 
-    apply_objects(_key_secret(ns, os.urandom(32).hex()), _pod("wrongkey", ns, "secret", "cat /data/records"))
+    apply_objects(_key_secret(ns, os.urandom(32).hex()), claim_pod("wrongkey", ns, "secret", "cat /data/records"))
     wrong = wait_for(lambda: [e for e in _events(ns, "wrongkey") if "wrong encryption key" in e], "wrong-key event")
     assert "FailedMount" in wrong[0] and "PermissionDenied" in wrong[0], wrong
     assert _phase(ns, "wrongkey") == "Pending"
     _kubectl("-n", ns, "delete", "pod", "nokey", "wrongkey", "--wait=true", "--timeout=60s")
     assert image.read_bytes() == before  # refused keys touched nothing
 
-    apply_objects(_key_secret(ns, key), _pod("reader", ns, "secret", "head -1 /data/records"))
+    apply_objects(_key_secret(ns, key), claim_pod("reader", ns, "secret", "head -1 /data/records"))
     assert _finished(ns, "reader") == "Succeeded" and _logs(ns, "reader").strip() == record
 
 
 @pytest.mark.k8s
 def test_offline_expansion_restarts_the_pod_once_with_data_intact_and_shrink_is_refused(ns: str) -> None:
     token = uuid.uuid4().hex
-    apply_objects(_claim("grow", ns, "32Mi"), _pod("first", ns, "grow", f"echo {token} > /data/marker; sleep 3600"))
+    first = claim_pod("first", ns, "grow", f"echo {token} > /data/marker; sleep 3600")
+    apply_objects(claim("grow", ns, "32Mi", csi.STORAGE_CLASS), first)
     wait_for(lambda: _phase(ns, "first") == "Running", "first pod running")
     began = time.monotonic()
     _kubectl("-n", ns, "patch", "pvc", "grow", "--type=merge", "-p",
@@ -262,7 +235,7 @@ def test_offline_expansion_restarts_the_pod_once_with_data_intact_and_shrink_is_
         get_object("pv", get_object("pvc", "grow", ns)["spec"]["volumeName"])["spec"]["capacity"]["storage"] == "96Mi"
     )
     _kubectl("-n", ns, "delete", "pod", "first", "--wait=true", "--timeout=60s")  # the one restart
-    apply_objects(_pod("second", ns, "grow", "cat /data/marker; df -k /data | tail -1"))
+    apply_objects(claim_pod("second", ns, "grow", "cat /data/marker; df -k /data | tail -1"))
     assert _finished(ns, "second") == "Succeeded"
     lines = _logs(ns, "second").strip().splitlines()
     assert lines[0] == token, lines
@@ -280,7 +253,8 @@ def test_offline_expansion_restarts_the_pod_once_with_data_intact_and_shrink_is_
 @pytest.mark.k8s
 def test_a_snapshot_restores_into_a_larger_volume(ns: str) -> None:
     token = uuid.uuid4().hex
-    apply_objects(_claim("src", ns, "32Mi"), _pod("src-writer", ns, "src", f"echo {token} > /data/marker"))
+    writer = claim_pod("src-writer", ns, "src", f"echo {token} > /data/marker")
+    apply_objects(claim("src", ns, "32Mi", csi.STORAGE_CLASS), writer)
     assert _finished(ns, "src-writer") == "Succeeded"
     snapshot = {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
                 "metadata": {"name": "snap", "namespace": ns},
@@ -288,8 +262,8 @@ def test_a_snapshot_restores_into_a_larger_volume(ns: str) -> None:
                          "source": {"persistentVolumeClaimName": "src"}}}  # fmt: skip
     apply_objects(snapshot)
     wait_for(lambda: get_object("volumesnapshot", "snap", ns).get("status", {}).get("readyToUse"), "snapshot ready")
-    apply_objects(_claim("bigger", ns, "128Mi", source="snap"),
-           _pod("restored", ns, "bigger", "cat /data/marker; df -k /data | tail -1"))  # fmt: skip
+    apply_objects(claim("bigger", ns, "128Mi", csi.STORAGE_CLASS, source="snap"),
+           claim_pod("restored", ns, "bigger", "cat /data/marker; df -k /data | tail -1"))  # fmt: skip
     assert _finished(ns, "restored") == "Succeeded", _logs(ns, "restored")
     lines = _logs(ns, "restored").strip().splitlines()
     assert lines[0] == token and int(lines[-1].split()[1]) > 100 << 10, lines

@@ -197,14 +197,27 @@ def test_rbac_least_privilege() -> None:
                 assert "secrets" not in rule["resources"]
     task = {r: set(rule["verbs"]) for rule in _one("Role", "eventpipe-task")["rules"] for r in rule["resources"]}
     assert task == {"volumesnapshots": {"create", "get", "list", "delete"}, "persistentvolumeclaims": {"get", "list"}}
-    # the one cluster-scoped grant: `eventpipe storage expand` reads StorageClasses (deploy/stateful/rbac.yaml)
-    (cluster_role,) = _objects("ClusterRole")
-    assert cluster_role["metadata"]["name"] == "eventpipe-storage-expand"
-    assert cluster_role["rules"] == [
-        {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]}
+    # the cluster-scoped grants (deploy/stateful/rbac.yaml): `eventpipe storage expand` reads StorageClasses; the
+    # Kafka restore drill copies snapshot contents (Retain) into its scratch namespace, and retention reads contents
+    # and switches a pruned one to Delete
+    cluster_roles = {role["metadata"]["name"]: role["rules"] for role in _objects("ClusterRole")}
+    assert cluster_roles == {
+        "eventpipe-storage-expand": [
+            {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]}
+        ],
+        "eventpipe-restore-drill": [
+            {
+                "apiGroups": ["snapshot.storage.k8s.io"],
+                "resources": ["volumesnapshotcontents"],
+                "verbs": ["get", "list", "create", "delete", "patch"],
+            }
+        ],
+    }
+    bindings = {b["roleRef"]["name"]: b["subjects"] for b in _objects("ClusterRoleBinding")}
+    assert set(bindings) == set(cluster_roles)
+    assert bindings["eventpipe-restore-drill"] == [
+        {"kind": "ServiceAccount", "name": k8s.TASK_SERVICE_ACCOUNT, "namespace": k8s.NAMESPACE}
     ]
-    (binding,) = _objects("ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == "eventpipe-storage-expand"
 
 
 def test_storage_and_snapshot_classes() -> None:

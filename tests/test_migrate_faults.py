@@ -37,7 +37,7 @@ from eventpipe.migrate.volumes import SNAPSHOT_LABEL, Claim, Kube, SnapshotRefus
 from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
 
-from .k8s_support import apply_objects, claim_pod, events_of, get_object, wait_for
+from .k8s_support import apply_objects, claim, claim_pod, events_of, get_object, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -118,19 +118,13 @@ def _keys(s3: Any, store: Store, under: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def _claim(store: Store, name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": store.namespace},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": csi.STORAGE_CLASS_ENCRYPTED,
-                     "resources": {"requests": {"storage": CLAIM_SIZE}}}}  # fmt: skip
-
-
-def _written(store: Store, claim: str, mib: int, image: str) -> str:
-    """An encrypted claim with ``mib`` MiB of random bytes in /d/payload, its pod left running; the sha256."""
-    script = (f"head -c {mib}m /dev/urandom > /d/payload && sync && "
-              "echo sum=$(sha256sum /d/payload | cut -d' ' -f1) && sleep 3600")  # fmt: skip
-    apply_objects(_claim(store, claim), claim_pod(store.namespace, claim, script, image, name=f"{claim}-writer"))
-    return _logged_sum(store, f"{claim}-writer")
+def _written(store: Store, name: str, mib: int, image: str) -> str:
+    """An encrypted claim with ``mib`` MiB of random bytes in /data/payload, its pod left running; the sha256."""
+    script = (f"head -c {mib}m /dev/urandom > /data/payload && sync && "
+              "echo sum=$(sha256sum /data/payload | cut -d' ' -f1) && sleep 3600")  # fmt: skip
+    apply_objects(claim(name, store.namespace, CLAIM_SIZE, csi.STORAGE_CLASS_ENCRYPTED),
+                  claim_pod(f"{name}-writer", store.namespace, name, script, image=image))  # fmt: skip
+    return _logged_sum(store, f"{name}-writer")
 
 
 def _logged_sum(store: Store, pod: str, timeout: float = 240) -> str:
@@ -143,22 +137,18 @@ def _logged_sum(store: Store, pod: str, timeout: float = 240) -> str:
 
 def _sum_in(store: Store, pod: str) -> str:
     """The payload's sha256 as the running pod reads it now (busybox applets run through its shell)."""
-    return kubectl("-n", store.namespace, "exec", pod, "--", "sh", "-c", "sha256sum /d/payload").split()[0]
+    return kubectl("-n", store.namespace, "exec", pod, "--", "sh", "-c", "sha256sum /data/payload").split()[0]
 
 
-def _restore(store: Store, claim: str, snapshot: str, image: str) -> None:
+def _restore(store: Store, name: str, snapshot: str, image: str) -> None:
     """A claim restored from VolumeSnapshot ``snapshot`` through the store's restore class, and its reader."""
-    restored = _claim(store, claim)
-    restored["spec"] |= {
-        "storageClassName": store.restore_class,
-        "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snapshot},
-    }
-    reader = "echo sum=$(sha256sum /d/payload | cut -d' ' -f1) && sleep 3600"
-    apply_objects(restored, claim_pod(store.namespace, claim, reader, image, name=f"{claim}-reader"))
+    reader = "echo sum=$(sha256sum /data/payload | cut -d' ' -f1) && sleep 3600"
+    apply_objects(claim(name, store.namespace, CLAIM_SIZE, store.restore_class, source=snapshot),
+                  claim_pod(f"{name}-reader", store.namespace, name, reader, image=image))  # fmt: skip
 
 
-def _snapshot(store: Store, claim: str, label: str) -> str:
-    [obj] = snapshot_manifests([Claim(namespace=store.namespace, name=claim, storage=CLAIM_SIZE)], label,
+def _snapshot(store: Store, pvc: str, label: str) -> str:
+    [obj] = snapshot_manifests([Claim(namespace=store.namespace, name=pvc, storage=CLAIM_SIZE)], label,
                                store.snapshot_class)  # fmt: skip
     apply_objects(obj)
     return obj["metadata"]["name"]
@@ -319,12 +309,12 @@ def test_a_snapshot_whose_store_objects_go_during_its_restore_never_binds_a_clai
     found["deleted"] = wait_for(
         lambda: _event(store, "restored-deleted", f'snapshot "{handle}" does not exist on this node or in s3://'),
         "the restore of the deleted snapshot", timeout=120)  # fmt: skip
-    for claim in ("restored-tampered", "restored-missing", "restored-deleted"):
-        _pending_unbound(store, claim)
+    for restored in ("restored-tampered", "restored-missing", "restored-deleted"):
+        _pending_unbound(store, restored)
     # nothing of the failed restores is left on the node: no volume image, finished or partial
     claimed = {p.name.split(".")[0] for p in (csi.DATA_ROOT / "volumes").glob("*.img*")}
-    for claim in ("restored-tampered", "restored-missing", "restored-deleted"):
-        uid = get_object("pvc", claim, ns)["metadata"]["uid"]
+    for restored in ("restored-tampered", "restored-missing", "restored-deleted"):
+        uid = get_object("pvc", restored, ns)["metadata"]["uid"]
         assert f"pvc-{uid}" not in claimed
     print(json.dumps(found))
 

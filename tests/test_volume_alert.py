@@ -22,12 +22,12 @@ import pytest
 
 from devstack.cluster import csi, kubelet_metrics
 from devstack.cluster.deploy import NAMESPACE
-from devstack.cluster.image import IMAGE
 from devstack.cluster.kubernetes import KubernetesCluster, kubectl
 from devstack.monitoring import ALERTMANAGER_PORT, PROMETHEUS_PORT, Prometheus, render_rules
 from devstack.stack import GROUPS, up
 
-from .k8s_support import apply_objects, get_object, wait_for
+from . import k8s_support as k8s
+from .k8s_support import apply_objects, claim_pod, get_object, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -73,42 +73,9 @@ def claim(prometheus: None) -> Iterator[str]:
     """A 64 MiB claim on the encrypted class, mounted by an idle non-root pod; both deleted afterwards."""
     name = f"volume-alert-{uuid.uuid4().hex[:8]}"
     csi.volume_key_secret(NAMESPACE)
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"eventpipe.io/test": "volume-alert"}},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": csi.STORAGE_CLASS_ENCRYPTED,
-            "resources": {"requests": {"storage": "64Mi"}},
-        },
-    }
-    restricted = {
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-    }
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"eventpipe.io/test": "volume-alert"}},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": True, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "main",
-                    "image": IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["sleep", "3600"],
-                    "securityContext": restricted,
-                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                }
-            ],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": name}}],
-        },
-    }
+    labels = {"eventpipe.io/test": "volume-alert"}
+    pvc = k8s.claim(name, NAMESPACE, "64Mi", csi.STORAGE_CLASS_ENCRYPTED, labels=labels)
+    pod = claim_pod(name, NAMESPACE, name, "sleep 3600", labels=labels)
     apply_objects(pvc, pod)
     try:
         wait_for(

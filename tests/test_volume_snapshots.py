@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 from elasticsearch import Elasticsearch
@@ -36,51 +35,11 @@ from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
 from eventpipe.k8s.schemas import volume_snapshot
 from eventpipe.settings import Settings
 
-from .k8s_support import apply_objects, get_object, wait_for
+from .k8s_support import apply_objects, claim, claim_pod, get_object, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services]
 
 SNAPSHOT_LABEL = {"eventpipe.io/snapshot": "true"}  # ArchiveSettings' default selector
-
-
-def _claim(name: str, namespace: str, labels: dict[str, str], source: str | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
-        "storageClassName": csi.STORAGE_CLASS,
-        "resources": {"requests": {"storage": "16Mi"}},
-    }
-    if source:
-        spec["dataSource"] = {"apiGroup": GROUP, "kind": "VolumeSnapshot", "name": source}
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": spec,
-    }
-
-
-def _pod(name: str, namespace: str, claim: str, script: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": True, "fsGroup": 1000},
-            "containers": [
-                {
-                    "name": "main",
-                    "image": IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["sh", "-c", script],
-                    "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
-                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                }
-            ],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
-        },
-    }
 
 
 _wait_for = partial(wait_for, timeout=120, every=0.5)  # this file's pace: quicker polls, shorter waits
@@ -139,9 +98,9 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
     # the workload: a labelled PVC, a pod writing a marker into it; an unlabelled PVC must not be snapshotted
     script = f"echo {token} > /data/marker && mkdir -p /data/d && echo nested > /data/d/file && sync && sleep 3600"
     apply_objects(
-        _claim("state", namespace, {**SNAPSHOT_LABEL, "app": "workload"}),
-        _claim("scratch", namespace, {"app": "workload"}),
-        _pod("workload", namespace, "state", script),
+        claim("state", namespace, "16Mi", csi.STORAGE_CLASS, labels={**SNAPSHOT_LABEL, "app": "workload"}),
+        claim("scratch", namespace, "16Mi", csi.STORAGE_CLASS, labels={"app": "workload"}),
+        claim_pod("workload", namespace, "state", script),
     )
     _wait_for(lambda: get_object("pod", "workload", namespace)["status"].get("phase") == "Running", "workload Running")
     _wait_for(lambda: token in _exec(namespace, "workload", "cat /data/marker 2>/dev/null || true"), "marker")
@@ -185,8 +144,8 @@ def test_archive_snapshot_step_takes_a_ready_volume_snapshot_inside_the_hold_and
     _exec(namespace, "workload", "echo after > /data/after && echo changed > /data/marker && sync")
 
     apply_objects(
-        _claim("restored", namespace, {"app": "restore-check"}, source=name),
-        _pod("reader", namespace, "restored", "cat /data/marker; cat /data/d/file; ls /data"),
+        claim("restored", namespace, "16Mi", csi.STORAGE_CLASS, labels={"app": "restore-check"}, source=name),
+        claim_pod("reader", namespace, "restored", "cat /data/marker; cat /data/d/file; ls /data"),
     )
     done = _wait_for(
         lambda: get_object("pod", "reader", namespace)["status"].get("phase") in ("Succeeded", "Failed"), "reader done"
@@ -229,13 +188,12 @@ def test_a_pod_deleted_mid_snapshot_leaves_a_consistent_snapshot_and_an_intact_v
     The driver serialises unstaging behind the copy, so: the snapshot completes; a volume restored from it holds
     the writer's log as whole lines 0..k with no torn line; the original volume mounts again with lines 0..m, m >= k.
     """
-    claim = _claim("busy", namespace, {"app": "mid-snapshot"})
-    claim["spec"]["resources"]["requests"]["storage"] = "1536Mi"
+    busy = claim("busy", namespace, "1536Mi", csi.STORAGE_CLASS, labels={"app": "mid-snapshot"})
     writer = (
         "dd if=/dev/urandom of=/data/filler bs=1M count=1024 2>/dev/null && sync && "
         "i=0; while true; do echo $i >> /data/log; i=$((i+1)); done"
     )
-    apply_objects(claim, _pod("writer", namespace, "busy", writer))
+    apply_objects(busy, claim_pod("writer", namespace, "busy", writer))
     _wait_for(lambda: get_object("pod", "writer", namespace)["status"].get("phase") == "Running", "writer Running")
     _wait_for(
         lambda: int(_exec(namespace, "writer", "wc -l < /data/log 2>/dev/null || echo 0").strip() or 0) > 100,
@@ -258,11 +216,11 @@ def test_a_pod_deleted_mid_snapshot_leaves_a_consistent_snapshot_and_an_intact_v
     _wait_for(lambda: not _pods(namespace), "writer gone", timeout=300)
 
     check = "stat -c %s /data/filler; awk 'NR-1 != $0 {print \"torn\", NR, $0; exit 1} END {print NR}' /data/log"
-    restored_claim = _claim("restored", namespace, {"app": "mid-snapshot"}, source="busy-mid")
-    restored_claim["spec"]["resources"]["requests"]["storage"] = "1536Mi"  # at least the snapshot's size
-    apply_objects(restored_claim, _pod("restored-reader", namespace, "restored", check))
+    labels = {"app": "mid-snapshot"}  # the restore is at least the snapshot's size
+    restored_claim = claim("restored", namespace, "1536Mi", csi.STORAGE_CLASS, labels=labels, source="busy-mid")
+    apply_objects(restored_claim, claim_pod("restored-reader", namespace, "restored", check))
     restored = _finished(namespace, "restored-reader")
-    apply_objects(_pod("original-reader", namespace, "busy", check))
+    apply_objects(claim_pod("original-reader", namespace, "busy", check))
     original = _finished(namespace, "original-reader")
     assert restored[0] == original[0] == str(1 << 30)
     assert 100 < int(restored[1]) <= int(original[1]), (restored, original)
@@ -282,3 +240,57 @@ def _finished(namespace: str, pod: str) -> list[str]:
     logs = kubectl("-n", namespace, "logs", pod)
     assert get_object("pod", pod, namespace)["status"]["phase"] == "Succeeded", logs
     return logs.split()
+
+
+def test_volume_snapshot_retention_keeps_the_newest_nights_and_what_a_restore_uses(namespace: str) -> None:
+    """The archive's VolumeSnapshots of four nights (real copies of a claim) and an operator's own one: retention
+    with 2 nights kept deletes the oldest nights' (their data too), never the operator's, and not one a claim
+    is still being restored from until that claim is gone."""
+    from eventpipe.archive.volume_retention import prune_volume_snapshots
+    from eventpipe.archive.volumes import snapshot_objects
+    from eventpipe.settings import ArchiveSettings, KubernetesSettings
+
+    apply_objects(
+        claim("state", namespace, "16Mi", csi.STORAGE_CLASS, labels=SNAPSHOT_LABEL),
+        claim_pod("workload", namespace, "state", "echo night > /data/marker && sync && sleep 3600"),
+    )
+    _wait_for(lambda: get_object("pod", "workload", namespace)["status"].get("phase") == "Running", "workload Running")
+    apply_deploy(devstack_overlay=True)  # the archive class on this driver (see the test above)
+    cfg = ArchiveSettings(volume_snapshot_namespaces=namespace, snapshot_retention_days=2)
+    kube = KubernetesSettings(namespace="eventpipe", kubeconfig=str(kubeconfig()))
+    nights = [date(2031, 3, 1) + timedelta(days=n) for n in range(4)]
+    names = [f"state-{night:%Y%m%d}" for night in nights]
+    manual = volume_snapshot("state-before-upgrade", namespace, "state", snapshot_class=cfg.volume_snapshot_class)
+    apply_objects(*[obj for night in nights for obj in snapshot_objects(cfg, night, ["state"], namespace)], manual)
+    every = [*names, "state-before-upgrade"]
+    _wait_for(
+        lambda: all(get_object("volumesnapshot", n, namespace).get("status", {}).get("readyToUse") for n in every),
+        "5 VolumeSnapshots readyToUse",
+    )
+    bound = {n: get_object("volumesnapshot", n, namespace)["status"]["boundVolumeSnapshotContentName"] for n in names}
+    handles = {n: get_object("volumesnapshotcontent", c)["status"]["snapshotHandle"] for n, c in bound.items()}
+    # a restore in progress from the oldest night: its claim waits for a consumer, so it is not Bound
+    apply_objects(claim("restoring", namespace, "16Mi", csi.STORAGE_CLASS, source=names[0]))
+
+    def present() -> set[str]:
+        listed = json.loads(kubectl("-n", namespace, "get", "volumesnapshots", "-o", "json"))["items"]
+        return {item["metadata"]["name"] for item in listed if not item["metadata"].get("deletionTimestamp")}
+
+    dry = prune_volume_snapshots(cfg, kube, dry_run=True)
+    assert dry.deleted == [f"{namespace}/{names[1]}"] and present() == set(every)
+    first = prune_volume_snapshots(cfg, kube)
+    print(f"\nretention, restore in progress: {first}")
+    assert first.nights == [n.isoformat() for n in nights]
+    assert first.deleted == [f"{namespace}/{names[1]}"]
+    assert first.kept == {f"{namespace}/{names[0]}": "a restore is using it"}
+    _wait_for(lambda: present() == set(every) - {names[1]}, "the second night's VolumeSnapshot gone")
+    archive = csi.DATA_ROOT / "snapshots" / f"{handles[names[1]]}.img"
+    _wait_for(lambda: not archive.exists(), "the pruned night's snapshot data deleted by the driver", timeout=60)
+    assert (csi.DATA_ROOT / "snapshots" / f"{handles[names[0]]}.img").exists()
+
+    kubectl("-n", namespace, "delete", "pvc", "restoring", "--wait=true", timeout=120)
+    second = prune_volume_snapshots(cfg, kube)
+    print(f"retention, restore finished: {second}")
+    assert second.deleted == [f"{namespace}/{names[0]}"] and second.kept == {}
+    _wait_for(lambda: present() == {names[2], names[3], "state-before-upgrade"}, "the newest 2 nights and the manual")
+    assert prune_volume_snapshots(cfg, kube).deleted == []  # idempotent

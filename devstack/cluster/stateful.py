@@ -38,6 +38,8 @@ IN_CLUSTER_ENDPOINTS = {
 }
 HOST_ENDPOINTS = {"EVENTPIPE_KAFKA_BOOTSTRAP": HOST_KAFKA_BOOTSTRAP, "EVENTPIPE_ES_URL": HOST_ES_URL}
 WORKLOADS = (("kafka", "kafka", "kafka", "4.4.0"), ("elastic", "elasticsearch", "elasticsearch", "9.5.3"))
+# the restore drill's scratch namespace -> the namespace whose snapshots it restores (eventpipe.archive.kafka_restore)
+RESTORE_NAMESPACES = {"kafka-restore": "kafka"}
 # The fs repository: mounted here in the Elasticsearch pods (below the image's path.repo) and the task pods
 SNAPSHOT_LOCATION = "/usr/share/elasticsearch/snapshots/eventpipe-snapshots"
 ES_REPOSITORY_CLAIM = "elasticsearch-snapshots"  # in elastic, read-write (the overlay mounts it)
@@ -174,6 +176,27 @@ def namespaces_and_keys() -> None:
     kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     for namespace, *_ in WORKLOADS:
         csi.volume_key_secret(namespace)
+    for scratch, source in RESTORE_NAMESPACES.items():
+        shared_volume_key(source, scratch)
+
+
+def shared_volume_key(source: str, scratch: str) -> None:
+    """``scratch``'s key Secret as a copy of ``source``'s: the drill restores ``source``'s encrypted snapshots there,
+    and fscrypt unlocks them only with the key they were written with. Created once, never replaced."""
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": scratch, "labels": {"app.kubernetes.io/part-of": "eventpipe"}}}))  # fmt: skip
+    if kubectl("-n", scratch, "get", "secret", csi.VOLUME_KEY_SECRET, "-o", "name", check=False, timeout=15):
+        return
+    key = json.loads(kubectl("-n", source, "get", "secret", csi.VOLUME_KEY_SECRET, "-o", "json"))["data"]["key"]
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": csi.VOLUME_KEY_SECRET, "namespace": scratch,
+                     "labels": {"app.kubernetes.io/managed-by": "eventpipe-devstack"}},
+        "type": "Opaque",
+        "data": {"key": key},
+    }  # fmt: skip
+    kubectl("create", "-f", "-", stdin=json.dumps(secret))
 
 
 def wait_ready(timeout_s: float = 900.0) -> None:

@@ -40,11 +40,30 @@ def quiesce(
 
 @app.command("snapshot-pre")
 def snapshot_pre(day: Day) -> None:
-    """Pre-hook: hold writes on the live indices and flush what the snapshot will contain."""
+    """Pre-hook: hold writes on the live indices and flush what the snapshot will contain.
+
+    With VolumeSnapshots on, it then records Kafka's end offsets and committed group offsets (inside the hold,
+    so the ingest group's are frozen): what a restore of the Kafka claims is checked against.
+    """
     from eventpipe.archive.snapshot import pre_hook
 
-    _, es, _, when = _context(day)
-    emit("snapshot pre-hook", pre_hook(es, when))
+    settings, es, cfg, when = _context(day)
+    result = pre_hook(es, when)
+    if cfg.volume_snapshots:
+        from eventpipe.archive.kafka_positions import record_positions, save_positions
+        from eventpipe.storage.s3 import ensure_bucket, s3_client
+
+        positions = record_positions(settings.kafka.bootstrap, when)
+        ensure_bucket(settings, cfg.snapshot_bucket)
+        extra = {"ServerSideEncryption": cfg.sse} if cfg.sse else {}
+        key = save_positions(s3_client(settings), cfg.snapshot_bucket, positions, **extra)
+        result["kafka_positions"] = {
+            "key": f"s3://{cfg.snapshot_bucket}/{key}",
+            "topics": len(positions.end_offsets),
+            "partitions": positions.partitions,
+            "groups": len(positions.groups),
+        }
+    emit("snapshot pre-hook", result)
 
 
 @app.command()
@@ -117,11 +136,24 @@ def retention(
     today: Annotated[str, typer.Option("--today", help="Reference day for ages (the run's day)")],
     dry_run: bool = False,
 ) -> None:
-    """Delete indices and snapshots past their age, only for days whose archive verified."""
+    """Delete indices and snapshots past their age, only for days whose archive verified; with VolumeSnapshots on,
+    also the archive's VolumeSnapshots older than the newest EVENTPIPE_SNAPSHOT_RETENTION_DAYS nights."""
+    from dataclasses import asdict
+
     from eventpipe.archive.retention import apply_retention
 
     settings, es, cfg, when = _context(today)
-    emit("archive retention", apply_retention(settings, es, cfg, when, dry_run=dry_run))
+    result = asdict(apply_retention(settings, es, cfg, when, dry_run=dry_run))
+    if cfg.volume_snapshots:
+        from eventpipe.archive.kafka_positions import forget_positions
+        from eventpipe.archive.volume_retention import prune_volume_snapshots
+        from eventpipe.storage.s3 import s3_client
+
+        volumes = prune_volume_snapshots(cfg, settings.kubernetes, dry_run=dry_run)
+        if not dry_run:  # a night without snapshots needs no record of what they held
+            forget_positions(s3_client(settings), cfg.snapshot_bucket, map(date.fromisoformat, volumes.emptied_nights))
+        result["volume_snapshots"] = asdict(volumes)
+    emit("archive retention", result)
 
 
 def _latest(settings: Settings) -> date:
@@ -173,10 +205,18 @@ def restore_volumes(
     manifest: Annotated[
         bool, typer.Option(help="Also compare with the day's archive manifest (--no-manifest: a day not archived)")
     ] = True,
+    kafka: Annotated[
+        bool, typer.Option(help="Also restore the Kafka claims (when snapshotted) and check the pre-hook's offsets")
+    ] = True,
+    kafka_namespace: Annotated[str, typer.Option(help="Namespace of the Kafka StatefulSet, its snapshots")] = "kafka",
 ) -> None:
-    """Restore the day's Elasticsearch claims from their VolumeSnapshots into a scratch cluster; compare counts."""
+    """Restore the day's Elasticsearch claims from their VolumeSnapshots into a scratch cluster and compare counts;
+    then Kafka's into a scratch KRaft cluster, checked against the offsets the night's pre-hook recorded."""
+    import sys
+
     from eventpipe.archive.manifest import load
     from eventpipe.archive.volume_restore import restore_volumes as restore
+    from eventpipe.archive.volumes import snapshot_namespaces
     from eventpipe.storage.s3 import s3_client
 
     settings, _, cfg, when = _context(None if day == "latest" else day)
@@ -194,5 +234,25 @@ def restore_volumes(
         namespace=namespace,
         statefulset=statefulset,
         manifest_rows=rows,
-    )
+    ).__dict__
+    if kafka and kafka_namespace in snapshot_namespaces(cfg, settings.kubernetes):
+        from eventpipe.archive.kafka_positions import load_positions
+        from eventpipe.archive.kafka_restore import KafkaRestoreFailed, report, restore_kafka
+
+        recorded = load_positions(s3_client(settings), cfg.snapshot_bucket, when)
+        if recorded is None:
+            raise KafkaRestoreFailed(
+                f"no Kafka positions recorded for {when} in s3://{cfg.snapshot_bucket}: its pre-hook did not record "
+                "them (a night snapshotted before the pre-hook did); --no-kafka restores Elasticsearch alone"
+            )
+        restored = restore_kafka(settings.kubernetes, when, recorded, namespace=kafka_namespace)
+        print(report(restored), file=sys.stderr, flush=True)
+        result["kafka"] = restored.__dict__
+        emit("archive restore-volumes", result)
+        if not restored.matches:
+            raise KafkaRestoreFailed(
+                f"{when}: the Kafka restored from volume snapshots differs from the pre-hook's record in "
+                f"{len(restored.problems)} places, first: {restored.problems[0]}"
+            )
+        return
     emit("archive restore-volumes", result)
