@@ -12,7 +12,7 @@ from devstack.cluster.node import kubectl
 
 from .polling import wait_for
 
-__all__ = ["apply_objects", "claim", "claim_pod", "get_object", "task_pod", "wait_for"]
+__all__ = ["apply_objects", "claim", "claim_pod", "events_of", "get_object", "task_pod", "wait_for"]
 
 
 def apply_objects(*objects: dict[str, Any]) -> None:
@@ -81,6 +81,13 @@ def claim_pod(
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim_name}}],
         },
     }
+
+
+def events_of(namespace: str, name: str) -> list[str]:
+    """The messages of the events about object ``name`` (a PVC, a pod), oldest first."""
+    out = kubectl("-n", namespace, "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
+    items = sorted(json.loads(out)["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return [e.get("message", "") for e in items]
 
 
 def get_object(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:

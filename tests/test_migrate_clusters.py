@@ -24,19 +24,9 @@ from devstack.cluster.podnet import NODE_IP
 from devstack.migration import cluster_down, cluster_up, devstack, key_secret, wipe_target
 from eventpipe.migrate.volumes import Kube, restore_manifests, take_pass
 
+from .k8s_support import claim_pod
+
 pytestmark = pytest.mark.k8s
-
-
-def _pod(namespace: str, command: str, image: str) -> dict:
-    container = {"name": "w", "image": image, "imagePullPolicy": "Never", "command": ["sh", "-c", command],
-                 "volumeMounts": [{"name": "d", "mountPath": "/d"}]}  # fmt: skip
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "w", "namespace": namespace},
-        "spec": {"containers": [container],
-                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data-probe-0"}}]},
-    }  # fmt: skip
 
 
 @pytest.fixture
@@ -61,7 +51,7 @@ def test_a_cloud_pass_restores_an_encrypted_claim_through_preprovisioned_objects
              "metadata": {"name": "data-probe-0", "namespace": src, "labels": {"eventpipe.io/snapshot": "true"}},
              "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": csi.STORAGE_CLASS_ENCRYPTED,
                       "resources": {"requests": {"storage": "64Mi"}}}}  # fmt: skip
-    items = [claim, _pod(src, f"echo record-{src} > /d/f; sync; sleep 3600", image)]
+    items = [claim, claim_pod("w", src, "data-probe-0", f"echo record-{src} > /data/f; sync; sleep 3600", image=image)]
     kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     kubectl("-n", src, "wait", "--for=condition=Ready", "pod/w", "--timeout=180s")
     kube = Kube(kubeconfig())
@@ -72,7 +62,12 @@ def test_a_cloud_pass_restores_an_encrypted_claim_through_preprovisioned_objects
     classes = {"snapshot_class": csi.CLOUD_SNAPSHOT_CLASS, "storage_class": csi.CLOUD_RESTORE_CLASS}
     for obj in restore_manifests(moved, driver=csi.DRIVER_NAME, **classes):
         kube.create(obj)
-    kubectl("apply", "-f", "-", stdin=json.dumps(_pod(dst, "cat /d/f; sleep 3600", image)))
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps(claim_pod("w", dst, "data-probe-0", "cat /data/f; sleep 3600", image=image)),
+    )
     kubectl("-n", dst, "wait", "--for=condition=Ready", "pod/w", "--timeout=300s")
     assert kubectl("-n", dst, "logs", "w").strip() == f"record-{src}"
     pvc = json.loads(kubectl("-n", dst, "get", "pvc", "data-probe-0", "-o", "json"))

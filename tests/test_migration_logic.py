@@ -307,10 +307,21 @@ def test_a_snapshot_that_never_turns_ready_times_out_naming_its_last_error(monke
 
     ticks = iter(range(0, 1000, 10))
     monkeypatch.setattr(volumes.time, "sleep", lambda _: None)
-    denied = {"error": {"message": "PermissionDenied: S3 refused the credentials (InvalidAccessKeyId)"}}
-    kube = _Snapshots({("k", "a"): [denied], ("k", "b"): [{"readyToUse": True}]})
-    with pytest.raises(TimeoutError, match=r"after 30s: \['k/a'\]; last errors: .*InvalidAccessKeyId"):
+    cut = {"error": {"message": 'rpc error: code = Unavailable desc = snapshot "s": upload interrupted'}}
+    kube = _Snapshots({("k", "a"): [cut], ("k", "b"): [{"readyToUse": True}]})
+    with pytest.raises(TimeoutError, match=r"after 30s: \['k/a'\]; last errors: .*upload interrupted"):
         volumes.wait_ready(kube, [("k", "a"), ("k", "b")], 30, clock=lambda: next(ticks))  # type: ignore[arg-type]
+
+
+def test_a_snapshot_the_store_refuses_fails_at_once_naming_it_and_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventpipe.migrate import volumes
+
+    monkeypatch.setattr(volumes.time, "sleep", lambda _: None)
+    denied = {"error": {"message": 'failed to take snapshot of the volume pvc-1: "rpc error: code = PermissionDenied '
+                        'desc = cloud snapshot s: S3 refused the credentials (SignatureDoesNotMatch)"'}}  # fmt: skip
+    kube = _Snapshots({("k", "a"): [{"readyToUse": True}], ("k", "b"): [{}, denied]})
+    with pytest.raises(volumes.SnapshotRefused, match=r"^VolumeSnapshot k/b: .*\(SignatureDoesNotMatch\)"):
+        volumes.wait_ready(kube, [("k", "a"), ("k", "b")], 900, clock=lambda: 0.0)  # type: ignore[arg-type]
 
 
 def test_restore_times_come_from_the_target_drivers_log(tmp_path: Path) -> None:

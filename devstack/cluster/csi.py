@@ -291,16 +291,29 @@ def storage_classes() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((SOURCE / "storageclasses.yaml").read_text()) if d]
 
 
-def cloud_objects(endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1") -> list[dict[str, Any]]:
+def cloud_objects(
+    endpoint: str,
+    access_key: str,
+    secret_key: str,
+    region: str = "us-east-1",
+    *,
+    prefix: str = CLOUD_PREFIX,
+    snapshot_class: str = CLOUD_SNAPSHOT_CLASS,
+    restore_class: str = CLOUD_RESTORE_CLASS,
+    secret_namespace: str = CLOUD_SECRET_NAMESPACE,
+    deletion_policy: str = "Retain",
+) -> list[dict[str, Any]]:
     """The cloud VolumeSnapshotClass, the class restores from it use, and the Secret naming the S3 store.
 
     ``endpoint`` is the S3 server as the driver sees it: the driver is a host process, so the host's address.
     Retain: deleting a VolumeSnapshot keeps the cloud copy (a migration's restore point outlives its objects).
     The restore class is the encrypted one plus the provisioner secret; a restored volume keeps the
     ciphertext of its source, so its namespace needs the source's key Secret (a migration carries it over).
+    The keywords name another store (a test's own prefix, classes and Secret namespace); the defaults are the
+    devstack's one.
     """
     labels = {"app.kubernetes.io/managed-by": "eventpipe-devstack"}
-    secret_ref = {"name": CLOUD_SECRET, "namespace": CLOUD_SECRET_NAMESPACE}
+    secret_ref = {"name": CLOUD_SECRET, "namespace": secret_namespace}
     encrypted = next(c for c in storage_classes() if c["metadata"]["name"] == STORAGE_CLASS_ENCRYPTED)
     return [
         {
@@ -308,21 +321,21 @@ def cloud_objects(endpoint: str, access_key: str, secret_key: str, region: str =
             "kind": "Secret",
             "metadata": {**secret_ref, "labels": labels},
             "type": "Opaque",
-            "stringData": {"endpoint": endpoint, "region": region, "bucket": CLOUD_BUCKET, "prefix": CLOUD_PREFIX,
+            "stringData": {"endpoint": endpoint, "region": region, "bucket": CLOUD_BUCKET, "prefix": prefix,
                            "accessKeyId": access_key, "secretAccessKey": secret_key},
         },
         # upstream's snapshotter role leaves secrets out ("enable it if your driver needs secret"): this one only
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": {"name": "eventpipe-cloud-snapshotter", "namespace": CLOUD_SECRET_NAMESPACE, "labels": labels},
+            "metadata": {"name": "eventpipe-cloud-snapshotter", "namespace": secret_namespace, "labels": labels},
             "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CLOUD_SECRET],
                        "verbs": ["get"]}],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": {"name": "eventpipe-cloud-snapshotter", "namespace": CLOUD_SECRET_NAMESPACE, "labels": labels},
+            "metadata": {"name": "eventpipe-cloud-snapshotter", "namespace": secret_namespace, "labels": labels},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "eventpipe-cloud-snapshotter"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                           "name": IDENTITIES["csi-snapshotter"][0]}],
@@ -330,25 +343,25 @@ def cloud_objects(endpoint: str, access_key: str, secret_key: str, region: str =
         {
             "apiVersion": "snapshot.storage.k8s.io/v1",
             "kind": "VolumeSnapshotClass",
-            "metadata": {"name": CLOUD_SNAPSHOT_CLASS, "labels": {**labels, "eventpipe.io/snapshot-class": "cloud"}},
+            "metadata": {"name": snapshot_class, "labels": {**labels, "eventpipe.io/snapshot-class": "cloud"}},
             "driver": DRIVER_NAME,
-            "deletionPolicy": "Retain",
+            "deletionPolicy": deletion_policy,
             "parameters": {
                 "cloud": "s3",
                 "csi.storage.k8s.io/snapshotter-secret-name": CLOUD_SECRET,
-                "csi.storage.k8s.io/snapshotter-secret-namespace": CLOUD_SECRET_NAMESPACE,
+                "csi.storage.k8s.io/snapshotter-secret-namespace": secret_namespace,
                 # ListSnapshots of a pre-provisioned content (a migration's restore) reads the same store
                 "csi.storage.k8s.io/snapshotter-list-secret-name": CLOUD_SECRET,
-                "csi.storage.k8s.io/snapshotter-list-secret-namespace": CLOUD_SECRET_NAMESPACE,
+                "csi.storage.k8s.io/snapshotter-list-secret-namespace": secret_namespace,
             },
         },
         {
             **encrypted,
-            "metadata": {**encrypted["metadata"], "name": CLOUD_RESTORE_CLASS},
+            "metadata": {**encrypted["metadata"], "name": restore_class},
             "parameters": {
                 **encrypted["parameters"],
                 "csi.storage.k8s.io/provisioner-secret-name": CLOUD_SECRET,
-                "csi.storage.k8s.io/provisioner-secret-namespace": CLOUD_SECRET_NAMESPACE,
+                "csi.storage.k8s.io/provisioner-secret-namespace": secret_namespace,
             },
         },
     ]  # fmt: skip

@@ -167,11 +167,22 @@ class Kube:
         return dict(self.core.read_namespaced_secret(name, namespace).data or {})
 
 
+class SnapshotRefused(RuntimeError):
+    """A VolumeSnapshot failed in a way no retry fixes on its own (the store refused the credentials, the
+    class lacks its Secret): the controller keeps retrying it, but waiting only delays the verdict."""
+
+
+# gRPC codes of the CSI driver's CreateSnapshot that need an operator (devstack/csi/cloud.go's s3Status,
+# targetFrom); Unavailable, Aborted and the like are a cut or a race that the controller's retry resumes
+REFUSALS = ("code = PermissionDenied", "code = InvalidArgument")
+
+
 def wait_ready(
     kube: Kube, names: list[tuple[str, str]], timeout_s: float, *, clock: Callable[[], float] = time.monotonic
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Wait until every (namespace, VolumeSnapshot) is readyToUse; its status. An error the snapshot controller
-    reports is retried by it (a cut upload resumes), so it only decides the message when the time is up."""
+    reports is retried by it (a cut upload resumes), so it only decides the message when the time is up; a
+    refusal (``REFUSALS``) raises ``SnapshotRefused`` at once, naming the snapshot and the driver's words."""
     deadline = clock() + timeout_s
     ready: dict[tuple[str, str], dict[str, Any]] = {}
     errors: dict[str, str] = {}
@@ -180,6 +191,8 @@ def wait_ready(
             status = kube.snapshot_status(*key)
             if message := (status.get("error") or {}).get("message"):
                 errors[f"{key[0]}/{key[1]}"] = message
+                if any(code in message for code in REFUSALS) and not status.get("readyToUse"):
+                    raise SnapshotRefused(f"VolumeSnapshot {key[0]}/{key[1]}: {message}")
             if status.get("readyToUse"):
                 ready[key] = status
                 errors.pop(f"{key[0]}/{key[1]}", None)
