@@ -118,8 +118,11 @@ def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 30, be
     the nightly archive of the day of the move on the target (``devstack.migration_archive``); ``cleanup``
     deletes the fill topic and the drill's cloud snapshots once the source is back."""
     from devstack.cluster.node import kubeconfig
+    from devstack.cluster.stateful import wait_green, wait_ready
     from eventpipe.migrate.volumes import Kube
 
+    wait_ready(600)  # never start on a source that is not fully up (a cluster test before may still recover)
+    wait_green(600)
     work = workdir()
     chain_dir = work / "chain"
     work.mkdir(parents=True, exist_ok=True)
