@@ -123,3 +123,19 @@ def test_a_runs_row_names_passes_pause_restores_and_the_archive() -> None:
     assert row["archive_across_move"] == {"verified": True, "rows": 5, "day": "2026-12-07"}
     without = comparison(legacy_run(_result(precopy=False)))
     assert (without["run"], without["precopy_s"], without["paused_window_s"]) == ("1.0 GB, no pre-copy", None, 260.0)
+
+
+def test_devstack_migrate_fails_when_the_archive_across_the_move_does_not_verify(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from devstack import migration_drill
+    from devstack.cli import app
+
+    failed = _result(archive={"verified": False, "error": "DevstackError: eventpipe archive verify failed (1)"})
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(migration_drill, "drill", lambda **kw: seen.update(kw) or failed)
+    result = CliRunner().invoke(app, ["migrate", "--size-gb", "1"])
+    assert result.exit_code == 1 and "did not verify" in result.output and "archive verify failed" in result.output
+    assert seen["size"] == 1_000_000_000 and seen["archive"] is True
