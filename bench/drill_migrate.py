@@ -130,7 +130,7 @@ def chart(document: dict[str, Any], path: Path) -> None:
 
     rows = document["comparison"]
     names = [r["run"] for r in rows][::-1]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.9 * len(rows) + 1.8), dpi=100, sharey=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.9 * len(rows) + 2.2), dpi=100, sharey=True)
     y = range(len(rows))
     for ax, series, unit, scale in (
         (left, (("precopy_s", "pre-copy pass (ingest live)", "#9e9e9e"), ("final_pass_s", "final pass (paused)",
@@ -149,7 +149,7 @@ def chart(document: dict[str, Any], path: Path) -> None:
                     ax.text(value, at, f" {value:,.1f}", va="center", fontsize=7)
         ax.set_xlabel(unit)
         ax.margins(x=0.2)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(series), frameon=False)
     left.set_yticks(list(y), names, fontsize=8)
     fig.suptitle("Migration drill: Kafka + Elasticsearch StatefulSets, source -> target cluster "
                  "(no pre-copy: the final pass ships everything, paused)", fontsize=9)  # fmt: skip
