@@ -139,3 +139,15 @@ def test_devstack_migrate_fails_when_the_archive_across_the_move_does_not_verify
     result = CliRunner().invoke(app, ["migrate", "--size-gb", "1"])
     assert result.exit_code == 1 and "did not verify" in result.output and "archive verify failed" in result.output
     assert seen["size"] == 1_000_000_000 and seen["archive"] is True
+
+
+def test_the_no_precopy_estimate_is_kept_only_where_no_run_of_that_size_measured_it() -> None:
+    big = {"stage": "migration", "summary": {}, **_result(workdir="big")}
+    big["migration"]["passes"][0]["uploaded_bytes"] = 5 * 10**9
+    big["paused"] = {"with_precopy_s": 275.0, "without_precopy_estimate_s": 433.0}
+    small = legacy_run(_result(workdir="small"))
+    small["paused"] = {"with_precopy_s": 200.0, "without_precopy_estimate_s": 230.0}
+    small["summary"] = legacy_run(small)["summary"]
+    document = merged(merged(big, small), legacy_run(_result(precopy=False, workdir="small-without")))
+    estimates = {r["run"]: r["paused_window_without_precopy_estimate_s"] for r in document["comparison"]}
+    assert estimates == {"1.0 GB, pre-copy": None, "1.0 GB, no pre-copy": None, "5.0 GB, pre-copy": 433.0}
