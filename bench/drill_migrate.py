@@ -151,6 +151,8 @@ def chart(document: dict[str, Any], path: Path) -> None:
         height = 0.8 / len(series)
         for n, (key, name, color) in enumerate(series):
             values = [(r[key] or 0) / scale for r in rows][::-1]
+            if not any(values):  # e.g. no estimate left once every size measured both modes
+                continue
             offsets = [i - 0.4 + height * (n + 0.5) for i in y]
             if color == "none":  # an estimate: outlined and hatched, not a measurement
                 ax.barh(offsets, values, height=height, color="none", edgecolor="#1f77b4", hatch="//", label=name)
