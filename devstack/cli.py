@@ -188,6 +188,12 @@ def migrate(
     restore_source: Annotated[
         bool, typer.Option(help="At the end: target down, source up again (the devstack's home cluster)")
     ] = True,
+    size_gb: Annotated[
+        float | None, typer.Option(help="Trim the claims, then fill them to about this much data (GB)")
+    ] = None,
+    archive: Annotated[
+        bool, typer.Option(help="Archive and verify the day of the move on the target (the nightly archive's steps)")
+    ] = True,
 ) -> None:
     """The migration drill: Kafka and Elasticsearch move from the source cluster to the target (cloud snapshots,
     restore, verify, switch) with live ingest; then the exact offset accounting. Needs the source cluster and its
@@ -195,8 +201,9 @@ def migrate(
     from devstack.migration import EXIT_ROLLED_BACK
     from devstack.migration_drill import drill
 
+    size = int(size_gb * 1e9) if size_gb else None
     result = drill(precopy=precopy, rate=rate, interval_s=interval_s, before=before, after=after,
-                   restore_source=restore_source)  # fmt: skip
+                   restore_source=restore_source, size=size, archive=archive)  # fmt: skip
     emit("devstack migrate", {k: v for k, v in result.items() if k != "intervals"})
     outcome = result["migration"]["outcome"]
     if outcome != "migrated":
@@ -205,6 +212,10 @@ def migrate(
         raise typer.Exit(EXIT_ROLLED_BACK if outcome == "rolled back" else 1)
     if not result.get("accounting", {}).get("exact", False):
         typer.secho("offset accounting is not exact after the move", fg="red", err=True)
+        raise typer.Exit(1)
+    if archive and not (result.get("archive") or {}).get("verified"):
+        typer.secho(f"the archive of the day across the move did not verify: {result.get('archive')}", fg="red",
+                    err=True)  # fmt: skip
         raise typer.Exit(1)
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -109,21 +110,34 @@ class DrillIngest:
 
 
 def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 30, before: int = 2, after: int = 3,
-          restore_source: bool = True) -> dict[str, Any]:  # fmt: skip
-    """One full drill; returns (and writes under the devstack's migration dir) its report."""
+          restore_source: bool = True, size: int | None = None, archive: bool = True,
+          cleanup: bool = True) -> dict[str, Any]:  # fmt: skip
+    """One full drill; returns (and writes under the devstack's migration dir) its report.
+
+    ``size`` (bytes): trim the claims, then fill them to about that (``devstack.migration_data``); ``archive`` runs
+    the nightly archive of the day of the move on the target (``devstack.migration_archive``); ``cleanup``
+    deletes the fill topic and the drill's cloud snapshots once the source is back."""
+    from devstack.cluster.node import kubeconfig
+    from devstack.cluster.stateful import wait_green, wait_ready
+    from eventpipe.migrate.volumes import Kube
+
+    wait_ready(600)  # never start on a source that is not fully up (a cluster test before may still recover)
+    wait_green(600)
     work = workdir()
     chain_dir = work / "chain"
     work.mkdir(parents=True, exist_ok=True)
     env_file = target_env_file(work / "ingest.env")
+    result: dict[str, Any] = {"precopy": precopy, "rate": rate, "interval_s": interval_s}
+    result["data"] = size_data(Kube(kubeconfig("source")), size, tag=work.name.lower())
     now = datetime.now(timezone.utc).replace(microsecond=0)
     ingest = DrillIngest(env_file, now + timedelta(seconds=5), length=timedelta(seconds=interval_s), rate=rate)
     began = time.monotonic()
     for _ in range(before):  # live ingest before the move
         ingest.one_interval()
     ingest.start()
-    report: MigrationReport = Chain(ingest, chain_dir, precopy=precopy).run()  # type: ignore[arg-type]
-    result: dict[str, Any] = {"migration": report.model_dump(mode="json"), "precopy": precopy, "rate": rate,
-                              "interval_s": interval_s}  # fmt: skip
+    chain = Chain(ingest, chain_dir, precopy=precopy)
+    report: MigrationReport = chain.run()  # type: ignore[arg-type]
+    result["migration"] = report.model_dump(mode="json")
     try:
         if report.outcome == "migrated":
             while len([i for i in ingest.intervals if i.cluster == "target"]) < after and ingest.error is None:
@@ -131,11 +145,13 @@ def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 30, be
         ingest.pause()
         if report.outcome == "migrated":
             result["accounting"] = accounting(env_file, ingest).model_dump(mode="json")
+            if archive:
+                result["archive"] = archive_step(env_file, ingest)
         result["paused"] = paused_windows(report)
         final = chain_dir / f"snapshots-{report.passes[-1].label}.json" if report.passes else None
         if final is not None and final.exists():
-            handles = {s["handle"] for s in json.loads(final.read_text())}
-            result["restores"] = restore_times(log_path("target-csi-driver"), handles)
+            claims = {s["handle"]: f"{s['namespace']}/{s['pvc']}" for s in json.loads(final.read_text())}
+            result["restores"] = restore_times(log_path("target-csi-driver"), claims)
     finally:
         result["intervals"] = [i.model_dump(mode="json") for i in ingest.intervals]
         result["total_s"] = round(time.monotonic() - began, 3)
@@ -143,8 +159,76 @@ def drill(*, precopy: bool = True, rate: float = 200.0, interval_s: int = 30, be
         if restore_source and report.outcome == "migrated":
             cluster_down("target")
             cluster_up("source")
+        if cleanup:
+            result["cleanup"] = clean_up(result["data"], [f"{p.label}-{chain.run_id}" for p in report.passes])
+        result["ok"] = succeeded(result, archive=archive)
+        (work / "drill.json").write_text(json.dumps(result, indent=1, default=str))
     result["workdir"] = str(work)
     return result
+
+
+def size_data(kube: Any, size: int | None, *, tag: str) -> dict[str, Any]:
+    """With ``size``: trim the source's claims, then fill them to about ``size`` bytes of data. Either way,
+    each image's allocated and data-chunk bytes, and what the cloud store held before the drill."""
+    from devstack.cluster import csi
+    from devstack.migration_data import allocated, claim_images, data_chunks, fill, fill_for, trim
+    from eventpipe.migrate.cli import target_settings
+    from eventpipe.migrate.volumes import store_chunks
+    from eventpipe.storage.s3 import s3_client
+
+    images = claim_images(kube)
+    data: dict[str, Any] = {"size_requested": size, "trim": trim(images) if size is not None else None, "fill": None}
+    if size is not None:
+        held = sum(data_chunks(image) for image in images.values())
+        data["data_chunks_after_trim"] = held
+        if wanted := fill_for(size, held):
+            data["fill"] = fill(f"drill-migrate-{tag}.fill", wanted)
+    data["allocated"] = {claim: allocated(image) for claim, image in images.items()}
+    data["data_chunks"] = {claim: data_chunks(image) for claim, image in images.items()}
+    data["data_chunks_total"] = sum(data["data_chunks"].values())
+    with tempfile.TemporaryDirectory() as tmp:
+        s3 = s3_client(target_settings(target_env_file(Path(tmp) / "s3.env")))
+        stored = store_chunks(s3, csi.CLOUD_BUCKET, csi.CLOUD_PREFIX)
+    data["store_before"] = {"chunks": len(stored), "bytes": sum(stored.values())}
+    return data
+
+
+def archive_step(env_file: Path, ingest: DrillIngest) -> dict[str, Any]:
+    """The archive of the day of the move on the target; a failure is the drill's (recorded, ``ok`` false)."""
+    from devstack.migration_archive import archive_across_move
+    from eventpipe.events.topics import SOURCE_TOPICS
+
+    began = time.monotonic()
+    try:
+        found = archive_across_move(env_file, list(SOURCE_TOPICS.values()), ingest.intervals)
+    except Exception as exc:  # noqa: BLE001 - the drill's verdict, with the message
+        found = {"verified": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {**found, "seconds": round(time.monotonic() - began, 3)}
+
+
+def clean_up(data: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """On the source (back up): the fill topic and the drill's cloud snapshots go; errors are reported."""
+    from devstack.cluster.node import kubeconfig
+    from devstack.migration_data import delete_snapshots, delete_topic
+    from eventpipe.migrate.volumes import Kube
+
+    done: dict[str, Any] = {}
+    try:
+        if data.get("fill"):
+            delete_topic(data["fill"]["topic"])
+            done["fill_topic_deleted"] = data["fill"]["topic"]
+        done["snapshots"] = delete_snapshots(Kube(kubeconfig("source")), labels) if labels else None
+    except Exception as exc:  # noqa: BLE001 - leftovers, not the drill's verdict
+        done["error"] = f"{type(exc).__name__}: {exc}"
+    return done
+
+
+def succeeded(result: dict[str, Any], *, archive: bool) -> bool:
+    """Migrated, verified identical, every offset accounted for, and (when run) the archive verified."""
+    migrated = result["migration"]["outcome"] == "migrated" and not result["migration"]["differences"]
+    exact = bool((result.get("accounting") or {}).get("exact"))
+    archived = not archive or bool((result.get("archive") or {}).get("verified"))
+    return migrated and exact and archived
 
 
 def accounting(env_file: Path, ingest: DrillIngest) -> Any:
@@ -181,14 +265,14 @@ RESTORED = re.compile(
 )
 
 
-def restore_times(log: Path, handles: set[str]) -> list[dict[str, Any]]:
-    """Per restored claim, what the target's driver logged: chunks, bytes stored and the time the restore from
-    S3 took (a Go duration, e.g. ``1.46s`` or ``1m2.5s``)."""
+def restore_times(log: Path, claims: dict[str, str]) -> list[dict[str, Any]]:
+    """Per restored claim (``claims``: snapshot handle -> namespace/pvc), what the target's driver logged:
+    chunks, bytes stored and the time the restore from S3 took (a Go duration, e.g. ``1.46s``)."""
     found = []
     for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
-        if (m := RESTORED.match(line)) and m["id"] in handles:
-            found.append({"snapshot": m["id"], "chunks": int(m["chunks"]), "bytes": int(m["bytes"]),
-                          "seconds": round(go_duration(m["took"]), 3)})  # fmt: skip
+        if (m := RESTORED.match(line)) and m["id"] in claims:
+            found.append({"claim": claims[m["id"]], "snapshot": m["id"], "chunks": int(m["chunks"]),
+                          "bytes": int(m["bytes"]), "seconds": round(go_duration(m["took"]), 3)})  # fmt: skip
     return found
 
 

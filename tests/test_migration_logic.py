@@ -336,8 +336,10 @@ def test_restore_times_come_from_the_target_drivers_log(tmp_path: Path) -> None:
         "2026/12/07 02:40:00 restored cloud snapshot snapshot-b from s3://b/volumes (300 chunks, 1.1Gi (1181116006 "
         "bytes) stored) in 1m2.5s\n"
     )
-    assert restore_times(log, {"snapshot-a", "snapshot-b"}) == [
-        {"snapshot": "snapshot-a", "chunks": 16, "bytes": 29360128, "seconds": 1.464},
-        {"snapshot": "snapshot-b", "chunks": 300, "bytes": 1181116006, "seconds": 62.5},
-    ]
+    claims = {"snapshot-a": "kafka/data-kafka-0", "snapshot-b": "elastic/data-elasticsearch-1"}
+    assert restore_times(log, claims) == [
+        {"claim": "kafka/data-kafka-0", "snapshot": "snapshot-a", "chunks": 16, "bytes": 29360128, "seconds": 1.464},
+        {"claim": "elastic/data-elasticsearch-1", "snapshot": "snapshot-b", "chunks": 300, "bytes": 1181116006,
+         "seconds": 62.5},
+    ]  # fmt: skip
     assert go_duration("850ms") == pytest.approx(0.85) and go_duration("1h2m3s") == 3723
