@@ -26,8 +26,7 @@ from datetime import date
 from typing import Any
 
 from eventpipe.archive.kafka_positions import KafkaPositions, compare, read_positions
-from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
-from eventpipe.k8s import load_config
+from eventpipe.archive.volumes import GROUP, PLURAL, VERSION, kube_clients, night_snapshots
 from eventpipe.settings import KubernetesSettings
 
 SCRATCH_NAMESPACE = "kafka-restore"
@@ -178,13 +177,6 @@ def scratch_claim(pvc: str, snapshot: str, template: dict[str, Any], size: str, 
     }
 
 
-def _clients(kube: KubernetesSettings) -> tuple[Any, Any, Any]:
-    from kubernetes import client
-
-    load_config(kube.kubeconfig)
-    return client.CoreV1Api(), client.AppsV1Api(), client.CustomObjectsApi()
-
-
 def _wait_ready(apps: Any, name: str, namespace: str, replicas: int, deadline: float) -> None:
     while True:
         status = apps.read_namespaced_stateful_set(name, namespace).status
@@ -267,9 +259,7 @@ def restore_kafka(
     timeout_s: float = 900.0,
 ) -> KafkaRestoreResult:
     """Restore ``statefulset``'s claims of ``day`` into a scratch Kafka and check it against ``recorded``."""
-    from kubernetes.client.exceptions import ApiException
-
-    core, apps, custom = _clients(kube)
+    core, apps, custom = kube_clients(kube)
     began = time.monotonic()
     seconds: dict[str, float] = {}
     live = apps.api_client.sanitize_for_serialization(apps.read_namespaced_stateful_set(statefulset, namespace))
@@ -277,17 +267,10 @@ def restore_kafka(
     claim_template, replicas = template["metadata"]["name"], live["spec"]["replicas"]
     config_volumes = [v["configMap"]["name"] for v in live["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
     copies: list[tuple[dict[str, Any], dict[str, Any], str]] = []
-    names = [f"{claim_template}-{statefulset}-{n}-{day:%Y%m%d}"[:253] for n in range(replicas)]
-    for name in names:
-        try:
-            snap = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise KafkaRestoreFailed(f"no VolumeSnapshot {namespace}/{name}: night not snapshotted") from exc
-            raise
-        status = snap.get("status", {})
-        if not status.get("readyToUse"):
-            raise KafkaRestoreFailed(f"VolumeSnapshot {namespace}/{name} is not readyToUse")
+    night = night_snapshots(custom, live, namespace, day, KafkaRestoreFailed)
+    names = [snap["metadata"]["name"] for snap in night]
+    for snap in night:
+        status = snap["status"]
         content = custom.get_cluster_custom_object(GROUP, VERSION, CONTENTS, status["boundVolumeSnapshotContentName"])
         copies.append((*snapshot_copy(snap, content, scratch_namespace), status["restoreSize"]))
     cleanup_kafka(kube, namespace, scratch_namespace)
@@ -359,7 +342,7 @@ def cleanup_kafka(
     """Delete every scratch object of the drill (idempotent) and wait until its pods and claims are gone."""
     from kubernetes.client.exceptions import ApiException
 
-    core, apps, custom = _clients(kube)
+    core, apps, custom = kube_clients(kube)
     selector = f"{DRILL_LABEL}={live_namespace}"
 
     def gone(delete: Any) -> None:

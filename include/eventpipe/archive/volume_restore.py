@@ -19,8 +19,7 @@ from typing import Any
 import httpx
 
 from eventpipe.archive.indices import day_index, late_index
-from eventpipe.archive.volumes import GROUP, PLURAL, VERSION
-from eventpipe.k8s import load_config
+from eventpipe.archive.volumes import GROUP, kube_clients, night_snapshots
 from eventpipe.settings import ArchiveSettings, KubernetesSettings
 
 SCRATCH = "elasticsearch-restore"
@@ -78,13 +77,6 @@ def scratch_statefulset(live: dict[str, Any], claim_template: str) -> dict[str, 
     }
 
 
-def _clients(kube: KubernetesSettings) -> tuple[Any, Any, Any]:
-    from kubernetes import client
-
-    load_config(kube.kubeconfig)
-    return client.CoreV1Api(), client.AppsV1Api(), client.CustomObjectsApi()
-
-
 def _count(url: str, indices: list[str]) -> int:
     response = httpx.get(
         f"{url}/{','.join(indices)}/_count", params={"ignore_unavailable": "true"}, timeout=60
@@ -121,27 +113,15 @@ def restore_volumes(
     timeout_s: float = 900.0,
 ) -> VolumeRestoreResult:
     """Restore ``statefulset``'s claims from the day's VolumeSnapshots into a scratch cluster and compare counts."""
-    from kubernetes.client.exceptions import ApiException
-
-    core, apps, custom = _clients(kube)
+    core, apps, custom = kube_clients(kube)
     seconds: dict[str, float] = {}
     began = time.monotonic()
     live = apps.api_client.sanitize_for_serialization(apps.read_namespaced_stateful_set(statefulset, namespace))
     (template,) = live["spec"]["volumeClaimTemplates"]
     claim_template = template["metadata"]["name"]
-    replicas = live["spec"]["replicas"]
-    snapshots = [f"{claim_template}-{statefulset}-{n}-{day:%Y%m%d}"[:253] for n in range(replicas)]
-    sizes = []
-    for name in snapshots:
-        try:
-            snap = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise VolumeRestoreFailed(f"no VolumeSnapshot {namespace}/{name}: the day was not snapshotted") from exc
-            raise
-        if not snap.get("status", {}).get("readyToUse"):
-            raise VolumeRestoreFailed(f"VolumeSnapshot {namespace}/{name} is not readyToUse")
-        sizes.append(snap["status"]["restoreSize"])
+    night = night_snapshots(custom, live, namespace, day, VolumeRestoreFailed)
+    snapshots = [snap["metadata"]["name"] for snap in night]
+    sizes = [snap["status"]["restoreSize"] for snap in night]
     indices = [day_index(day), late_index(day)]
     source_documents = _count(es_url, indices)
     cleanup(namespace, kube)
@@ -203,7 +183,7 @@ def cleanup(namespace: str, kube: KubernetesSettings, timeout_s: float = 300.0) 
     """Delete the scratch StatefulSet, its pods' Service and claims (idempotent), and wait until they are gone."""
     from kubernetes.client.exceptions import ApiException
 
-    core, apps, _ = _clients(kube)
+    core, apps, _ = kube_clients(kube)
     selector = f"app.kubernetes.io/name={SCRATCH}"
     for delete in (
         lambda: apps.delete_namespaced_stateful_set(SCRATCH, namespace, propagation_policy="Foreground"),

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from eventpipe.archive.volumes import GROUP, PLURAL, VERSION, qualified, snapshot_namespaces
-from eventpipe.k8s import load_config
+from eventpipe.archive.volumes import GROUP, PLURAL, VERSION, kube_clients, qualified, snapshot_namespaces
 from eventpipe.settings import ArchiveSettings, KubernetesSettings
 
 DAY_LABEL, PVC_LABEL = "eventpipe.io/day", "eventpipe.io/pvc"
@@ -111,10 +110,7 @@ def prune_volume_snapshots(
     cfg: ArchiveSettings, kube: KubernetesSettings, *, dry_run: bool = False
 ) -> VolumeRetentionResult:
     """Delete the archive's VolumeSnapshots older than the newest ``cfg.snapshot_retention_days`` nights."""
-    from kubernetes import client
-
-    load_config(kube.kubeconfig)
-    core, custom = client.CoreV1Api(), client.CustomObjectsApi()
+    core, _, custom = kube_clients(kube)
     contents = custom.list_cluster_custom_object(GROUP, VERSION, CONTENTS)["items"]
     handles = {c["metadata"]["name"]: c.get("status", {}).get("snapshotHandle") for c in contents}
     snapshots: list[NightlySnapshot] = []

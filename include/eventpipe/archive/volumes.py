@@ -32,6 +32,41 @@ def snapshot_objects(cfg: ArchiveSettings, day: date, pvcs: list[str], namespace
     ]
 
 
+def night_snapshots(
+    custom: Any, live: dict[str, Any], namespace: str, day: date, failed: type[Exception]
+) -> list[dict[str, Any]]:
+    """Each replica's VolumeSnapshot of ``day`` for the live StatefulSet ``live``, in ordinal order.
+
+    All must exist and be readyToUse: a scratch cluster restored from part of a night would be checked against
+    a whole night's record. Raises ``failed`` (the caller's error) naming the first that is not.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    (template,) = live["spec"]["volumeClaimTemplates"]
+    statefulset = live["metadata"]["name"]
+    snapshots = []
+    for n in range(live["spec"]["replicas"]):
+        name = f"{template['metadata']['name']}-{statefulset}-{n}-{day:%Y%m%d}"[:253]
+        try:
+            snap = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise failed(f"no VolumeSnapshot {namespace}/{name}: the night was not snapshotted") from exc
+            raise
+        if not snap.get("status", {}).get("readyToUse"):
+            raise failed(f"VolumeSnapshot {namespace}/{name} is not readyToUse")
+        snapshots.append(snap)
+    return snapshots
+
+
+def kube_clients(kube: KubernetesSettings) -> tuple[Any, Any, Any]:
+    """(CoreV1Api, AppsV1Api, CustomObjectsApi) in the pod's cluster, or the kubeconfig's."""
+    from kubernetes import client
+
+    load_config(kube.kubeconfig)
+    return client.CoreV1Api(), client.AppsV1Api(), client.CustomObjectsApi()
+
+
 def snapshot_namespaces(cfg: ArchiveSettings, kube: KubernetesSettings) -> list[str]:
     """The namespaces whose labelled PVCs are snapshotted, in the order given (default: the pipeline's)."""
     named = [ns.strip() for ns in (cfg.volume_snapshot_namespaces or "").split(",") if ns.strip()]
@@ -45,11 +80,9 @@ def qualified(namespace: str, name: str, home: str) -> str:
 
 def snapshot_volumes(cfg: ArchiveSettings, day: date, kube: KubernetesSettings) -> list[str]:
     """Create (or reuse) one VolumeSnapshot per labelled PVC and wait until all are readyToUse."""
-    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    load_config(kube.kubeconfig)
-    core, custom = client.CoreV1Api(), client.CustomObjectsApi()
+    core, _, custom = kube_clients(kube)
     wanted: list[tuple[str, str]] = []  # (namespace, VolumeSnapshot name)
     for namespace in snapshot_namespaces(cfg, kube):
         claims = core.list_namespaced_persistent_volume_claim(namespace, label_selector=cfg.volume_snapshot_selector)
