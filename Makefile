@@ -112,9 +112,10 @@ test-k8s: k8s  ## the k8s-marked tests against the local cluster
 drill-restarts: install  ## opt-in: the restart and expansion drill against the cluster's Kafka and Elasticsearch
 	$(BIN)/python bench/drill_restarts.py
 
+# DRILL_ARGS: the drill's flags, e.g. DRILL_ARGS="--size-gb 1 --no-precopy" (bench/drill_migrate.py --help)
 drill-migrate: k8s  ## opt-in: migration drill (Kafka + ES to a 2nd cluster and back), docs/bench/migration.*
 	$(EP) devstack k8s-stateful
-	$(BIN)/python bench/drill_migrate.py --out docs/bench
+	$(BIN)/python bench/drill_migrate.py --out docs/bench $(DRILL_ARGS)
 
 test-csi: install  ## the CSI driver's Go tests and csi-sanity, as root, without a cluster
 	$(BIN)/python -m pytest -ra -s -m csi tests/test_csi_driver.py
