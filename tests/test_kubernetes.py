@@ -74,6 +74,15 @@ def cluster(stack_env: dict[str, str]) -> Iterator[Any]:
     api.api_client.close()
 
 
+@pytest.fixture(scope="module")
+def stateful(cluster: Any) -> Any:
+    """The cluster with the Kafka and Elasticsearch StatefulSets Ready (``eventpipe devstack k8s-stateful``)."""
+    from devstack.cluster.stateful import deploy_stateful
+
+    print(f"\nstateful sets ready: {deploy_stateful()}")
+    return cluster
+
+
 def _pod(task_id: str, args: list[str], *, namespace: str = NAMESPACE, profile: str = "small") -> Any:
     """The pod exactly as the DAG factory (eventpipe.orchestration.tasks) would launch it in kubernetes mode."""
     env = task_env()

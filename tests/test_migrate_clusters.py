@@ -25,6 +25,7 @@ from devstack.migration import cluster_down, cluster_up, devstack, key_secret, w
 from eventpipe.migrate.volumes import Kube, restore_manifests, take_pass
 
 from .k8s_support import claim_pod
+from .test_kubernetes import cluster, stateful  # noqa: F401  (fixtures: the cluster, the StatefulSets)
 
 pytestmark = pytest.mark.k8s
 
@@ -117,3 +118,24 @@ def test_the_target_cluster_sees_nothing_of_the_source_and_refuses_its_certifica
     # the source kept its state through the target's whole life
     assert "cluster" in kubectl("-n", "default", "get", "configmap", marker, "-o", "json", cluster="source")
     kubectl("-n", "default", "delete", "configmap", marker, cluster="source")
+
+
+@pytest.mark.usefixtures("stateful")
+def test_a_drill_moves_the_pipeline_to_the_target_and_accounts_for_every_offset() -> None:
+    """The whole move at the devstack's own data size (no fill), ingest live throughout: pre-copy, pause,
+    final pass, restore on the target, verify (no difference), resume; after two intervals there every offset
+    of the intervals on both sides is indexed or dead-lettered exactly once, and the nightly archive of the day
+    holds the events of both sides as indexed. The source comes back up at the end (``restore_source``)."""
+    from devstack.migration_drill import drill
+
+    result = drill(precopy=True, rate=50.0, interval_s=20, before=2, after=2, size=None, archive=True)
+    migration, books, archive = result["migration"], result["accounting"], result["archive"]
+    assert (migration["outcome"], migration["differences"], migration["error"]) == ("migrated", [], None)
+    assert [p["label"] for p in migration["passes"]] == ["precopy", "final"]
+    assert books["exact"] and books["offsets"] == books["indexed"] + books["dead_lettered"] > 0
+    sides = {i["cluster"] for i in result["intervals"]}
+    assert sides == {"source", "target"}, result["intervals"]
+    assert archive["verified"] and archive["archived_drill_rows"] == archive["indexed_drill_documents"]
+    assert all(archive["archived_drill_rows"][side] > 0 for side in ("before_move", "after_move"))
+    assert result["ok"], result
+    assert kubectl("get", "namespace", "kafka", "-o", "name", cluster="source").strip() == "namespace/kafka"

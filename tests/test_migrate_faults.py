@@ -38,6 +38,7 @@ from eventpipe.settings import Settings
 from eventpipe.storage.s3 import s3_client
 
 from .k8s_support import apply_objects, claim, claim_pod, events_of, get_object, wait_for
+from .test_kubernetes import cluster, stateful  # noqa: F401  (fixtures: the cluster, the StatefulSets)
 
 pytestmark = pytest.mark.k8s
 
@@ -331,7 +332,7 @@ class _CheckedIngest:
     def pause(self) -> Any:
         return self.ingest.pause()
 
-    def resume(self, endpoints: dict[str, str], cluster: str) -> Any:
+    def resume(self, endpoints: dict[str, str], on: str) -> Any:
         from eventpipe.migrate.cli import load_inventory, target_settings
         from eventpipe.migrate.inventory import take_inventory
         from eventpipe.migrate.verify import compare
@@ -349,9 +350,10 @@ class _CheckedIngest:
         with contextlib.suppress(AssertionError):
             wait_for(identical, "the source identical to its inventory at the pause", timeout=240, every=10)
         self.resumed_at = len(self.ingest.intervals)
-        return self.ingest.resume(endpoints, cluster)
+        return self.ingest.resume(endpoints, on)
 
 
+@pytest.mark.usefixtures("stateful")
 def test_the_target_going_down_mid_restore_rolls_back_to_an_intact_source_and_resumes_ingest(tmp_path: Path) -> None:
     """The migration chain (no pre-copy) with live ingest; while the target's driver restores the first PVC
     from S3, the target cluster goes down. The chain ends "rolled back" with the failure named (the CLI's exit
@@ -372,9 +374,9 @@ def test_the_target_going_down_mid_restore_rolls_back_to_an_intact_source_and_re
     chain = migration.Chain(ingest, chain_dir, precopy=False, topics=topics)  # type: ignore[arg-type]
     real_down, one_down_at_a_time = migration.cluster_down, threading.Lock()
 
-    def cluster_down(cluster: str) -> None:  # the cut and the rollback both stop the target: one after the other
+    def cluster_down(name: str) -> None:  # the cut and the rollback both stop the target: one after the other
         with one_down_at_a_time:
-            real_down(cluster)
+            real_down(name)
 
     partials = identity("target").runtime_root / "csi" / "volumes"
     cut: dict[str, Any] = {}

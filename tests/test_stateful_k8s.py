@@ -16,20 +16,14 @@ from kubernetes.client import models as k8s
 from kubernetes.utils import parse_quantity
 
 from devstack.cluster.node import kubectl
-from devstack.cluster.stateful import IN_CLUSTER_ENDPOINTS, deploy_stateful
+from devstack.cluster.stateful import IN_CLUSTER_ENDPOINTS
 from eventpipe.errors import PERMANENT_EXIT_CODE
 
-from .test_kubernetes import _pod, _run, cluster  # noqa: F401  (the session's cluster fixture)
+from .test_kubernetes import _pod, _run, cluster, stateful  # noqa: F401  (fixtures: the cluster, the StatefulSets)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services, pytest.mark.slow]
 
 IN_CLUSTER = IN_CLUSTER_ENDPOINTS
-
-
-@pytest.fixture(scope="module")
-def stateful(cluster: Any) -> Any:  # noqa: F811
-    print(f"\nstateful sets ready: {deploy_stateful()}")
-    return cluster
 
 
 def _task(args: list[str], account: str = "eventpipe-storage-expand") -> Any:
@@ -46,7 +40,7 @@ def _capacity(namespace: str, claim: str) -> int:
     return int(parse_quantity(pvc["status"]["capacity"]["storage"]))
 
 
-def test_kafka_rule_in_a_three_broker_cluster(stateful: Any) -> None:
+def test_kafka_rule_in_a_three_broker_cluster(stateful: Any) -> None:  # noqa: F811
     """RF 3, min ISR 2: any one broker may go; with one broker already out of a partition's ISR, the others may not."""
     topic = f"test-{uuid.uuid4().hex[:8]}.rf3"
     code = (
@@ -75,7 +69,11 @@ def test_kafka_rule_in_a_three_broker_cluster(stateful: Any) -> None:
     [("kafka", "kafka", "data", "kafka"), ("elastic", "elasticsearch", "elasticsearch-data", "elasticsearch")],
 )
 def test_storage_expand_grows_each_claim_one_pod_at_a_time(
-    stateful: Any, namespace: str, statefulset: str, template: str, gate: str
+    stateful: Any,  # noqa: F811
+    namespace: str,
+    statefulset: str,
+    template: str,
+    gate: str,
 ) -> None:
     claims = [f"{template}-{statefulset}-{n}" for n in range(3)]
     before = {c: _capacity(namespace, c) for c in claims}

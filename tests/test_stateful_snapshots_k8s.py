@@ -25,14 +25,14 @@ from elasticsearch import Elasticsearch
 
 from devstack.cluster.deploy import task_env
 from devstack.cluster.node import kubectl
-from devstack.cluster.stateful import HOST_ES_URL, HOST_KAFKA_BOOTSTRAP, data_env, deploy_stateful
+from devstack.cluster.stateful import HOST_ES_URL, HOST_KAFKA_BOOTSTRAP, data_env
 from eventpipe.archive.indices import day_index, existing, snapshot_name
 from eventpipe.archive.kafka_restore import DRILL_LABEL, SCRATCH_NAMESPACE
 from eventpipe.archive.snapshot import LIVE_INDICES
 from eventpipe.ingest.kafka_io import CONSUMER_GROUP
 
 from .k8s_support import task_pod
-from .test_kubernetes import _run, cluster  # noqa: F401  (the session's cluster fixture)
+from .test_kubernetes import _run, cluster, stateful  # noqa: F401  (fixtures: the cluster, the StatefulSets)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.services, pytest.mark.slow]
 
@@ -43,13 +43,7 @@ CLAIMS = {
 
 
 @pytest.fixture(scope="module")
-def stateful(cluster: Any) -> Any:  # noqa: F811
-    print(f"\nstateful sets ready: {deploy_stateful()}")
-    return cluster
-
-
-@pytest.fixture(scope="module")
-def cluster_es(stateful: Any) -> Iterator[Elasticsearch]:
+def cluster_es(stateful: Any) -> Iterator[Elasticsearch]:  # noqa: F811
     es = Elasticsearch(HOST_ES_URL, request_timeout=60)
     yield es
     es.close()
@@ -101,7 +95,8 @@ def _produce_and_commit(topic: str, per_partition: int, committed: int) -> None:
 
 
 def test_archive_snapshot_covers_the_kafka_and_elasticsearch_claims_inside_the_hold(
-    stateful: Any, cluster_es: Elasticsearch
+    stateful: Any,  # noqa: F811
+    cluster_es: Elasticsearch,
 ) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
