@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 
 from devstack.cluster import csi
 from devstack.cluster.node import CLUSTER_ENV, identity, kubeconfig, mounts_under
-from devstack.cluster.stateful import HOST_ENDPOINTS, WORKLOADS
+from devstack.cluster.stateful import DURABILITY_ENV, HOST_ENDPOINTS, SNAPSHOT_LOCATION, WORKLOADS
 from devstack.runtime import REPO_ROOT, DevstackError, subdir
 
 SELECTOR = "eventpipe.io/snapshot=true"
@@ -127,10 +127,14 @@ def wipe_target() -> list[str]:
 
 
 def target_env_file(path: Path) -> Path:
-    """The target's settings as ``migrate verify --target-env`` reads them (endpoints only; S3 is shared)."""
+    """The target's settings as ``migrate verify --target-env`` and the drill's ingest read them: endpoints, the
+    StatefulSets' durability (the ingest sets a fresh cluster up), their snapshot repository, the shared S3."""
     from devstack.stack import DEVSTACK_CREDENTIALS
 
-    values = {**HOST_ENDPOINTS, "EVENTPIPE_S3_ENDPOINT": "http://127.0.0.1:9000", **DEVSTACK_CREDENTIALS}
+    s3 = {"EVENTPIPE_S3_ENDPOINT": "http://127.0.0.1:9000", **DEVSTACK_CREDENTIALS}
+    # the fs repository where the StatefulSets' Elasticsearch has it (``setup`` registers it)
+    repository = {"EVENTPIPE_SNAPSHOT_REPOSITORY_TYPE": "fs", "EVENTPIPE_SNAPSHOT_FS_LOCATION": SNAPSHOT_LOCATION}
+    values = {**HOST_ENDPOINTS, **DURABILITY_ENV, **repository, **s3}
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     path.chmod(0o600)
     return path

@@ -86,6 +86,10 @@ class DrillIngest:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def start(self) -> None:
+        if not self.intervals:
+            # what the first task of every DAG run does: templates, indices, topics, the snapshot repository (a
+            # fresh cluster has none of them, and drain reads its manifests index)
+            self._cli("setup")
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="drill-ingest", daemon=True)
         self._thread.start()

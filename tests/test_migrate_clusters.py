@@ -83,6 +83,7 @@ def _get(url: str, context: ssl.SSLContext) -> int:
         return exc.code
 
 
+@pytest.mark.usefixtures("stateful")  # the source's kafka namespace and claims: what the target must not see
 def test_the_target_cluster_sees_nothing_of_the_source_and_refuses_its_certificates() -> None:
     marker = f"migrate-marker-{uuid.uuid4().hex[:8]}"
     kubectl("-n", "default", "create", "configmap", marker, "--from-literal=cluster=source", cluster="source")

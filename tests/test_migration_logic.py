@@ -265,6 +265,9 @@ def test_the_target_env_file_names_the_host_endpoints_and_is_private(tmp_path: P
     assert settings.kafka.bootstrap == HOST_ENDPOINTS["EVENTPIPE_KAFKA_BOOTSTRAP"] == "10.244.0.1:31090"
     assert settings.elastic.url == HOST_ENDPOINTS["EVENTPIPE_ES_URL"]
     assert settings.s3.access_key is not None
+    # the drill's ingest creates the source topics on a fresh target: with the StatefulSets' durability
+    assert (settings.kafka.replication_factor, settings.kafka.min_insync_replicas) == (3, 2)
+    assert settings.elastic.replicas == 1
 
 
 def test_a_precopy_that_fails_leaves_both_clusters_and_ingest_alone(

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from elasticsearch import Elasticsearch
+from elasticsearch import Elasticsearch, NotFoundError
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
@@ -102,3 +102,13 @@ def test_es_restart_preparation_delays_allocation(es: Elasticsearch) -> None:
         es_state.finish_restart(es, node_id, how)
     finally:
         es.indices.delete(index=index)
+
+
+def test_es_restart_preparation_on_a_cluster_without_indices(es: Elasticsearch) -> None:
+    """A fresh StatefulSet has no index: nothing to delay, and the restart goes ahead (it was a 404 on ``_all``)."""
+    (node_id,) = es.nodes.info()["nodes"]
+    none = f"test-{uuid.uuid4().hex[:8]}-absent-*"
+    with pytest.raises(NotFoundError, match="index_not_found_exception"):
+        es.indices.put_settings(index=none, settings={"index.number_of_replicas": 0}, allow_no_indices=False)
+    how = es_state.prepare_restart(es, node_id, f"test {none}", delay="2m", indices=none)
+    es_state.finish_restart(es, node_id, how)

@@ -45,6 +45,14 @@ SNAPSHOT_LOCATION = "/usr/share/elasticsearch/snapshots/eventpipe-snapshots"
 ES_REPOSITORY_CLAIM = "elasticsearch-snapshots"  # in elastic, read-write (the overlay mounts it)
 TASK_REPOSITORY_CLAIM = "eventpipe-devstack-cluster-snapshot-repository"  # in eventpipe, read-only
 ES_UID = 1000
+# What deploy/stateful promises its clients: topics the pipeline creates get RF 3 and min ISR 2 (the brokers'
+# own defaults apply only to auto-created topics), indices 1 replica. Every client of the StatefulSets that may
+# create a topic or an index sets these; a topic made with RF 1 would also block every broker restart's gate.
+DURABILITY_ENV = {
+    "EVENTPIPE_KAFKA_REPLICATION_FACTOR": "3",
+    "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS": "2",
+    "EVENTPIPE_ES_REPLICAS": "1",
+}
 
 
 def data_env() -> dict[str, str]:
@@ -59,11 +67,9 @@ def data_env() -> dict[str, str]:
         **HOST_ENDPOINTS,
         "EVENTPIPE_POD_KAFKA_BOOTSTRAP": IN_CLUSTER_ENDPOINTS["EVENTPIPE_KAFKA_BOOTSTRAP"],
         "EVENTPIPE_POD_ES_URL": IN_CLUSTER_ENDPOINTS["EVENTPIPE_ES_URL"],
-        "EVENTPIPE_KAFKA_REPLICATION_FACTOR": "3",
-        "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS": "2",
+        **DURABILITY_ENV,
         # the demo's days lie in the past: under the brokers' 7-day time retention they would be deleted on arrival
         "EVENTPIPE_KAFKA_RETENTION_MS": "-1",
-        "EVENTPIPE_ES_REPLICAS": "1",
         "EVENTPIPE_ARCHIVE_BUCKET": "eventpipe-archive-cluster",
         "EVENTPIPE_SNAPSHOT_BUCKET": "eventpipe-snapshots-cluster",
         "EVENTPIPE_SNAPSHOT_FS_LOCATION": SNAPSHOT_LOCATION,

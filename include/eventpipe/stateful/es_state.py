@@ -32,7 +32,8 @@ def prepare_restart(es: Elasticsearch, node_id: str, reason: str, delay: str = "
 
     Returns :data:`SHUTDOWN_API` or, where the cluster has no shutdown API, :data:`DELAYED_ONLY`.
     """
-    es.indices.put_settings(index=indices, settings=delayed_allocation(delay)["settings"])
+    # a cluster with no index yet (a fresh StatefulSet) has nothing to delay: not an error
+    es.indices.put_settings(index=indices, settings=delayed_allocation(delay)["settings"], allow_no_indices=True)
     try:
         es.shutdown.put_node(node_id=node_id, **restart_shutdown_body(reason, delay))
     except ApiError as exc:
