@@ -44,6 +44,7 @@ class DrillIngest:
         self.cluster = cluster
         self.intervals: list[Interval] = []
         self.error: str | None = None
+        self._set_up = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -64,6 +65,11 @@ class DrillIngest:
     def one_interval(self) -> Interval:
         """Paced to the wall clock: an interval is produced once it has begun (Kafka refuses timestamps too
         far ahead, and a live pipeline's event time is its clock), then drained."""
+        if not self._set_up:
+            # what the first task of every DAG run does: templates, indices, topics, the snapshot repository (a
+            # fresh cluster has none of them, and drain reads its manifests index). The target gets them restored.
+            self._cli("setup")
+            self._set_up = True
         start, end = self.next_start, self.next_start + self.length
         while (wait := (start - datetime.now(timezone.utc)).total_seconds()) > 0 and not self._stop.is_set():
             time.sleep(min(wait, 1.0))
@@ -86,10 +92,6 @@ class DrillIngest:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def start(self) -> None:
-        if not self.intervals:
-            # what the first task of every DAG run does: templates, indices, topics, the snapshot repository (a
-            # fresh cluster has none of them, and drain reads its manifests index)
-            self._cli("setup")
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="drill-ingest", daemon=True)
         self._thread.start()
