@@ -672,6 +672,7 @@ def main() -> None:
 
     from kubernetes.utils import parse_quantity
 
+    from devstack.cluster.stateful import DURABILITY_ENV
     from devstack.stack import local_env
     from eventpipe.events.topics import ensure_topics
     from eventpipe.settings import Settings
@@ -682,9 +683,7 @@ def main() -> None:
         **local_env(),
         "EVENTPIPE_KAFKA_BOOTSTRAP": args.bootstrap,
         "EVENTPIPE_ES_URL": args.es_url,
-        "EVENTPIPE_KAFKA_REPLICATION_FACTOR": "3",
-        "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS": "2",
-        "EVENTPIPE_ES_REPLICAS": "1",
+        **DURABILITY_ENV,
     }
     os.environ.update(env)
     settings = Settings.from_env(env)
