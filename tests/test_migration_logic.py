@@ -267,6 +267,7 @@ def test_the_target_env_file_names_the_host_endpoints_and_is_private(tmp_path: P
     assert settings.s3.access_key is not None
     # the drill's ingest creates the source topics on a fresh target: with the StatefulSets' durability
     assert (settings.kafka.replication_factor, settings.kafka.min_insync_replicas) == (3, 2)
+    assert settings.kafka.retention_ms == -1  # not the brokers' 7 days: a later demo's January would be deleted
     assert settings.elastic.replicas == 1
 
 

@@ -46,11 +46,14 @@ ES_REPOSITORY_CLAIM = "elasticsearch-snapshots"  # in elastic, read-write (the o
 TASK_REPOSITORY_CLAIM = "eventpipe-devstack-cluster-snapshot-repository"  # in eventpipe, read-only
 ES_UID = 1000
 # What deploy/stateful promises its clients: topics the pipeline creates get RF 3 and min ISR 2 (the brokers'
-# own defaults apply only to auto-created topics), indices 1 replica. Every client of the StatefulSets that may
-# create a topic or an index sets these; a topic made with RF 1 would also block every broker restart's gate.
+# own defaults apply only to auto-created topics) and keep every record, indices 1 replica. Every client of the
+# StatefulSets that may create a topic or an index sets these, since an existing topic is never altered: a
+# topic made with RF 1 blocks every broker restart's gate, and one made under the brokers' 7-day time retention
+# deletes records with old event times on arrival (the demo's January days after a drill made the topics).
 DURABILITY_ENV = {
     "EVENTPIPE_KAFKA_REPLICATION_FACTOR": "3",
     "EVENTPIPE_KAFKA_MIN_INSYNC_REPLICAS": "2",
+    "EVENTPIPE_KAFKA_RETENTION_MS": "-1",
     "EVENTPIPE_ES_REPLICAS": "1",
 }
 
@@ -67,9 +70,7 @@ def data_env() -> dict[str, str]:
         **HOST_ENDPOINTS,
         "EVENTPIPE_POD_KAFKA_BOOTSTRAP": IN_CLUSTER_ENDPOINTS["EVENTPIPE_KAFKA_BOOTSTRAP"],
         "EVENTPIPE_POD_ES_URL": IN_CLUSTER_ENDPOINTS["EVENTPIPE_ES_URL"],
-        **DURABILITY_ENV,
-        # the demo's days lie in the past: under the brokers' 7-day time retention they would be deleted on arrival
-        "EVENTPIPE_KAFKA_RETENTION_MS": "-1",
+        **DURABILITY_ENV,  # the demo's days lie in the past: it needs the retention most
         "EVENTPIPE_ARCHIVE_BUCKET": "eventpipe-archive-cluster",
         "EVENTPIPE_SNAPSHOT_BUCKET": "eventpipe-snapshots-cluster",
         "EVENTPIPE_SNAPSHOT_FS_LOCATION": SNAPSHOT_LOCATION,
