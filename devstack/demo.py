@@ -93,6 +93,23 @@ def already_produced(settings: Settings, config: GeneratorConfig) -> bool:
     return True
 
 
+def clear_later_records(settings: Settings, end: datetime) -> None:
+    """On the StatefulSets, start from a clean slate when a test or drill left records stamped after the
+    demo's days in the pipeline's topics (``devstack.cluster.data_reset`` says why the demo needs that)."""
+    from devstack.cluster.data_reset import later_records, reset_pipeline_data
+
+    later = later_records(settings, end)
+    if not later:
+        return
+    console.rule(f"the cluster's topics hold records stamped on or after {end:%Y-%m-%d} (a drill's?): resetting")
+    reset = reset_pipeline_data(settings)
+    console.print(
+        f"deleted topics {reset.topics}, groups {reset.groups}, {len(reset.indices)} indices, "
+        f"{reset.es_snapshots} Elasticsearch snapshots, objects {reset.objects}, "
+        f"{len(reset.volume_snapshots)} VolumeSnapshots"
+    )
+
+
 def run_demo(
     first_day: date = DEMO_DAY,
     rate_per_s: float = 0.2,
@@ -145,11 +162,13 @@ def run_demo(
     else:
         console.rule(f"using the running stack: Airflow {airflow_url}, Kafka {os.environ['EVENTPIPE_KAFKA_BOOTSTRAP']}")
     settings = Settings.from_env()
+    demo_days = [first_day + timedelta(days=n) for n in range(days)]
+    start, end = day_bounds(demo_days[0])[0], day_bounds(demo_days[-1])[1]
+    if data == "cluster":
+        clear_later_records(settings, end)
     es = client(settings)
     ensure_indices(es, replicas=settings.elastic.replicas)
 
-    demo_days = [first_day + timedelta(days=n) for n in range(days)]
-    start, end = day_bounds(demo_days[0])[0], day_bounds(demo_days[-1])[1]
     config = GeneratorConfig(start, end, rate_per_s=rate_per_s, seed=20260115)
     if already_produced(settings, config):
         # a rerun: the days are in Kafka already; sending them again would only add duplicate records
