@@ -1,13 +1,13 @@
 """A clean slate for the demo on the StatefulSets, when a test or drill has left later records there.
 
-A drain reads ``[O(start), O(end))`` through Kafka's time index, which is monotone in offset order. The demo's
-days lie in the past (2026-01-15 on), and a migration or restart drill writes the pipeline's real topics at
+A drain reads ``[O(start), O(end))`` through Kafka's time index, which is monotone in offset order. The demo's days
+lie in the past (2026-01-15 on), and a migration drill, which moves the pipeline itself, writes its real topics at
 today's times. Once such records precede the demo's in a partition, ``O`` of every demo boundary is the first
 later-stamped record, each demo interval is empty, and its events only reach the late indices when the ledger
-accounts for them, after their days were archived: training then finds no archive. The pipeline is right to
-do that; the demo is what assumes a topic holding no records newer than its days. On the devstack's own
-StatefulSets, the demo therefore clears what belongs to the pipeline there before producing: its topics and
-consumer group, its indices and Elasticsearch snapshots, the cluster buckets and the archive's VolumeSnapshots.
+accounts for them, after their days were archived: training then finds no archive. The pipeline is right to do
+that; the demo is what assumes a topic holding no records newer than its days. On the devstack's own StatefulSets,
+the demo therefore clears what belongs to the pipeline there before producing: its topics and consumer group, its
+indices and Elasticsearch snapshots, the cluster buckets and the archive's VolumeSnapshots.
 """
 
 from __future__ import annotations
