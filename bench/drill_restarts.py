@@ -527,7 +527,9 @@ class Drill:
         producer.close()
         self.settle(t0, 0)
         per_broker = {f"kafka-{b}": log_dir_bytes(f"kafka-{b}", f"{topic}-*") for b in range(3)}
-        return self.finish("fill: 1 GiB on an RF-3 topic", t0, {"topic": topic, "bytes_per_broker": per_broker})
+        return self.finish(
+            f"fill: {size / (1 << 30):g} GiB on an RF-3 topic", t0, {"topic": topic, "bytes_per_broker": per_broker}
+        )
 
     def expand(self, size_increase: int) -> Phase:
         """`eventpipe storage expand` of the Kafka claims, run as a task pod (as tests/test_stateful_k8s.py does)."""

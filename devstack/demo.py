@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +33,23 @@ from eventpipe.storage.s3 import s3_client
 
 DEMO_DAY = date(2026, 1, 15)
 console = Console(stderr=True)
+
+
+@contextmanager
+def settled_on_failure(api) -> Iterator[None]:
+    """A demo that fails leaves its DAGs paused, as one that succeeds does: unpaused, the asset-scheduled
+    training would start on its own and race the next demo. The failed runs stay, for their logs."""
+    from devstack.airflow_api import AirflowApiError
+
+    try:
+        yield
+    except BaseException:
+        try:
+            settled = api.settle()
+            console.print(f"[red]demo failed[/]: paused {settled['paused']}, stopped {settled['failed']}")
+        except (AirflowApiError, httpx.HTTPError) as exc:  # the demo's own failure is the one to raise
+            console.print(f"[red]demo failed, and settling Airflow failed too: {exc}[/]")
+        raise
 
 
 def _run(api, dag_id: str, day: date | None, conf: dict[str, object], timeout: float) -> dict[str, object]:
@@ -185,7 +205,7 @@ def run_demo(
     )
 
     runs: dict[str, object] = {}
-    with AirflowClient(airflow_url) as api:
+    with AirflowClient(airflow_url) as api, settled_on_failure(api):
         for day in demo_days:
             console.rule(f"{day}: ingest DAG (data interval = the day), then the nightly archive DAG")
             runs[f"ingest {day}"] = _run(api, "eventpipe_ingest", day, {}, timeout=1800)

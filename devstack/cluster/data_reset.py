@@ -12,7 +12,6 @@ indices and Elasticsearch snapshots, the cluster buckets and the archive's Volum
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,10 +21,10 @@ from elasticsearch import NotFoundError
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from devstack.cluster.kubernetes import kubectl
+from devstack.cluster.kubernetes import kubeconfig
 from devstack.runtime import DevstackError
-from eventpipe.archive.volume_retention import DAY_LABEL, PVC_LABEL, archive_snapshot
-from eventpipe.archive.volumes import snapshot_namespaces
+from eventpipe.archive.volume_retention import DAY_LABEL, PVC_LABEL, archive_snapshot, delete_archive_snapshot
+from eventpipe.archive.volumes import GROUP, PLURAL, VERSION, kube_clients, snapshot_namespaces
 from eventpipe.events.topics import DLQ_TOPIC, SOURCE_TOPICS
 from eventpipe.ingest.kafka_io import CONSUMER_GROUP
 from eventpipe.settings import Settings
@@ -92,13 +91,12 @@ def reset_pipeline_data(settings: Settings, *, timeout_s: float = 120.0) -> Rese
             keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
             result.objects[bucket] = delete_keys(s3, bucket, keys)
 
+    _, _, custom = kube_clients(settings.kubernetes.model_copy(update={"kubeconfig": str(kubeconfig())}))
     for namespace in snapshot_namespaces(settings.archive, settings.kubernetes):
-        listed = kubectl("-n", namespace, "get", "volumesnapshots", "-l", f"{DAY_LABEL},{PVC_LABEL}", "-o", "json")
-        for snap in filter(None, map(archive_snapshot, json.loads(listed)["items"])):
-            if snap.content:  # the archive's class retains contents: free the data, as retention does
-                body = json.dumps({"spec": {"deletionPolicy": "Delete"}})
-                kubectl("patch", "volumesnapshotcontent", snap.content, "--type=merge", "-p", body, check=False)
-            kubectl("-n", namespace, "delete", "volumesnapshot", snap.name, "--ignore-not-found", "--wait=false")
+        selector = f"{DAY_LABEL},{PVC_LABEL}"
+        listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, label_selector=selector)
+        for snap in filter(None, map(archive_snapshot, listed["items"])):
+            delete_archive_snapshot(custom, namespace, snap.name, snap.content)  # as retention does: data freed
             result.volume_snapshots.append(f"{namespace}/{snap.name}")
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=30_000)

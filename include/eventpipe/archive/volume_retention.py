@@ -133,12 +133,18 @@ def prune_volume_snapshots(
     result.emptied_nights = [day.isoformat() for day in emptied_nights(snapshots, prune)]
     for snap in prune:
         if not dry_run:
-            if snap.content:
-                body = {"spec": {"deletionPolicy": "Delete"}}
-                _unless_gone(custom.patch_cluster_custom_object, GROUP, VERSION, CONTENTS, snap.content, body)
-            _unless_gone(custom.delete_namespaced_custom_object, GROUP, VERSION, snap.namespace, PLURAL, snap.name)
+            delete_archive_snapshot(custom, snap.namespace, snap.name, snap.content)
         result.deleted.append(qualified(snap.namespace, snap.name, kube.namespace))
     return result
+
+
+def delete_archive_snapshot(custom: Any, namespace: str, name: str, content: str | None) -> None:
+    """Delete a VolumeSnapshot and free its data: its bound content (retained by the archive's class) is
+    switched to ``deletionPolicy: Delete`` first. Either object already gone counts as done."""
+    if content:
+        body = {"spec": {"deletionPolicy": "Delete"}}
+        _unless_gone(custom.patch_cluster_custom_object, GROUP, VERSION, CONTENTS, content, body)
+    _unless_gone(custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
 
 
 def _unless_gone(call: Any, *args: Any) -> None:
