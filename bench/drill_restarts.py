@@ -520,15 +520,24 @@ class Drill:
         producer = KafkaProducer(
             bootstrap_servers=self.args.bootstrap, acks="all", linger_ms=50, batch_size=512 * 1024, retries=2**31 - 1
         )
-        chunk = 100 * 1024
-        for n in range(size // chunk + 1):
-            producer.send(topic, value=os.urandom(chunk), key=str(n).encode())
-        producer.flush()
+        chunk, round_records = 100 * 1024, 640  # 64 MiB a round: no batch waits out its delivery timeout
+        acked = failed = sent = 0
+        while acked * chunk < size:
+            want = min(round_records, -(-(size - acked * chunk) // chunk))
+            futures = [producer.send(topic, value=os.urandom(chunk), key=str(sent + n).encode()) for n in range(want)]
+            sent += want
+            producer.flush()
+            done = sum(f.succeeded() for f in futures)
+            if not done:
+                raise RuntimeError(f"fill of {topic}: a round of {want} records got no ack ({futures[0].exception})")
+            acked, failed = acked + done, failed + want - done  # a failed record is sent again in the next round
         producer.close()
         self.settle(t0, 0)
         per_broker = {f"kafka-{b}": log_dir_bytes(f"kafka-{b}", f"{topic}-*") for b in range(3)}
         return self.finish(
-            f"fill: {size / (1 << 30):g} GiB on an RF-3 topic", t0, {"topic": topic, "bytes_per_broker": per_broker}
+            f"fill: {size / (1 << 30):g} GiB on an RF-3 topic",
+            t0,
+            {"topic": topic, "bytes_per_broker": per_broker, "records_acked": acked, "sends_failed": failed},
         )
 
     def expand(self, size_increase: int) -> Phase:
