@@ -109,8 +109,10 @@ test-k8s: k8s  ## the k8s-marked tests against the local cluster
 
 # Not part of test-k8s: a measurement (about 30 min) that deletes pods and a PVC of the StatefulSets. Needs
 # `make k8s` and `eventpipe devstack k8s-stateful`; writes bench/results/restarts.json/.png (docs/bench/restarts.md).
+# DRILL_ARGS: its flags; the 10x lost/kept-volume run was DRILL_ARGS="--fill-gib 15 --expand-by 17Gi" (about 45 min,
+# 16 GB per broker: about 45 GB more host disk at its peak).
 drill-restarts: install  ## opt-in: the restart and expansion drill against the cluster's Kafka and Elasticsearch
-	$(BIN)/python bench/drill_restarts.py
+	$(BIN)/python bench/drill_restarts.py $(DRILL_ARGS)
 
 # DRILL_ARGS: the drill's flags, e.g. DRILL_ARGS="--size-gb 1 --no-precopy" (bench/drill_migrate.py --help)
 drill-migrate: k8s  ## opt-in: migration drill (Kafka + ES to a 2nd cluster and back), docs/bench/migration.*
