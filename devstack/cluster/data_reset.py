@@ -23,8 +23,8 @@ from kafka.admin import KafkaAdminClient
 
 from devstack.cluster.kubernetes import kubeconfig
 from devstack.runtime import DevstackError
-from eventpipe.archive.volume_retention import DAY_LABEL, PVC_LABEL, archive_snapshot, delete_archive_snapshot
-from eventpipe.archive.volumes import GROUP, PLURAL, VERSION, kube_clients, snapshot_namespaces
+from eventpipe.archive.volume_retention import delete_archive_snapshot, list_archive_snapshots
+from eventpipe.archive.volumes import kube_clients, snapshot_namespaces
 from eventpipe.events.topics import DLQ_TOPIC, SOURCE_TOPICS
 from eventpipe.ingest.kafka_io import CONSUMER_GROUP
 from eventpipe.settings import Settings
@@ -93,9 +93,7 @@ def reset_pipeline_data(settings: Settings, *, timeout_s: float = 120.0) -> Rese
 
     _, _, custom = kube_clients(settings.kubernetes.model_copy(update={"kubeconfig": str(kubeconfig())}))
     for namespace in snapshot_namespaces(settings.archive, settings.kubernetes):
-        selector = f"{DAY_LABEL},{PVC_LABEL}"
-        listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, label_selector=selector)
-        for snap in filter(None, map(archive_snapshot, listed["items"])):
+        for snap in list_archive_snapshots(custom, namespace):
             delete_archive_snapshot(custom, namespace, snap.name, snap.content)  # as retention does: data freed
             result.volume_snapshots.append(f"{namespace}/{snap.name}")
 

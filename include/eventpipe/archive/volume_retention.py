@@ -13,7 +13,7 @@ retention is the deliberate delete that frees the storage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -59,6 +59,13 @@ def archive_snapshot(obj: dict[str, Any]) -> NightlySnapshot | None:
         return None
     status = obj.get("status") or {}
     return NightlySnapshot(meta["namespace"], meta["name"], day, status.get("boundVolumeSnapshotContentName"))
+
+
+def list_archive_snapshots(custom: Any, namespace: str) -> list[NightlySnapshot]:
+    """The nightly archive's VolumeSnapshots in ``namespace`` (labelled, and named as the archive names them)."""
+    selector = f"{DAY_LABEL},{PVC_LABEL}"
+    listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, label_selector=selector)
+    return [snap for snap in map(archive_snapshot, listed["items"]) if snap is not None]
 
 
 def choose_prunable(
@@ -116,15 +123,9 @@ def prune_volume_snapshots(
     snapshots: list[NightlySnapshot] = []
     claims: list[dict[str, Any]] = []
     for namespace in snapshot_namespaces(cfg, kube):
-        listed = custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, label_selector=f"{DAY_LABEL},{PVC_LABEL}"
-        )["items"]
-        for obj in listed:
-            snap = archive_snapshot(obj)
-            if snap is not None:
-                snapshots.append(
-                    NightlySnapshot(snap.namespace, snap.name, snap.day, snap.content, handles.get(snap.content or ""))
-                )
+        snapshots.extend(
+            replace(snap, handle=handles.get(snap.content or "")) for snap in list_archive_snapshots(custom, namespace)
+        )
         pvcs = core.list_namespaced_persistent_volume_claim(namespace)
         claims.extend(core.api_client.sanitize_for_serialization(pvcs)["items"])
     prune, stay = choose_prunable(snapshots, cfg.snapshot_retention_days, restores_in_use(snapshots, claims, contents))
